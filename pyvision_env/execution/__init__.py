@@ -1,0 +1,16 @@
+"""Sandboxed, pooled, stateful Jupyter kernels for model-written code.
+
+The public names are re-exported here; see :mod:`.engine` for the entry points.
+"""
+
+from .engine import AsyncEngine, AsyncSession, Engine, EpisodeLimitError, InputError, Session, WeakIsolationWarning
+from .kernel import KernelStartError
+from .limits import ExecutionLimits, SandboxConfig
+from .records import CellResult, CellStatus, EngineStatus
+from .sandbox import SandboxUnavailableError, probe_bubblewrap
+
+__all__ = [
+    "AsyncEngine", "AsyncSession", "CellResult", "CellStatus", "Engine", "EngineStatus", "EpisodeLimitError",
+    "ExecutionLimits", "InputError", "KernelStartError", "SandboxConfig", "SandboxUnavailableError", "Session",
+    "WeakIsolationWarning", "probe_bubblewrap",
+]

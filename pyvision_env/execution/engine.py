@@ -1,0 +1,489 @@
+"""The execution engine: sandboxed, pooled, stateful kernels for model-written code.
+
+:class:`AsyncEngine` is the asyncio core; :class:`Engine` is a synchronous facade that runs the core on
+a private event-loop thread. An engine hands out *sessions* — one per episode, each with a fresh
+kernel, its inputs (PIL images loaded from read-only files, small JSON values) and its budgets.
+
+Example (synchronous):
+    >>> from pyvision_env.execution import Engine
+    >>> with Engine(pool_size=1) as engine:                                   # doctest: +SKIP
+    ...     with engine.session(values={"n": 3}) as session:
+    ...         print(session.run("print(n * 2)").stdout)
+    6
+
+Example (asyncio):
+    >>> async def main():                                                      # doctest: +SKIP
+    ...     async with AsyncEngine() as engine:
+    ...         async with engine.session(images={"image_clue_0": "cat.png"}) as session:
+    ...             result = await session.run("image_clue_0.size")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import json
+import keyword
+import logging
+import os
+import resource
+import shutil
+import tempfile
+import threading
+import warnings
+import weakref
+from collections.abc import Coroutine, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import zmq.asyncio
+from PIL import Image
+
+from .kernel import Kernel, KernelDiedError
+from .limits import ExecutionLimits, SandboxConfig
+from .pool import KernelPool
+from .records import CellResult, CellStatus, EngineStatus
+from .sandbox import CgroupManager, SandboxUnavailableError, probe_bubblewrap
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_VALUES_BYTES = 1 << 20
+SOCKET_PATH_LIMIT = 107
+RESERVED_PREFIX = "_pyvision"
+
+
+class InputError(ValueError):
+    """An input image or value cannot be put into a kernel (the message names which and why)."""
+
+
+class EpisodeLimitError(RuntimeError):
+    """The episode used up a per-episode budget (cells or execution time); no cell was run."""
+
+
+class WeakIsolationWarning(RuntimeWarning):
+    """Kernels run without bubblewrap: model code can reach the network and the host's files."""
+
+
+class AsyncEngine:
+    """Starts, pools, isolates and cleans up kernels. Use as ``async with AsyncEngine(...) as engine``.
+
+    Args:
+        limits: default budgets of every session (a session may override them).
+        sandbox: isolation settings.
+        pool_size: kernels kept started and waiting (hides the ~1 s start-up).
+        max_kernels: global cap on live kernels; :meth:`session` waits while it is reached.
+    """
+
+    def __init__(self, limits: ExecutionLimits | None = None, sandbox: SandboxConfig | None = None,
+                 pool_size: int = 2, max_kernels: int = 64) -> None:
+        self.limits = limits or ExecutionLimits()
+        self.sandbox = sandbox or SandboxConfig()
+        self.isolation, self.isolation_reason = self._choose_isolation(self.sandbox)
+        self._pool_size = pool_size
+        self._max_kernels = max_kernels
+        self._root: Path | None = None
+        self._context: zmq.asyncio.Context | None = None
+        self._cgroups: CgroupManager | None = None
+        self._pool: KernelPool | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    @staticmethod
+    def _choose_isolation(config: SandboxConfig) -> tuple[str, str]:
+        if config.isolation == "none":
+            reason = "isolation='none' was requested"
+        else:
+            works, reason = probe_bubblewrap()
+            if works:
+                return "bubblewrap", reason
+            if config.isolation == "bubblewrap":
+                raise SandboxUnavailableError(reason)
+        warnings.warn(f"PyVision kernels run WITHOUT a sandbox ({reason}): model code can use the network and "
+                      "read the host's files. Only resource limits apply.", WeakIsolationWarning, stacklevel=3)
+        log.warning("weak isolation: %s", reason)
+        return "none", reason
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> AsyncEngine:
+        """Create the engine's directory, cgroups and pool; begin pre-starting kernels."""
+        if self._pool is not None:
+            return self
+        _raise_open_file_limit()
+        self._root = Path(tempfile.mkdtemp(prefix="pyvision-", dir=self.sandbox.root_dir))
+        longest_socket = len(str(self._root / "k-000000000000" / "ipc-5"))
+        if longest_socket > SOCKET_PATH_LIMIT:
+            shutil.rmtree(self._root, ignore_errors=True)
+            raise ValueError(f"SandboxConfig.root_dir is too long for IPC sockets ({longest_socket} > "
+                             f"{SOCKET_PATH_LIMIT} bytes): choose a shorter directory such as /tmp")
+        self._context = zmq.asyncio.Context()
+        self._cgroups = CgroupManager() if self.sandbox.use_cgroups else None
+        self._pool = KernelPool(self._start_kernel, self._pool_size, self._max_kernels)
+        self._finalizer = weakref.finalize(self, _emergency_cleanup, self._pool.live, self._root, self._cgroups)
+        atexit.register(self._finalizer)
+        self._pool.fill()
+        return self
+
+    async def _start_kernel(self) -> Kernel:
+        assert self._root is not None and self._context is not None
+        return await Kernel.start(root=self._root, config=self.sandbox, limits=self.limits, context=self._context,
+                                  cgroups=self._cgroups, sandboxed=self.isolation == "bubblewrap")
+
+    async def close(self) -> None:
+        """Kill every kernel and remove every file the engine made. Safe to call twice."""
+        if self._pool is None:
+            return
+        await self._pool.close()
+        if self._cgroups is not None:
+            self._cgroups.close()
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
+        if self._context is not None:
+            self._context.destroy(linger=0)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            atexit.unregister(self._finalizer)
+        self._pool = None
+
+    async def __aenter__(self) -> AsyncEngine:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def warm_up(self, count: int | None = None) -> None:
+        """Wait until ``count`` kernels (default: the pool size) are started and waiting."""
+        await self._running_pool().wait_ready(count)
+
+    def status(self) -> EngineStatus:
+        pool = self._pool
+        return EngineStatus(
+            isolation=self.isolation, isolation_reason=self.isolation_reason,
+            cgroups=self._cgroups.version if self._cgroups is not None else "none",
+            live_kernels=pool.live_count if pool else 0, ready_kernels=pool.ready_count if pool else 0,
+            max_kernels=self._max_kernels, kernels_started=pool.started if pool else 0,
+            kernels_failed=pool.failed if pool else 0)
+
+    # --- sessions --------------------------------------------------------------------------------
+
+    def session(self, images: Mapping[str, str | os.PathLike | Image.Image] | None = None,
+                values: Mapping[str, Any] | None = None, limits: ExecutionLimits | None = None) -> AsyncSession:
+        """A new episode (started on ``async with`` or :meth:`AsyncSession.start`). Inputs are checked now."""
+        return AsyncSession(self, images or {}, values or {}, limits or self.limits)
+
+    async def open_session(self, images: Mapping[str, str | os.PathLike | Image.Image] | None = None,
+                           values: Mapping[str, Any] | None = None,
+                           limits: ExecutionLimits | None = None) -> AsyncSession:
+        """Like :meth:`session`, already started."""
+        return await self.session(images, values, limits).start()
+
+    def _running_pool(self) -> KernelPool:
+        if self._pool is None:
+            raise RuntimeError("the engine is not running: use 'async with AsyncEngine()' or await start()")
+        return self._pool
+
+
+class AsyncSession:
+    """One episode: a fresh kernel with its inputs, per-episode budgets, and restarts after a kill or crash.
+
+    After a cell whose result has ``state_lost``, the next cell runs in a new kernel with the inputs
+    loaded again (variables the code made are gone, which the result's notes say).
+    """
+
+    def __init__(self, engine: AsyncEngine, images: Mapping[str, Any], values: Mapping[str, Any],
+                 limits: ExecutionLimits) -> None:
+        self.engine = engine
+        self.limits = limits
+        self._images = dict(images)
+        self._values_json = _check_inputs(self._images, dict(values))
+        self._kernel: Kernel | None = None
+        self._closed = False
+        self._lost_since_last_cell = False
+        self.cells_run = 0
+        self.execution_time = 0.0
+        self.images_shown = 0
+        self.restarts = 0
+
+    async def start(self) -> AsyncSession:
+        if self._kernel is None and not self._closed:
+            await self._new_kernel()
+        return self
+
+    async def _new_kernel(self) -> None:
+        pool = self.engine._running_pool()
+        kernel = await pool.acquire()
+        try:
+            await self._load_inputs(kernel)
+        except BaseException:
+            await pool.release(kernel)
+            raise
+        self._kernel = kernel
+
+    async def _load_inputs(self, kernel: Kernel) -> None:
+        if not self._images and self._values_json == "{}":
+            return
+        paths = await asyncio.to_thread(_stage_images, self._images, kernel.inputs_dir)
+        code = f"_pyvision_load_inputs({json.dumps(json.dumps(paths))}, {json.dumps(self._values_json)})"
+        outcome = await kernel.execute(code, self.limits, silent=True)
+        if not outcome.result.ok:
+            raise InputError(f"could not load the inputs into the kernel: {outcome.result.error_name}: "
+                             f"{outcome.result.error_value}")
+
+    @property
+    def kernel_pid(self) -> int | None:
+        """Process id of the current kernel (of bubblewrap when sandboxed); for diagnostics."""
+        return self._kernel.process.pid if self._kernel is not None else None
+
+    async def run(self, code: str) -> CellResult:
+        """Execute one cell. Raises :class:`EpisodeLimitError` when an episode budget is used up."""
+        if self._closed:
+            raise RuntimeError("this session is closed")
+        if not isinstance(code, str):
+            raise TypeError(f"code must be a str, got {type(code).__name__}")
+        limits = self.limits
+        if limits.max_cells is not None and self.cells_run >= limits.max_cells:
+            raise EpisodeLimitError(f"the episode already ran its {limits.max_cells} cells")
+        timeout = limits.cell_timeout
+        if limits.episode_timeout is not None:
+            left = limits.episode_timeout - self.execution_time
+            if left <= 0:
+                raise EpisodeLimitError(f"the episode used its {limits.episode_timeout:g} s of execution time")
+            timeout = min(timeout, left)
+        notes = []
+        if self._kernel is not None and self._kernel.exited:
+            await self._discard_kernel()
+            self._lost_since_last_cell = True
+        if self._kernel is None:
+            await self._new_kernel()
+            if self._lost_since_last_cell:
+                notes.append("the previous kernel was lost: this cell runs in a fresh kernel (inputs re-loaded, "
+                             "other variables gone)")
+                self._lost_since_last_cell = False
+        images_allowed = None
+        if limits.max_images_per_episode is not None:
+            images_allowed = max(0, limits.max_images_per_episode - self.images_shown)
+        assert self._kernel is not None
+        try:
+            outcome = await self._kernel.execute(code, limits, timeout=timeout, images_allowed=images_allowed)
+        except KernelDiedError:
+            outcome = None
+        except asyncio.CancelledError:
+            self._lost_since_last_cell = True
+            await asyncio.shield(self._discard_kernel())
+            raise
+        if outcome is None:  # died between the check above and the send
+            await self._discard_kernel()
+            self._lost_since_last_cell = True
+            return CellResult(CellStatus.CRASHED, error_name="KernelDied", error_value="the kernel died",
+                              state_lost=True, notes=["kernel restarted, state lost"])
+        result = outcome.result
+        result.notes[:0] = notes
+        if outcome.pending_images:
+            result.images, failures = await asyncio.to_thread(_decode_all, outcome.pending_images)
+            if failures:
+                result.truncated = True
+                result.notes.extend(failures)
+        self.cells_run += 1
+        self.execution_time += result.duration
+        self.images_shown += len(result.images)
+        if result.state_lost:
+            await self._discard_kernel()
+            self._lost_since_last_cell = True
+        return result
+
+    async def _discard_kernel(self) -> None:
+        kernel, self._kernel = self._kernel, None
+        if kernel is not None:
+            self.restarts += 1
+            await self.engine._running_pool().release(kernel)
+
+    async def close(self) -> None:
+        """Kill the episode's kernel (never reused). Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        kernel, self._kernel = self._kernel, None
+        if kernel is not None and self.engine._pool is not None:
+            await self.engine._pool.release(kernel)
+
+    async def __aenter__(self) -> AsyncSession:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+# --- synchronous facade ---------------------------------------------------------------------------
+
+class Engine:
+    """Synchronous facade over :class:`AsyncEngine`; runs it on a private event-loop thread.
+
+    Takes the same arguments as :class:`AsyncEngine`. Thread-safe: sessions may be used from several
+    threads (each session from one thread at a time).
+    """
+
+    def __init__(self, limits: ExecutionLimits | None = None, sandbox: SandboxConfig | None = None,
+                 pool_size: int = 2, max_kernels: int = 64) -> None:
+        self._async = AsyncEngine(limits, sandbox, pool_size, max_kernels)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="pyvision-engine", daemon=True)
+        self._thread.start()
+        try:
+            self._call(self._async.start())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(timeout)
+        except (KeyboardInterrupt, concurrent.futures.TimeoutError):
+            future.cancel()
+            raise
+
+    @property
+    def isolation(self) -> str:
+        return self._async.isolation
+
+    @property
+    def limits(self) -> ExecutionLimits:
+        return self._async.limits
+
+    def status(self) -> EngineStatus:
+        return self._async.status()
+
+    def warm_up(self, count: int | None = None) -> None:
+        self._call(self._async.warm_up(count))
+
+    def session(self, images: Mapping[str, str | os.PathLike | Image.Image] | None = None,
+                values: Mapping[str, Any] | None = None, limits: ExecutionLimits | None = None) -> Session:
+        """Start an episode with a fresh kernel and its inputs; use as a context manager."""
+        return Session(self, self._call(self._async.open_session(images, values, limits)))
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            self._call(self._async.close())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Session:
+    """Synchronous handle on an :class:`AsyncSession`."""
+
+    def __init__(self, engine: Engine, session: AsyncSession) -> None:
+        self._engine = engine
+        self._session = session
+
+    def run(self, code: str, timeout: float | None = None) -> CellResult:
+        """Execute one cell (see :meth:`AsyncSession.run`)."""
+        return self._engine._call(self._session.run(code), timeout)
+
+    def close(self) -> None:
+        self._engine._call(self._session.close())
+
+    def __getattr__(self, name: str) -> Any:  # cells_run, execution_time, images_shown, restarts, kernel_pid
+        return getattr(self._session, name)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+def _check_inputs(images: dict[str, Any], values: dict[str, Any]) -> str:
+    """Validate input names and values now, in the caller's thread; returns the values as JSON."""
+    for name in list(images) + list(values):
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise InputError(f"input name {name!r} is not a valid Python identifier")
+        if name.startswith(RESERVED_PREFIX):
+            raise InputError(f"input name {name!r} uses the reserved prefix {RESERVED_PREFIX!r}")
+    clash = set(images) & set(values)
+    if clash:
+        raise InputError(f"names used both for an image and a value: {sorted(clash)}")
+    for name, image in images.items():
+        if isinstance(image, Image.Image):
+            continue
+        path = Path(image)
+        if not path.is_file():
+            raise InputError(f"image input {name!r}: no such file {str(path)!r}")
+        try:
+            with Image.open(path) as opened:
+                opened.verify()
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
+            raise InputError(f"image input {name!r}: {str(path)!r} is not a readable image "
+                             f"({type(exc).__name__}: {exc})") from None
+    try:
+        encoded = json.dumps(values, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"values must be JSON-serialisable (str, numbers, bools, None, lists, dicts): {exc}") \
+            from None
+    if len(encoded) > MAX_VALUES_BYTES:
+        raise InputError(f"values are {len(encoded)} bytes as JSON; the limit is {MAX_VALUES_BYTES}")
+    return encoded
+
+
+def _stage_images(images: dict[str, Any], inputs_dir: Path) -> dict[str, str]:
+    """Expose image files in the kernel's read-only inputs directory (hard link, else copy)."""
+    staged = {}
+    for name, image in images.items():
+        if isinstance(image, Image.Image):
+            target = inputs_dir / f"{name}.png"
+            if not target.exists():
+                image.save(target, format="PNG")
+        else:
+            source = Path(image)
+            target = inputs_dir / f"{name}{source.suffix.lower()}"
+            if not target.exists():
+                try:
+                    os.link(source, target)
+                except OSError:
+                    shutil.copyfile(source, target)
+        os.chmod(target, 0o444)
+        staged[name] = str(target)
+    return staged
+
+
+def _decode_all(pending: list) -> tuple[list[Image.Image], list[str]]:
+    images, failures = [], []
+    for item in pending:
+        try:
+            images.append(item.decode())
+        except Exception as exc:  # noqa: BLE001 - a bad PNG from the kernel is a note, not a crash
+            failures.append(f"image rejected: could not be decoded ({type(exc).__name__}: {exc})")
+    return images, failures
+
+
+def _raise_open_file_limit() -> None:
+    """Each kernel client needs ~20 descriptors; the usual soft limit of 1024 runs out near 40 kernels."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def _emergency_cleanup(kernels: set[Kernel], root: Path, cgroups: CgroupManager | None) -> None:
+    """Finalizer / atexit: kill whatever is left without an event loop."""
+    for kernel in list(kernels):
+        kernel.kill_now()
+    if cgroups is not None:
+        cgroups.close()
+    shutil.rmtree(root, ignore_errors=True)

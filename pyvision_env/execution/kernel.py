@@ -1,0 +1,371 @@
+"""One sandboxed ipykernel process and its single client, driven from an asyncio loop.
+
+:class:`Kernel` starts the process (inside bubblewrap when available), waits until it is ready and has
+run the preload statements, and executes cells with three things watched at once: the cell's
+messages (filtered by the request's ``msg_id``), its deadline, and the process itself (a death watch
+on a pidfd, so a dying kernel is reported at once instead of at the deadline). Messages from the
+kernel are untrusted: a forged ``idle`` does not end a cell (its ``execute_reply`` must arrive too),
+and no deadline or budget depends on what the kernel says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.connect import write_connection_file
+
+from .limits import ExecutionLimits, SandboxConfig
+from .output import OutputCollector, PendingImage
+from .records import CellResult, CellStatus
+from .sandbox import Cgroup, CgroupManager, bubblewrap_command, kernel_environment, make_preexec
+
+KERNEL_SIDE_CODE = (Path(__file__).with_name("kernel_side.py")).read_text()
+IDLE_WAIT = 0.5
+"""Seconds to wait for the ``idle`` status after the reply (it can be lost under an output flood)."""
+POLL_WITHOUT_PIDFD = 0.2
+
+KERNEL_FLAGS = ("--HistoryManager.enabled=False", "--InteractiveShell.colors=nocolor",
+                "--IPKernelApp.log_level=ERROR", "--Application.log_level=ERROR")
+
+
+class KernelStartError(RuntimeError):
+    """A kernel did not become ready (the message includes the tail of its log)."""
+
+
+class KernelDiedError(RuntimeError):
+    """The kernel process is gone; the caller should start another."""
+
+
+@dataclass
+class CellOutcome:
+    """A cell's result plus the images still to decode (decoding is kept off the event loop)."""
+
+    result: CellResult
+    pending_images: list[PendingImage] = field(default_factory=list)
+
+
+class Kernel:
+    """A kernel process, its directory and its client. Create with :meth:`start`; end with :meth:`kill`."""
+
+    def __init__(self, kernel_id: str, directory: Path, process: subprocess.Popen, client: AsyncKernelClient,
+                 cgroup: Cgroup | None, sandboxed: bool) -> None:
+        self.id = kernel_id
+        self.directory = directory
+        self.work_dir = directory / "work"
+        self.inputs_dir = directory / "inputs"
+        self.process = process
+        self.client = client
+        self.cgroup = cgroup
+        self.sandboxed = sandboxed
+        self.cells_run = 0
+        self._killed = False
+        self._pidfd = _pidfd_open(process.pid)
+        self._shell = client.shell_channel.socket
+        self._iopub = client.iopub_channel.socket
+        self._control = client.control_channel.socket
+        self._shell_now = zmq.Socket.shadow(self._shell.underlying)  # for receiving without waiting
+        self._iopub_now = zmq.Socket.shadow(self._iopub.underlying)
+        self._control_now = zmq.Socket.shadow(self._control.underlying)
+        self._poller = zmq.asyncio.Poller()
+        self._poller.register(self._shell, zmq.POLLIN)
+        self._poller.register(self._iopub, zmq.POLLIN)
+        if self._pidfd is not None:
+            self._poller.register(self._pidfd, zmq.POLLIN)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    @classmethod
+    async def start(cls, *, root: Path, config: SandboxConfig, limits: ExecutionLimits,
+                    context: zmq.asyncio.Context, cgroups: CgroupManager | None, sandboxed: bool) -> Kernel:
+        """Launch a kernel, wait until it answers, run the preload. Raises :class:`KernelStartError`."""
+        kernel_id = uuid.uuid4().hex[:12]
+        directory = root / f"k-{kernel_id}"
+        directory.mkdir(mode=0o700)
+        (directory / "work").mkdir()
+        (directory / "inputs").mkdir()
+        connection_file = directory / "kernel.json"
+        write_connection_file(str(connection_file), transport="ipc", ip=str(directory / "ipc"),
+                              key=secrets.token_hex(32).encode())
+        python = config.python or sys.executable
+        command = [python, "-m", "ipykernel_launcher", "-f", str(connection_file), *KERNEL_FLAGS]
+        env = kernel_environment(config, home=str(directory / "work"))
+        if sandboxed:
+            command = bubblewrap_command(directory, directory / "work", directory / "inputs", config,
+                                         limits, env) + command
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        cgroup = cgroups.create(f"k-{kernel_id}", limits) if cgroups is not None else None
+        cgroup_fds = cgroup.open_procs() if cgroup is not None else []
+        log = open(directory / "kernel.log", "wb")  # noqa: SIM115 - handed to the child
+        try:
+            process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                cwd=str(directory / "work"), start_new_session=True, close_fds=True,
+                preexec_fn=make_preexec(limits, cgroup_fds, die_with_parent=True))
+        except OSError as exc:
+            _remove_tree(directory)
+            if cgroup is not None:
+                cgroup.remove()
+            raise KernelStartError(f"could not launch the kernel: {exc}") from exc
+        finally:
+            log.close()
+            for fd in cgroup_fds:
+                os.close(fd)
+        client = AsyncKernelClient(context=context)
+        client.load_connection_file(str(connection_file))
+        client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
+        kernel = cls(kernel_id, directory, process, client, cgroup, sandboxed)
+        try:
+            await asyncio.wait_for(kernel._wait_ready(), timeout=config.startup_timeout)
+            setup = "\n".join(config.preload) + "\n" + KERNEL_SIDE_CODE
+            outcome = await kernel.execute(setup, limits.replace(cell_timeout=config.startup_timeout),
+                                           silent=True)
+            if not outcome.result.ok:
+                raise KernelStartError(f"the kernel's preload failed: {outcome.result.error_name}: "
+                                       f"{outcome.result.error_value}\n{outcome.result.traceback[-2000:]}")
+        except (asyncio.TimeoutError, KernelDiedError, KernelStartError) as exc:
+            log_tail = kernel.log_tail()
+            await kernel.kill()
+            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc)
+            raise KernelStartError(f"kernel {kernel_id} failed to start: {reason}\n{log_tail}") from exc
+        except BaseException:
+            await kernel.kill()
+            raise
+        return kernel
+
+    async def _wait_ready(self) -> None:
+        """Send ``kernel_info`` until the kernel replies (its sockets may not be bound yet at first)."""
+        while True:
+            msg_id = self.client.kernel_info()
+            until = time.monotonic() + 0.5
+            while time.monotonic() < until:
+                if await self._wait_events(until - time.monotonic()) and self.exited:
+                    raise KernelDiedError(f"kernel process exited during start-up ({self.exit_description()})")
+                for msg in self._drain(self._shell_now):
+                    if msg["parent_header"].get("msg_id") == msg_id:
+                        self._drain(self._iopub_now)
+                        return
+                self._drain(self._iopub_now)
+            if self.exited:
+                raise KernelDiedError(f"kernel process exited during start-up ({self.exit_description()})")
+
+    @property
+    def exited(self) -> bool:
+        return self.process.poll() is not None
+
+    def exit_description(self) -> str:
+        code = self.process.poll()
+        if code is None:
+            return "still running"
+        if code < 0:
+            return f"killed by signal {signal.Signals(-code).name}"
+        if code > 128 and self.sandboxed:  # bwrap reports a signalled child as 128 + signal
+            try:
+                return f"killed by signal {signal.Signals(code - 128).name}"
+            except ValueError:
+                pass
+        return f"exit code {code}"
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            with open(self.directory / "kernel.log", "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - chars))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def interrupt(self) -> None:
+        """Interrupt the running cell over the control channel (a signal would kill a bwrap'd kernel)."""
+        self._drain(self._control_now)
+        self.client.control_channel.send(self.client.session.msg("interrupt_request", {}))
+
+    async def kill(self) -> None:
+        """Kill the process tree at once, close the client, remove the directory and cgroup. Idempotent."""
+        if self._killed:
+            return
+        self._killed = True
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            os.killpg(self.process.pid, signal.SIGKILL)  # the kernel runs in a session of its own
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            self.process.kill()
+        if self.cgroup is not None:
+            self.cgroup.kill_all()
+        await _wait_exit(self.process, timeout=5.0)
+        self._close_resources()
+
+    def kill_now(self) -> None:
+        """Synchronous kill for finalizers and ``atexit`` (no event loop needed)."""
+        if self._killed:
+            return
+        self._killed = True
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            self.process.kill()
+        if self.cgroup is not None:
+            self.cgroup.kill_all()
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        self._close_resources(close_sockets=False)
+
+    def _close_resources(self, close_sockets: bool = True) -> None:
+        if close_sockets:
+            self.client.stop_channels()
+        if self._pidfd is not None:
+            with contextlib.suppress(KeyError):
+                self._poller.unregister(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self.cgroup is not None:
+            self.cgroup.remove()
+        _remove_tree(self.directory)
+
+    @property
+    def killed(self) -> bool:
+        return self._killed
+
+    # --- cells -----------------------------------------------------------------------------------
+
+    async def execute(self, code: str, limits: ExecutionLimits, *, timeout: float | None = None,
+                      images_allowed: int | None = None, silent: bool = False) -> CellOutcome:
+        """Run one cell under ``limits``; never raises for anything the cell does.
+
+        ``timeout`` overrides ``limits.cell_timeout`` (the episode budget may be shorter). If the caller is
+        cancelled mid-cell the kernel is killed, since its state can no longer be known.
+        """
+        if self._killed or self.exited:
+            raise KernelDiedError(f"kernel {self.id} is not running ({self.exit_description()})")
+        started = time.monotonic()
+        deadline = started + (limits.cell_timeout if timeout is None else timeout)
+        collector = OutputCollector(limits, images_allowed=images_allowed)
+        msg_id = self.client.execute(code, silent=silent, store_history=not silent, allow_stdin=False,
+                                     stop_on_error=False)
+        self.cells_run += 1
+        reply: dict | None = None
+        replied_at = 0.0
+        idle = False
+        stop: CellStatus | None = None
+        kill_at = 0.0
+        crashed = False
+        try:
+            while True:
+                now = time.monotonic()
+                if stop is None and (now >= deadline or collector.over_budget):
+                    stop = CellStatus.TIMEOUT if now >= deadline else CellStatus.OUTPUT_LIMIT
+                    self.interrupt()
+                    kill_at = now + limits.interrupt_grace
+                if reply is not None and (idle or now >= replied_at + IDLE_WAIT):
+                    break
+                if stop is not None and now >= kill_at:
+                    await self.kill()
+                    break
+                wake_at = kill_at if stop is not None else deadline
+                if reply is not None:
+                    wake_at = min(wake_at, replied_at + IDLE_WAIT)
+                await self._wait_events(wake_at - now)
+                for msg in self._drain(self._iopub_now):
+                    if msg["parent_header"].get("msg_id") != msg_id:
+                        continue  # a stale message from an earlier cell or a leftover thread
+                    if msg["msg_type"] == "status":
+                        idle = idle or msg["content"].get("execution_state") == "idle"
+                    else:
+                        collector.add(msg["msg_type"], msg["content"])
+                for msg in self._drain(self._shell_now):
+                    if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_reply":
+                        reply, replied_at = msg["content"], time.monotonic()
+                if reply is None and self.exited:
+                    crashed = True
+                    break
+        except asyncio.CancelledError:
+            await asyncio.shield(self.kill())
+            raise
+        duration = time.monotonic() - started
+        return self._outcome(collector, reply, stop, crashed, duration)
+
+    def _outcome(self, collector: OutputCollector, reply: dict | None, stop: CellStatus | None, crashed: bool,
+                 duration: float) -> CellOutcome:
+        notes = list(collector.notes)
+        result = CellResult(status=CellStatus.OK, stdout=collector.stdout.text(), stderr=collector.stderr.text(),
+                            result=collector.result, duration=duration, notes=notes,
+                            truncated=collector.truncated or collector.stdout.truncated or collector.stderr.truncated)
+        if collector.error is not None:
+            result.error_name, result.error_value, result.traceback = collector.error
+        if crashed:
+            result.status, result.state_lost = CellStatus.CRASHED, True
+            result.error_name = result.error_name or "KernelDied"
+            result.error_value = result.error_value or f"the kernel died ({self.exit_description()})"
+            notes.append(f"the kernel died ({self.exit_description()}): kernel restarted, state lost")
+        elif stop is not None:
+            result.status = stop
+            result.state_lost = self._killed
+            what = (f"exceeded its time limit" if stop is CellStatus.TIMEOUT
+                    else f"sent more than {collector.limits.max_output_bytes} bytes of output")
+            notes.append(f"the cell {what} and was "
+                         + ("killed: kernel restarted, state lost" if self._killed else "interrupted"))
+            result.truncated = result.truncated or stop is CellStatus.OUTPUT_LIMIT
+        elif reply is not None and reply.get("status") != "ok":
+            result.status = CellStatus.ERROR
+            if not result.error_name:
+                result.error_name = str(reply.get("ename", "Error"))[:200] if reply.get("status") == "error" \
+                    else "Aborted"
+                result.error_value = str(reply.get("evalue", ""))[:2000]
+        return CellOutcome(result, collector.images)
+
+    # --- messaging -------------------------------------------------------------------------------
+
+    async def _wait_events(self, timeout: float) -> bool:
+        """Wait until a message arrives, the process exits, or ``timeout`` passes. True if anything happened."""
+        timeout = max(0.0, timeout)
+        if self._pidfd is None:
+            timeout = min(timeout, POLL_WITHOUT_PIDFD)
+        events = await self._poller.poll(int(timeout * 1000) + 1)
+        return bool(events)
+
+    def _drain(self, socket: zmq.Socket) -> list[dict]:
+        """All messages waiting on ``socket``, deserialised; malformed ones are skipped."""
+        messages = []
+        session = self.client.session
+        while True:
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:  # zmq.Again: nothing more waiting
+                return messages
+            try:
+                _, parts = session.feed_identities(frames)
+                messages.append(session.deserialize(parts))
+            except Exception:  # noqa: BLE001 - a forged or broken message is dropped, not fatal
+                continue
+
+
+def _pidfd_open(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+async def _wait_exit(process: subprocess.Popen, timeout: float) -> None:
+    """Wait for a killed process to exit and reap it, without blocking the loop."""
+    until = time.monotonic() + timeout
+    delay = 0.001
+    while process.poll() is None and time.monotonic() < until:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,263 @@
+"""Process isolation of kernels: the bubblewrap command, resource limits and cgroups.
+
+bubblewrap gives each kernel no network, its own PID/IPC namespaces, a read-only root, a private
+/tmp, hidden home directories, a scrubbed environment, and death with its parent. Only the kernel's
+own directory is writable (its IPC sockets live there); its working directory and /tmp are
+size-limited tmpfs mounts. Resource limits (address space, file size, open files) are set in the
+child before exec; processes and memory are also capped by a per-kernel cgroup when the cgroup
+filesystem is writable (v2 with delegation, or v1 ``pids``/``memory`` hierarchies).
+
+When bubblewrap cannot run (e.g. inside some containers) the engine falls back to plain processes in
+their own session with the same resource limits, and reports it: :func:`probe_bubblewrap` says why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .limits import ExecutionLimits, SandboxConfig
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+_PR_SET_PDEATHSIG = 1
+
+
+class SandboxUnavailableError(RuntimeError):
+    """Raised when ``isolation="bubblewrap"`` is required but bubblewrap does not work here."""
+
+
+@functools.lru_cache(maxsize=1)
+def probe_bubblewrap() -> tuple[bool, str]:
+    """Run a trivial command in the sandbox once per process. Returns ``(works, reason)``."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return False, "bubblewrap (bwrap) is not installed; install the Debian package 'bubblewrap'"
+    cmd = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+           "--unshare-net", "--unshare-pid", "--unshare-ipc", "--new-session", "--die-with-parent",
+           "--clearenv", "--", "/bin/sh", "-c", "echo sandbox-ok"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"bubblewrap failed to run: {exc}"
+    if done.returncode != 0 or "sandbox-ok" not in done.stdout:
+        return False, f"bubblewrap does not work here (exit {done.returncode}): {done.stderr.strip()[:300]}"
+    return True, f"bubblewrap at {bwrap}"
+
+
+# --- cgroups -------------------------------------------------------------------------------------
+
+@dataclass
+class Cgroup:
+    """One kernel's cgroup(s): a directory per hierarchy (one for v2; ``pids`` and ``memory`` for v1)."""
+
+    dirs: tuple[Path, ...]
+
+    def open_procs(self) -> list[int]:
+        """File descriptors of the ``cgroup.procs`` files, opened before fork so the child only writes."""
+        return [os.open(d / "cgroup.procs", os.O_WRONLY) for d in self.dirs]
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for d in self.dirs:
+            try:
+                found.update(int(p) for p in (d / "cgroup.procs").read_text().split())
+            except OSError:
+                pass
+        return found
+
+    def kill_all(self) -> None:
+        """SIGKILL every process in the cgroup (escaped daemons included)."""
+        for d in self.dirs:
+            kill_file = d / "cgroup.kill"
+            if kill_file.exists():
+                try:
+                    kill_file.write_text("1")
+                    continue
+                except OSError:
+                    pass
+        for _ in range(50):
+            pids = self.pids()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def remove(self) -> None:
+        for d in self.dirs:
+            try:
+                d.rmdir()
+            except OSError:
+                pass  # still busy (a process not reaped yet): the next sweep of the engine removes it
+
+
+class CgroupManager:
+    """Creates per-kernel cgroups under a directory of its own, in whichever hierarchy is writable."""
+
+    def __init__(self, root: Path = CGROUP_ROOT) -> None:
+        self.version, self.parents = self._find(root)
+
+    @staticmethod
+    def _find(root: Path) -> tuple[str, tuple[Path, ...]]:
+        tag = f"pyvision-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        candidates: list[tuple[str, tuple[Path, ...]]] = []
+        if (root / "cgroup.controllers").exists():  # unified (v2) hierarchy mounted at the root
+            own = _own_v2_cgroup(root)
+            if own is not None and {"pids", "memory"} <= set((own / "cgroup.subtree_control").read_text().split()):
+                candidates.append(("v2", (own / tag,)))
+        if (root / "pids" / "cgroup.procs").exists():
+            dirs = [root / "pids" / tag]
+            if (root / "memory" / "cgroup.procs").exists():
+                dirs.append(root / "memory" / tag)
+            candidates.append(("v1", tuple(dirs)))
+        for version, dirs in candidates:
+            made: list[Path] = []
+            try:
+                for d in dirs:
+                    d.mkdir()
+                    made.append(d)
+                return version, dirs
+            except OSError:
+                for d in made:
+                    d.rmdir()
+        return "none", ()
+
+    @property
+    def available(self) -> bool:
+        return self.version != "none"
+
+    def create(self, name: str, limits: ExecutionLimits) -> Cgroup | None:
+        """A cgroup for one kernel with ``pids.max`` and a memory ceiling; ``None`` if cgroups are unusable."""
+        if not self.available:
+            return None
+        dirs = []
+        try:
+            for parent in self.parents:
+                d = parent / name
+                d.mkdir()
+                dirs.append(d)
+                if (d / "pids.max").exists():
+                    (d / "pids.max").write_text(str(limits.max_processes))
+                memory_ceiling = str(limits.memory_bytes + limits.disk_bytes)
+                for memory_file in ("memory.max", "memory.limit_in_bytes"):
+                    if (d / memory_file).exists():
+                        (d / memory_file).write_text(memory_ceiling)
+        except OSError:
+            Cgroup(tuple(dirs)).remove()
+            return None
+        return Cgroup(tuple(dirs))
+
+    def close(self) -> None:
+        for parent in self.parents:
+            for child in parent.glob("*"):
+                if child.is_dir():
+                    Cgroup((child,)).kill_all()
+                    Cgroup((child,)).remove()
+            try:
+                parent.rmdir()
+            except OSError:
+                pass
+
+
+def _own_v2_cgroup(root: Path) -> Path | None:
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                path = root / line[3:].lstrip("/")
+                return path if os.access(path, os.W_OK) else None
+    except OSError:
+        return None
+    return None
+
+
+# --- process launch ------------------------------------------------------------------------------
+
+def kernel_environment(config: SandboxConfig, home: str) -> dict[str, str]:
+    """The kernel's whole environment: nothing is inherited from the parent (no secrets leak)."""
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": home,
+        "TMPDIR": "/tmp",
+        "MPLBACKEND": "Agg",
+        "MPLCONFIGDIR": "/tmp/matplotlib",
+        "IPYTHONDIR": "/tmp/ipython",
+        "JUPYTER_RUNTIME_DIR": "/tmp/jupyter",
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONBREAKPOINT": "0",
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+    }
+    env.update(dict(config.env))
+    return env
+
+
+def bubblewrap_command(kernel_dir: Path, work_dir: Path, inputs_dir: Path, config: SandboxConfig,
+                       limits: ExecutionLimits, env: dict[str, str]) -> list[str]:
+    """The ``bwrap`` prefix for one kernel: what is visible, writable and reachable."""
+    cmd = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+           "--size", str(limits.disk_bytes), "--tmpfs", "/tmp"]
+    for hidden in config.hidden_paths:
+        if os.path.isdir(hidden) and not os.path.islink(hidden):
+            cmd += ["--tmpfs", hidden]
+    # The engine's root (other kernels' directories and keys) is hidden; only this kernel's is mounted.
+    cmd += ["--tmpfs", str(kernel_dir.parent)]
+    for path in _python_paths(config) + tuple(config.extra_readonly_paths):
+        cmd += ["--ro-bind", path, path]
+    cmd += ["--bind", str(kernel_dir), str(kernel_dir),
+            "--ro-bind", str(inputs_dir), str(inputs_dir),
+            "--size", str(limits.disk_bytes), "--tmpfs", str(work_dir),
+            "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox",
+            "--new-session", "--die-with-parent", "--clearenv", "--chdir", str(work_dir)]
+    for key, value in env.items():
+        cmd += ["--setenv", key, value]
+    return cmd + ["--"]
+
+
+def _python_paths(config: SandboxConfig) -> tuple[str, ...]:
+    """Directories of the interpreter and its packages, re-exposed in case they sit under a hidden path."""
+    exe = config.python or sys.executable
+    candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(exe)),
+                  os.path.dirname(os.path.dirname(os.path.realpath(exe)))}
+    candidates.update(p for p in sys.path if p and os.path.isdir(p))
+    hidden = tuple(config.hidden_paths)
+    return tuple(sorted(p for p in candidates if os.path.isdir(p) and _is_under(p, hidden)))
+
+
+def _is_under(path: str, roots: tuple[str, ...]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def make_preexec(limits: ExecutionLimits, cgroup_fds: list[int], die_with_parent: bool) -> Callable[[], None]:
+    """What the child does between fork and exec: join the cgroup, set resource limits.
+
+    Only plain system calls, since the parent has threads.
+    """
+    libc = ctypes.CDLL(None, use_errno=True) if die_with_parent else None
+    rlimits = [(resource.RLIMIT_AS, limits.memory_bytes),
+               (resource.RLIMIT_FSIZE, limits.max_file_bytes),
+               (resource.RLIMIT_NOFILE, limits.max_open_files),
+               (resource.RLIMIT_CORE, 0)]
+
+    def preexec() -> None:
+        for fd in cgroup_fds:
+            os.write(fd, b"0")
+        for which, value in rlimits:
+            soft, hard = resource.getrlimit(which)
+            value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+            resource.setrlimit(which, (value, value))
+        if libc is not None:
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return preexec
