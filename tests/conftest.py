@@ -1,0 +1,52 @@
+"""Shared fixtures: real engines with real (sandboxed where possible) kernels."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import psutil
+import pytest
+
+from pyvision_env.execution import Engine, ExecutionLimits, WeakIsolationWarning, probe_bubblewrap
+
+FAST_LIMITS = ExecutionLimits(cell_timeout=10.0, interrupt_grace=1.0)
+
+SANDBOX_WORKS, SANDBOX_REASON = probe_bubblewrap()
+requires_sandbox = pytest.mark.skipif(not SANDBOX_WORKS, reason=f"needs bubblewrap: {SANDBOX_REASON}")
+
+
+def kernel_processes() -> list[psutil.Process]:
+    """ipykernel processes started by this test process (directly or through bubblewrap)."""
+    found = []
+    for proc in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if "ipykernel_launcher" in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture(scope="session")
+def engine():
+    """One engine for the whole run; each test opens its own sessions (fresh kernels)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WeakIsolationWarning)
+        eng = Engine(limits=FAST_LIMITS, pool_size=2, max_kernels=48)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture
+def session(engine):
+    with engine.session() as s:
+        yield s
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_kernels():
+    """After the whole run, no kernel started by the tests may still be running."""
+    yield
+    left = [p for p in kernel_processes() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"leftover kernel processes: {[p.pid for p in left]}"
