@@ -1,0 +1,183 @@
+"""The ``pyvision`` command line.
+
+Subcommands (later parts of the project add more):
+
+* ``pyvision demo``   — a short end-to-end demonstration of the sandboxed execution engine;
+* ``pyvision exec``   — run the cells of a Python file (``# %%`` separated) in one sandboxed kernel;
+* ``pyvision doctor`` — report what isolation and limits this machine can enforce.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+DESCRIPTION = """\
+PyVision-RL: train and evaluate agentic vision models — multimodal LLMs that answer visual
+questions by writing Python that crops, zooms, rotates and enhances images, looking at the results
+and trying again. Model-written code runs in sandboxed, stateful Jupyter kernels."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyvision", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="run a short demonstration of sandboxed code cells on a generated image",
+        description="Start the execution engine, open one episode with a generated image as `image_clue_0`, "
+                    "and run cells the way a model would: inspect, crop and zoom, show figures, keep state, "
+                    "recover from an error, a timeout and a crash. Shown images are saved to --out.")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="where shown images are saved "
+                      "(default: %(default)s)")
+
+    run_file = commands.add_parser(
+        "exec", help="run the cells of a Python file in one sandboxed kernel",
+        description="Split FILE into cells at lines starting with '# %%' and run them in order in one fresh "
+                    "sandboxed kernel, printing each cell's result (state persists between cells).")
+    run_file.add_argument("file", help="Python file, or - for standard input")
+    run_file.add_argument("--image", action="append", default=[], metavar="NAME=PATH",
+                          help="load an image file as a PIL image named NAME (repeatable)")
+    run_file.add_argument("--timeout", type=float, default=30.0, help="seconds per cell (default: %(default)s)")
+    run_file.add_argument("--json", action="store_true", help="print one JSON object per cell")
+    run_file.add_argument("--save-images", type=Path, metavar="DIR", help="save shown images as PNG files")
+
+    commands.add_parser("doctor", help="report the isolation, cgroups and limits available on this machine",
+                        description="Probe bubblewrap and cgroups, start one kernel, and print what the "
+                                    "engine can enforce here.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from . import demo  # imported late: `pyvision --help` stays fast
+
+    handlers = {"demo": demo.run_demo, "exec": run_exec, "doctor": run_doctor}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def split_cells(source: str) -> list[str]:
+    """Cells of a percent-format script (``# %%`` lines separate them); empty cells are dropped.
+
+    >>> split_cells("a = 1\\n# %%\\nprint(a)\\n")
+    ['a = 1', 'print(a)']
+    """
+    cells, current = [], []
+    for line in source.splitlines():
+        if line.lstrip().startswith("# %%"):
+            cells.append("\n".join(current))
+            current = []
+        else:
+            current.append(line)
+    cells.append("\n".join(current))
+    return [cell.strip("\n") for cell in cells if cell.strip()]
+
+
+def run_exec(args: argparse.Namespace) -> int:
+    from .execution import Engine, ExecutionLimits
+
+    source = sys.stdin.read() if args.file == "-" else _read_text(args.file)
+    images = {}
+    for spec in args.image:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise SystemExit(f"pyvision exec: --image takes NAME=PATH, got {spec!r}")
+        images[name] = path
+    failed = False
+    with Engine(limits=ExecutionLimits(cell_timeout=args.timeout), pool_size=1) as engine:
+        with engine.session(images=images) as session:
+            for index, cell in enumerate(split_cells(source)):
+                result = session.run(cell)
+                failed = failed or not result.ok
+                saved = _save_images(result.images, args.save_images, f"cell{index}")
+                if args.json:
+                    print(json.dumps({"cell": index, "status": result.status.value, "stdout": result.stdout,
+                                      "stderr": result.stderr, "result": result.result,
+                                      "error": result.error_name, "error_value": result.error_value,
+                                      "images": saved or len(result.images), "truncated": result.truncated,
+                                      "state_lost": result.state_lost, "duration": result.duration,
+                                      "notes": result.notes}))
+                else:
+                    print(f"--- cell {index}: {result.summary()}")
+                    print(format_result(result), end="")
+                    for path in saved:
+                        print(f"[image saved: {path}]")
+    return 1 if failed else 0
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from .execution import Engine
+
+    with Engine(pool_size=1) as engine:
+        with engine.session() as session:
+            probe = session.run("import os, socket\nprint(os.getpid(), sorted(socket.if_nameindex()))")
+        status = engine.status()
+        limits = engine.limits
+    print(f"isolation : {status.isolation} ({status.isolation_reason})")
+    print(f"cgroups   : {status.cgroups}")
+    print(f"kernel    : {'started and ran a cell' if probe.ok else 'FAILED: ' + probe.error_value}"
+          f" (pid and interfaces inside: {probe.stdout.strip()})")
+    print(f"limits    : cell {limits.cell_timeout:g} s, memory {limits.memory_bytes >> 20} MiB, "
+          f"disk {limits.disk_bytes >> 20} MiB, processes {limits.max_processes}, "
+          f"output {limits.max_output_bytes >> 20} MiB per cell")
+    if status.weak:
+        print("WARNING: kernels are not sandboxed here; install bubblewrap (apt-get install bubblewrap).")
+    return 0 if probe.ok and not status.weak else 1
+
+
+def format_result(result) -> str:
+    """A cell result as a person would like to read it in a terminal."""
+    parts = []
+    if result.text:
+        parts.append(result.text if result.text.endswith("\n") else result.text + "\n")
+    if result.stderr:
+        parts.append(textwrap.indent(result.stderr, "stderr| "))
+    if result.error_name:
+        parts.append(f"{result.error_name}: {result.error_value}\n")
+    if result.images:
+        parts.append(f"[{len(result.images)} image(s): {', '.join(f'{w}x{h}' for w, h in (i.size for i in result.images))}]\n")
+    for note in result.notes:
+        parts.append(f"note: {note}\n")
+    return "".join(parts)
+
+
+def _save_images(images, directory: Path | None, stem: str) -> list[str]:
+    if directory is None:
+        return []
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number, image in enumerate(images):
+        path = directory / f"{stem}_image{number}.png"
+        image.save(path)
+        paths.append(str(path))
+    return paths
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise SystemExit(f"pyvision exec: cannot read {path!r}: {exc.strerror}") from None
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
