@@ -98,6 +98,8 @@ def check_image(data: bytes, limits: ExecutionLimits) -> PendingImage:
     try:
         with Image.open(io.BytesIO(data)) as image:  # reads the header, decodes nothing
             width, height = image.size
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"decompression bomb: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad image
         raise ValueError(f"not a readable image ({type(exc).__name__}: {exc})") from None
     if width <= 0 or height <= 0:

@@ -1,0 +1,61 @@
+"""The ``pyvision`` command, run as a real subprocess where it matters."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from PIL import Image
+
+from pyvision_env.cli import main, split_cells
+
+
+def run_cli(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "pyvision_env.cli", *args], capture_output=True, text=True,
+                          input=stdin, timeout=120)
+
+
+def test_help_explains_itself(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "agentic vision" in out and "demo" in out and "exec" in out and "doctor" in out
+    done = run_cli("exec", "--help")
+    assert done.returncode == 0 and "# %%" in done.stdout
+
+
+def test_split_cells():
+    source = "a = 1\n# %% second\nb = a + 1\n\n# %%\n\n# %%\nprint(b)\n"
+    assert split_cells(source) == ["a = 1", "b = a + 1", "print(b)"]
+
+
+def test_exec_runs_cells_in_one_sandboxed_kernel(tmp_path):
+    script = tmp_path / "cells.py"
+    script.write_text("x = image_clue_0.width\n# %%\nprint(x * 2)\n# %%\nimage_clue_0.crop((0, 0, 4, 4))\n"
+                      "# %%\n1/0\n")
+    image = tmp_path / "in.png"
+    Image.new("RGB", (21, 10)).save(image)
+    done = run_cli("exec", str(script), "--image", f"image_clue_0={image}", "--json",
+                   "--save-images", str(tmp_path / "shown"))
+    cells = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [c["status"] for c in cells] == ["ok", "ok", "ok", "error"]
+    assert cells[1]["stdout"] == "42\n"
+    assert Image.open(cells[2]["images"][0]).size == (4, 4)
+    assert cells[3]["error"] == "ZeroDivisionError"
+    assert done.returncode == 1  # a cell failed
+
+
+def test_exec_reports_bad_arguments_clearly(tmp_path):
+    done = run_cli("exec", str(tmp_path / "missing.py"))
+    assert done.returncode != 0 and "cannot read" in done.stderr
+    done = run_cli("exec", "-", "--image", "noequals", stdin="1\n")
+    assert done.returncode != 0 and "NAME=PATH" in done.stderr
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    done = run_cli("demo", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "blocked: ConnectionRefusedError" in done.stdout or "not sandboxed" in done.stdout.lower()
+    assert (tmp_path / "cell3_image0.png").exists()
+    assert "crop still here: (80, 60)" in done.stdout
+    assert "fresh kernel" in done.stdout
