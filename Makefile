@@ -1,0 +1,114 @@
+# PyVision-RL developer tasks (GNU make).
+#
+#   make install     system packages (bubblewrap, ffmpeg) + .venv with CPU torch + editable install
+#   make test        fast test suite (everything not marked `slow`)
+#
+# Run `make help` for the full list.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON     ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+# Installed before the project so that nothing later resolves a CUDA torch.
+# pip's find-links (/opt/wheels) provides the CPU build (2.13.0+cpu).
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS     ?= dev,video,train
+PIP_FLAGS  ?= --disable-pip-version-check
+ifdef CI
+PIP_FLAGS  += --progress-bar off
+endif
+PYTEST_ARGS ?=
+BENCH_ARGS  ?=
+
+# command:debian-package pairs installed by `make system-deps` when missing.
+SYSTEM_DEPS := bwrap:bubblewrap ffmpeg:ffmpeg
+
+# If the venv exists but its interpreter is unusable (e.g. dangling symlink after a
+# Python upgrade), force the stamp to rebuild; the recipe then recreates the venv.
+VENV_OK := $(shell [ -x "$(PY)" ] && "$(PY)" -c "import pip; print('ok')" 2>/dev/null)
+ifneq ($(VENV_OK),ok)
+STAMP_FORCE := FORCE
+endif
+
+.PHONY: help system-deps install demo test test-slow test-all bench lint clean distclean FORCE
+
+help: ## Show this help
+	@echo "PyVision-RL make targets:"
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables: VENV=$(VENV) PYTHON=$(PYTHON) TORCH_SPEC=$(TORCH_SPEC) EXTRAS=$(EXTRAS)"
+	@echo "           PYTEST_ARGS='...' (extra pytest args), BENCH_ARGS='...' (extra benchmark args)"
+
+system-deps: ## Install missing Debian packages (bubblewrap, ffmpeg)
+	@missing=""; \
+	for pair in $(SYSTEM_DEPS); do \
+		cmd=$${pair%%:*}; pkg=$${pair#*:}; \
+		command -v "$$cmd" >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "system-deps: all present ($(SYSTEM_DEPS))"; exit 0; fi; \
+	echo "system-deps: missing:$$missing"; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	else \
+		echo "WARNING: cannot install$$missing: not root and no passwordless sudo."; \
+		echo "WARNING: without bubblewrap the execution engine runs in its weaker (reported) isolation mode;"; \
+		echo "WARNING: without ffmpeg video features/tests are unavailable. Install them manually."; \
+		exit 0; \
+	fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "WARNING: apt-get not found; install$$missing with your package manager."; exit 0; \
+	fi; \
+	if $$sudo apt-get update && \
+	   $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; then \
+		echo "system-deps: installed$$missing"; \
+	else \
+		echo "WARNING: apt-get failed to install$$missing; continuing (affected features will be unavailable)."; \
+	fi
+
+$(STAMP): setup.cfg pyproject.toml $(STAMP_FORCE)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "error: Python >= 3.10 required, $(PYTHON) is " + sys.version.split()[0])'
+	@if [ -e "$(VENV)" ] && ! "$(PY)" -c "import pip" >/dev/null 2>&1; then \
+		echo "venv $(VENV) is broken or incomplete; recreating"; rm -rf "$(VENV)"; \
+	fi
+	@if [ ! -x "$(PY)" ]; then echo "creating venv $(VENV)"; $(PYTHON) -m venv "$(VENV)"; fi
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(PY) -m pip install $(PIP_FLAGS) '$(TORCH_SPEC)'
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[$(EXTRAS)]'
+	@$(PY) -c "import torch; v = torch.__version__; print('torch', v); \
+		'+cpu' in v or print('WARNING: torch is not the CPU build (' + v + ')')"
+	touch $@
+
+install: system-deps $(STAMP) ## Install system deps and the dev venv (.venv)
+
+demo: install ## Run the demo (pyvision demo)
+	$(VENV)/bin/pyvision demo
+
+test: install ## Run the fast test suite (not marked slow)
+	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
+
+test-slow: install ## Run only tests marked slow
+	$(PY) -m pytest -m slow -q $(PYTEST_ARGS)
+
+test-all: install ## Run the whole test suite
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: install ## Run the benchmarks (python -m benchmarks)
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
+lint: install ## Lint with ruff
+	$(PY) -m ruff check .
+
+clean: ## Remove build artefacts and caches (keeps the venv)
+	rm -rf build dist .eggs *.egg-info .pytest_cache .ruff_cache .hypothesis .coverage .coverage.* htmlcov
+	find . -path ./$(VENV) -prune -o -path ./.git -prune -o \
+		\( -name __pycache__ -o -name '*.egg-info' \) -type d -print0 | xargs -0 rm -rf
+	find . -path ./$(VENV) -prune -o -path ./.git -prune -o -name '*.py[co]' -type f -print0 | xargs -0 rm -f
+
+distclean: clean ## clean + remove the venv
+	rm -rf $(VENV)
+
+FORCE:
