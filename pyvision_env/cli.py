@@ -97,24 +97,24 @@ def run_exec(args: argparse.Namespace) -> int:
             raise SystemExit(f"pyvision exec: --image takes NAME=PATH, got {spec!r}")
         images[name] = path
     failed = False
-    with Engine(limits=ExecutionLimits(cell_timeout=args.timeout), pool_size=1) as engine:
-        with engine.session(images=images) as session:
-            for index, cell in enumerate(split_cells(source)):
-                result = session.run(cell)
-                failed = failed or not result.ok
-                saved = _save_images(result.images, args.save_images, f"cell{index}")
-                if args.json:
-                    print(json.dumps({"cell": index, "status": result.status.value, "stdout": result.stdout,
-                                      "stderr": result.stderr, "result": result.result,
-                                      "error": result.error_name, "error_value": result.error_value,
-                                      "images": saved or len(result.images), "truncated": result.truncated,
-                                      "state_lost": result.state_lost, "duration": result.duration,
-                                      "notes": result.notes}))
-                else:
-                    print(f"--- cell {index}: {result.summary()}")
-                    print(format_result(result), end="")
-                    for path in saved:
-                        print(f"[image saved: {path}]")
+    with Engine(limits=ExecutionLimits(cell_timeout=args.timeout), pool_size=1) as engine, \
+            engine.session(images=images) as session:
+        for index, cell in enumerate(split_cells(source)):
+            result = session.run(cell)
+            failed = failed or not result.ok
+            saved = _save_images(result.images, args.save_images, f"cell{index}")
+            if args.json:
+                print(json.dumps({"cell": index, "status": result.status.value, "stdout": result.stdout,
+                                  "stderr": result.stderr, "result": result.result,
+                                  "error": result.error_name, "error_value": result.error_value,
+                                  "images": saved or len(result.images), "truncated": result.truncated,
+                                  "state_lost": result.state_lost, "duration": result.duration,
+                                  "notes": result.notes}))
+            else:
+                print(f"--- cell {index}: {result.summary()}")
+                print(format_result(result), end="")
+                for path in saved:
+                    print(f"[image saved: {path}]")
     return 1 if failed else 0
 
 

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pyvision_env.execution import (AsyncEngine, CellStatus, EpisodeLimitError, ExecutionLimits, InputError,
-                                    SandboxConfig)
+from pyvision_env.execution import (
+    AsyncEngine,
+    CellStatus,
+    EpisodeLimitError,
+    ExecutionLimits,
+    InputError,
+    SandboxConfig,
+)
 
 from .conftest import FAST_LIMITS
 
@@ -175,16 +181,15 @@ def test_async_core_runs_sessions_concurrently():
 
 def test_cancelling_a_caller_mid_cell_leaves_a_usable_session():
     async def main():
-        async with AsyncEngine(limits=FAST_LIMITS, pool_size=1) as engine:
-            async with engine.session() as s:
-                await s.run("x = 1")
-                task = asyncio.create_task(s.run("import time\ntime.sleep(30)"))
-                await asyncio.sleep(0.5)
-                task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
-                after = await s.run("print('alive')")
-                return after
+        async with AsyncEngine(limits=FAST_LIMITS, pool_size=1) as engine, engine.session() as s:
+            await s.run("x = 1")
+            task = asyncio.create_task(s.run("import time\ntime.sleep(30)"))
+            await asyncio.sleep(0.5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            after = await s.run("print('alive')")
+            return after
     after = asyncio.run(main())
     assert after.ok and after.stdout == "alive\n"
     assert any("fresh kernel" in note for note in after.notes)

@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from pyvision_env.execution import (Engine, ExecutionLimits, SandboxConfig, SandboxUnavailableError,
-                                    WeakIsolationWarning, probe_bubblewrap)
+from pyvision_env.execution import (
+    Engine,
+    ExecutionLimits,
+    SandboxConfig,
+    SandboxUnavailableError,
+    WeakIsolationWarning,
+    probe_bubblewrap,
+)
 
 from .conftest import requires_sandbox
 

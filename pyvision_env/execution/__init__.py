@@ -3,7 +3,15 @@
 The public names are re-exported here; see :mod:`.engine` for the entry points.
 """
 
-from .engine import AsyncEngine, AsyncSession, Engine, EpisodeLimitError, InputError, Session, WeakIsolationWarning
+from .engine import (
+    AsyncEngine,
+    AsyncSession,
+    Engine,
+    EpisodeLimitError,
+    InputError,
+    Session,
+    WeakIsolationWarning,
+)
 from .kernel import KernelStartError
 from .limits import ExecutionLimits, SandboxConfig
 from .records import CellResult, CellStatus, EngineStatus

@@ -312,7 +312,7 @@ class Kernel:
         elif stop is not None:
             result.status = stop
             result.state_lost = self._killed
-            what = (f"exceeded its time limit" if stop is CellStatus.TIMEOUT
+            what = ("exceeded its time limit" if stop is CellStatus.TIMEOUT
                     else f"sent more than {collector.limits.max_output_bytes} bytes of output")
             notes.append(f"the cell {what} and was "
                          + ("killed: kernel restarted, state lost" if self._killed else "interrupted"))

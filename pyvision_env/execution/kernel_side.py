@@ -4,7 +4,8 @@ It installs the display hooks the engine relies on and the helpers that load inp
 
 * ``plt.show()`` sends every open figure as a PNG at the figure's own size, then closes them;
 * ``display(fig)`` and a figure as a cell's last expression render as PNG;
-* ``input()`` and ``breakpoint()`` fail at once instead of waiting for a person.
+* ``input()`` and ``breakpoint()`` fail at once instead of waiting for a person;
+* ``exit()`` and ``quit()`` do not shut the kernel down.
 
 Names start with ``_pyvision_`` so model code is unlikely to clash with them.
 """
@@ -16,9 +17,9 @@ import sys as _pyvision_sys
 import matplotlib as _pyvision_mpl
 
 _pyvision_mpl.use("Agg")
-import matplotlib.pyplot as _pyvision_plt  # noqa: E402
-from matplotlib.figure import Figure as _PyvisionFigure  # noqa: E402
-from PIL import Image as _PyvisionImage  # noqa: E402
+import matplotlib.pyplot as _pyvision_plt
+from matplotlib.figure import Figure as _PyvisionFigure
+from PIL import Image as _PyvisionImage
 
 
 def _pyvision_figure_png(fig):
@@ -45,6 +46,13 @@ def _pyvision_no_debugger(*args, **kwargs):
 
 
 _pyvision_sys.breakpointhook = _pyvision_no_debugger
+
+
+def _pyvision_keep_kernel_on_exit():
+    """``exit()``/``quit()`` would shut the kernel down (ipykernel 7); keep it alive, as after ``sys.exit()``."""
+
+
+get_ipython().ask_exit = _pyvision_keep_kernel_on_exit
 
 
 def _pyvision_load_inputs(images_json, values_json):

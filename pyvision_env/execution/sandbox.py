@@ -254,7 +254,7 @@ def make_preexec(limits: ExecutionLimits, cgroup_fds: list[int], die_with_parent
         for fd in cgroup_fds:
             os.write(fd, b"0")
         for which, value in rlimits:
-            soft, hard = resource.getrlimit(which)
+            _, hard = resource.getrlimit(which)
             value = value if hard == resource.RLIM_INFINITY else min(value, hard)
             resource.setrlimit(which, (value, value))
         if libc is not None:
