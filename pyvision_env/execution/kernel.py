@@ -37,6 +37,9 @@ KERNEL_SIDE_CODE = (Path(__file__).with_name("kernel_side.py")).read_text()
 IDLE_WAIT = 0.5
 """Seconds to wait for the ``idle`` status after the reply (it can be lost under an output flood)."""
 POLL_WITHOUT_PIDFD = 0.2
+DRAIN_BATCH = 64
+"""Messages read from a socket at a time: a kernel that floods faster than they are read must not keep the
+loop from its deadline, budget and death checks (nor from other sessions)."""
 
 KERNEL_FLAGS = ("--HistoryManager.enabled=False", "--InteractiveShell.colors=nocolor",
                 "--IPKernelApp.log_level=ERROR", "--Application.log_level=ERROR")
@@ -205,6 +208,8 @@ class Kernel:
         if self.cgroup is not None:
             self.cgroup.kill_all()
         await _wait_exit(self.process, timeout=5.0)
+        if self.cgroup is not None:  # killed processes of the namespace are reaped by init a moment later
+            await _wait_cgroup_empty(self.cgroup, timeout=2.0)
         self._close_resources()
 
     def kill_now(self) -> None:
@@ -264,11 +269,14 @@ class Kernel:
         try:
             while True:
                 now = time.monotonic()
-                if stop is None and (now >= deadline or collector.over_budget):
+                # A cell that has replied is over: interrupting it now would hit the next cell instead.
+                if stop is None and reply is None and (now >= deadline or collector.over_budget):
                     stop = CellStatus.TIMEOUT if now >= deadline else CellStatus.OUTPUT_LIMIT
                     self.interrupt()
                     kill_at = now + limits.interrupt_grace
                 if reply is not None and (idle or now >= replied_at + IDLE_WAIT):
+                    if stop is not None:  # the reply may have crossed our interrupt: let that land first
+                        await self._wait_interrupt_reply(kill_at)
                     break
                 if stop is not None and now >= kill_at:
                     await self.kill()
@@ -327,6 +335,17 @@ class Kernel:
 
     # --- messaging -------------------------------------------------------------------------------
 
+    async def _wait_interrupt_reply(self, until: float) -> None:
+        """Wait (until ``until``) for the kernel to answer our interrupt: its SIGINT has then been raised,
+        while the kernel is between cells, and cannot abort the next cell."""
+        while True:
+            if any(msg["msg_type"] == "interrupt_reply" for msg in self._drain(self._control_now)):
+                return
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            await self._control.poll(int(left * 1000) + 1)
+
     async def _wait_events(self, timeout: float) -> bool:
         """Wait until a message arrives, the process exits, or ``timeout`` passes. True if anything happened."""
         timeout = max(0.0, timeout)
@@ -335,20 +354,21 @@ class Kernel:
         events = await self._poller.poll(int(timeout * 1000) + 1)
         return bool(events)
 
-    def _drain(self, socket: zmq.Socket) -> list[dict]:
-        """All messages waiting on ``socket``, deserialised; malformed ones are skipped."""
+    def _drain(self, socket: zmq.Socket, limit: int = DRAIN_BATCH) -> list[dict]:
+        """Messages waiting on ``socket`` (at most ``limit``), deserialised; malformed ones are skipped."""
         messages = []
         session = self.client.session
-        while True:
+        for _ in range(limit):
             try:
                 frames = socket.recv_multipart(zmq.NOBLOCK)
             except zmq.ZMQError:  # zmq.Again: nothing more waiting
-                return messages
+                break
             try:
                 _, parts = session.feed_identities(frames)
                 messages.append(session.deserialize(parts))
             except Exception:  # noqa: BLE001 - a forged or broken message is dropped, not fatal
                 continue
+        return messages
 
 
 def _pidfd_open(pid: int) -> int | None:
@@ -363,6 +383,15 @@ async def _wait_exit(process: subprocess.Popen, timeout: float) -> None:
     until = time.monotonic() + timeout
     delay = 0.001
     while process.poll() is None and time.monotonic() < until:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+async def _wait_cgroup_empty(cgroup: Cgroup, timeout: float) -> None:
+    """Wait until no process is left in ``cgroup`` (else its directory cannot be removed)."""
+    until = time.monotonic() + timeout
+    delay = 0.001
+    while cgroup.pids() and time.monotonic() < until:
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
 

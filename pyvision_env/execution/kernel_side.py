@@ -55,6 +55,24 @@ def _pyvision_keep_kernel_on_exit():
 get_ipython().ask_exit = _pyvision_keep_kernel_on_exit
 
 
+def _pyvision_drop_output_copies():
+    """ipykernel copies output written to file descriptors 1 and 2 (``os.write``, subprocesses, C code) to
+    the kernel's original stdout/stderr: the engine's ``kernel.log`` on the host's disk. Send those copies
+    to /dev/null, so that a flood neither fills the host's disk nor, at ``RLIMIT_FSIZE``, kills the thread
+    that forwards such output to the cell (after which a larger write blocks the kernel)."""
+    import os
+
+    null = os.open(os.devnull, os.O_WRONLY)
+    for stream in (_pyvision_sys.stdout, _pyvision_sys.stderr):
+        copy = getattr(stream, "_original_stdstream_copy", None)
+        if isinstance(copy, int):
+            os.dup2(null, copy)
+    os.close(null)
+
+
+_pyvision_drop_output_copies()
+
+
 def _pyvision_load_inputs(images_json, values_json):
     """Bind PIL images (opened from read-only files) and JSON values to names in the user namespace."""
     namespace = get_ipython().user_ns

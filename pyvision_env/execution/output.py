@@ -146,11 +146,17 @@ class OutputCollector:
             self._add_data(content.get("data"), is_result=msg_type == "execute_result")
         elif msg_type == "error":
             name = sanitize_text(_as_text(content.get("ename", "")))[:200]
-            value = _cap(sanitize_text(_as_text(content.get("evalue", ""))), self.limits.max_text_chars)
+            value = self._capped(sanitize_text(_as_text(content.get("evalue", ""))))
             frames = content.get("traceback", [])
             tb = "\n".join(_as_text(line) for line in frames) if isinstance(frames, list) else _as_text(frames)
             self.bytes_received += len(tb) + len(value)
-            self.error = (name, value, _cap(sanitize_text(tb), self.limits.max_text_chars))
+            self.error = (name, value, self._capped(sanitize_text(tb)))
+
+    def _capped(self, text: str) -> str:
+        """``text`` cut to ``max_text_chars``; a cut marks the cell's output as truncated."""
+        if len(text) > self.limits.max_text_chars:
+            self.truncated = True
+        return _cap(text, self.limits.max_text_chars)
 
     def _add_data(self, data: object, is_result: bool) -> None:
         if not isinstance(data, dict):
@@ -163,7 +169,7 @@ class OutputCollector:
         text = sanitize_text(_as_text(data.get("text/plain", "")))
         self.bytes_received += len(text)
         if is_result:
-            self.result = _cap(text, self.limits.max_text_chars)
+            self.result = self._capped(text)
         elif text:
             self.stdout.append(text + "\n")
 

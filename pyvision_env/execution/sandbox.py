@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,8 +164,12 @@ class CgroupManager:
         for parent in self.parents:
             for child in parent.glob("*"):
                 if child.is_dir():
-                    Cgroup((child,)).kill_all()
-                    Cgroup((child,)).remove()
+                    cgroup = Cgroup((child,))
+                    cgroup.kill_all()
+                    until = time.monotonic() + 2.0  # killed processes are reaped by init a moment later
+                    while cgroup.pids() and time.monotonic() < until:
+                        time.sleep(0.01)
+                    cgroup.remove()
             try:
                 parent.rmdir()
             except OSError:
