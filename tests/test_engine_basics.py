@@ -11,6 +11,7 @@ from PIL import Image
 from pyvision_env.execution import (
     AsyncEngine,
     CellStatus,
+    Engine,
     EpisodeLimitError,
     ExecutionLimits,
     InputError,
@@ -193,3 +194,14 @@ def test_cancelling_a_caller_mid_cell_leaves_a_usable_session():
     after = asyncio.run(main())
     assert after.ok and after.stdout == "alive\n"
     assert any("fresh kernel" in note for note in after.notes)
+
+
+def test_using_a_closed_engine_is_a_clear_error():
+    engine = Engine(limits=FAST_LIMITS, pool_size=1)
+    session = engine.session()
+    engine.close()
+    with pytest.raises(RuntimeError, match="engine is closed"):
+        session.run("1")
+    with pytest.raises(RuntimeError, match="engine is closed"):
+        engine.session()
+    engine.close()  # idempotent

@@ -44,7 +44,7 @@ from .kernel import Kernel, KernelDiedError
 from .limits import ExecutionLimits, SandboxConfig
 from .pool import KernelPool
 from .records import CellResult, CellStatus, EngineStatus
-from .sandbox import CgroupManager, SandboxUnavailableError, probe_bubblewrap
+from .sandbox import CgroupManager, SandboxUnavailableError, pid_exists, probe_bubblewrap
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -111,7 +111,9 @@ class AsyncEngine:
         if self._pool is not None:
             return self
         _raise_open_file_limit()
-        self._root = Path(tempfile.mkdtemp(prefix="pyvision-", dir=self.sandbox.root_dir))
+        parent = Path(self.sandbox.root_dir or tempfile.gettempdir())
+        _sweep_dead_engines(parent)
+        self._root = Path(tempfile.mkdtemp(prefix=f"pyvision-{os.getpid()}-", dir=parent))
         longest_socket = len(str(self._root / "k-000000000000" / "ipc-5"))
         if longest_socket > SOCKET_PATH_LIMIT:
             shutil.rmtree(self._root, ignore_errors=True)
@@ -239,6 +241,7 @@ class AsyncSession:
         """Execute one cell. Raises :class:`EpisodeLimitError` when an episode budget is used up."""
         if self._closed:
             raise RuntimeError("this session is closed")
+        self.engine._running_pool()  # a clear error if the engine was closed under the session
         if not isinstance(code, str):
             raise TypeError(f"code must be a str, got {type(code).__name__}")
         limits = self.limits
@@ -336,6 +339,9 @@ class Engine:
             raise
 
     def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if self._loop.is_closed():
+            coroutine.close()
+            raise RuntimeError("the engine is closed")
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         try:
             return future.result(timeout)
@@ -478,6 +484,14 @@ def _raise_open_file_limit() -> None:
     wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def _sweep_dead_engines(parent: Path) -> None:
+    """Remove directories left by engines whose process was killed (``pyvision-<pid>-*``, pid gone)."""
+    for leftover in parent.glob("pyvision-*-*"):
+        owner = leftover.name.split("-")[1]
+        if owner.isdigit() and not pid_exists(int(owner)) and leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _emergency_cleanup(kernels: set[Kernel], root: Path, cgroups: CgroupManager | None) -> None:

@@ -19,7 +19,7 @@ import base64
 import binascii
 import io
 import re
-import warnings
+import struct
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -84,17 +84,30 @@ class PendingImage:
     size: tuple[int, int]
 
     def decode(self) -> Image.Image:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(self.data))
-            image.load()
+        """Decode in full (the size was already checked against the limits)."""
+        image = Image.open(io.BytesIO(self.data))
+        image.load()
         return image
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_size(width: int, height: int, limits: ExecutionLimits) -> None:
+    if width <= 0 or height <= 0:
+        raise ValueError(f"empty image ({width}x{height})")
+    if width * height > limits.max_image_pixels:
+        raise ValueError(f"{width}x{height} is over the {limits.max_image_pixels}-pixel limit")
+    if max(width, height) > limits.max_aspect_ratio * min(width, height):
+        raise ValueError(f"{width}x{height} has an aspect ratio over {limits.max_aspect_ratio:g}")
 
 
 def check_image(data: bytes, limits: ExecutionLimits) -> PendingImage:
     """Validate an encoded image from its header only. Raises ``ValueError`` with the reason."""
     if len(data) > limits.max_image_bytes:
         raise ValueError(f"{len(data)} bytes is over the {limits.max_image_bytes}-byte limit")
+    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
+        _check_size(*struct.unpack(">II", data[16:24]), limits)  # before PIL parses anything
     try:
         with Image.open(io.BytesIO(data)) as image:  # reads the header, decodes nothing
             width, height = image.size
@@ -102,12 +115,7 @@ def check_image(data: bytes, limits: ExecutionLimits) -> PendingImage:
         raise ValueError(f"decompression bomb: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad image
         raise ValueError(f"not a readable image ({type(exc).__name__}: {exc})") from None
-    if width <= 0 or height <= 0:
-        raise ValueError(f"empty image ({width}x{height})")
-    if width * height > limits.max_image_pixels:
-        raise ValueError(f"{width}x{height} is over the {limits.max_image_pixels}-pixel limit")
-    if max(width, height) > limits.max_aspect_ratio * min(width, height):
-        raise ValueError(f"{width}x{height} has an aspect ratio over {limits.max_aspect_ratio:g}")
+    _check_size(width, height, limits)
     return PendingImage(data, (width, height))
 
 

@@ -109,6 +109,11 @@ class CgroupManager:
 
     def __init__(self, root: Path = CGROUP_ROOT) -> None:
         self.version, self.parents = self._find(root)
+        for parent in self.parents:
+            for leftover in parent.parent.glob("pyvision-*-*"):
+                owner = leftover.name.split("-")[1]
+                if owner.isdigit() and not pid_exists(int(owner)):
+                    _remove_cgroup_tree(leftover)
 
     @staticmethod
     def _find(root: Path) -> tuple[str, tuple[Path, ...]]:
@@ -162,18 +167,33 @@ class CgroupManager:
 
     def close(self) -> None:
         for parent in self.parents:
-            for child in parent.glob("*"):
-                if child.is_dir():
-                    cgroup = Cgroup((child,))
-                    cgroup.kill_all()
-                    until = time.monotonic() + 2.0  # killed processes are reaped by init a moment later
-                    while cgroup.pids() and time.monotonic() < until:
-                        time.sleep(0.01)
-                    cgroup.remove()
-            try:
-                parent.rmdir()
-            except OSError:
-                pass
+            _remove_cgroup_tree(parent)
+
+
+def _remove_cgroup_tree(parent: Path) -> None:
+    """Kill everything in ``parent``'s child cgroups, then remove them and ``parent``."""
+    for child in parent.glob("*"):
+        if child.is_dir():
+            cgroup = Cgroup((child,))
+            cgroup.kill_all()
+            until = time.monotonic() + 2.0  # killed processes are reaped by init a moment later
+            while cgroup.pids() and time.monotonic() < until:
+                time.sleep(0.01)
+            cgroup.remove()
+    try:
+        parent.rmdir()
+    except OSError:
+        pass
+
+
+def pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _own_v2_cgroup(root: Path) -> Path | None:
