@@ -238,7 +238,7 @@ def bubblewrap_command(kernel_dir: Path, work_dir: Path, inputs_dir: Path, confi
             cmd += ["--tmpfs", hidden]
     # The engine's root (other kernels' directories and keys) is hidden; only this kernel's is mounted.
     cmd += ["--tmpfs", str(kernel_dir.parent)]
-    for path in _python_paths(config) + tuple(config.extra_readonly_paths):
+    for path in _python_paths(config, kernel_dir.parent) + tuple(config.extra_readonly_paths):
         cmd += ["--ro-bind", path, path]
     cmd += ["--bind", str(kernel_dir), str(kernel_dir),
             "--ro-bind", str(inputs_dir), str(inputs_dir),
@@ -250,14 +250,18 @@ def bubblewrap_command(kernel_dir: Path, work_dir: Path, inputs_dir: Path, confi
     return cmd + ["--"]
 
 
-def _python_paths(config: SandboxConfig) -> tuple[str, ...]:
-    """Directories of the interpreter and its packages, re-exposed in case they sit under a hidden path."""
-    exe = config.python or sys.executable
-    candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(exe)),
-                  os.path.dirname(os.path.dirname(os.path.realpath(exe)))}
-    candidates.update(p for p in sys.path if p and os.path.isdir(p))
-    hidden = tuple(config.hidden_paths)
-    return tuple(sorted(p for p in candidates if os.path.isdir(p) and _is_under(p, hidden)))
+def _python_paths(config: SandboxConfig, engine_root: Path) -> tuple[str, ...]:
+    """The interpreter's directories that the sandbox's own mounts would hide (under a hidden path or
+    /tmp, e.g. a virtual environment in a checkout under /tmp), to re-expose read-only. A directory that
+    contains the engine's root is never among them (it would expose other kernels' files)."""
+    given = config.python or sys.executable
+    real = os.path.realpath(given)
+    candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.dirname(given)),
+                  os.path.dirname(real), os.path.dirname(os.path.dirname(real))}
+    candidates |= {os.path.realpath(p) for p in candidates}
+    shadowed = (*config.hidden_paths, "/tmp")
+    return tuple(sorted(p for p in candidates if os.path.isdir(p) and _is_under(p, shadowed)
+                        and p not in shadowed and not _is_under(str(engine_root), (p,))))
 
 
 def _is_under(path: str, roots: tuple[str, ...]) -> bool:
