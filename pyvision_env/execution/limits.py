@@ -53,7 +53,8 @@ class ExecutionLimits:
     max_images_per_cell: int = 16
     """Images kept per cell; later ones are dropped and the result is marked truncated."""
     max_image_pixels: int = 4096 * 4096
-    """Largest image (width x height) accepted back from the kernel; checked before decoding."""
+    """Largest image (width x height) accepted back from the kernel; checked before decoding. Never more
+    than PIL's decompression-bomb threshold (``PIL.Image.MAX_IMAGE_PIXELS``)."""
     max_image_bytes: int = 16 * MiB
     """Largest encoded image accepted back from the kernel."""
     max_aspect_ratio: float = 200.0

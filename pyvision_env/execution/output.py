@@ -96,8 +96,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def _check_size(width: int, height: int, limits: ExecutionLimits) -> None:
     if width <= 0 or height <= 0:
         raise ValueError(f"empty image ({width}x{height})")
-    if width * height > limits.max_image_pixels:
-        raise ValueError(f"{width}x{height} is over the {limits.max_image_pixels}-pixel limit")
+    limit = min(limits.max_image_pixels, Image.MAX_IMAGE_PIXELS or limits.max_image_pixels)
+    if width * height > limit:
+        guard = " (PIL's decompression-bomb guard)" if limit < limits.max_image_pixels else ""
+        raise ValueError(f"{width}x{height} is over the {limit}-pixel limit{guard}")
     if max(width, height) > limits.max_aspect_ratio * min(width, height):
         raise ValueError(f"{width}x{height} has an aspect ratio over {limits.max_aspect_ratio:g}")
 
