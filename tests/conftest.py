@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import warnings
 
 import psutil
@@ -28,12 +29,29 @@ def kernel_processes() -> list[psutil.Process]:
     return found
 
 
+def quiet_engine(**kwargs) -> Engine:
+    """An :class:`Engine` (``FAST_LIMITS`` unless given) without the weak-isolation warning."""
+    kwargs.setdefault("limits", FAST_LIMITS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WeakIsolationWarning)
+        return Engine(**kwargs)
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true (returns True) or ``timeout`` seconds pass (returns False)."""
+    until = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= until:
+            return False
+        time.sleep(interval)
+
+
 @pytest.fixture(scope="session")
 def engine():
     """One engine for the whole run; each test opens its own sessions (fresh kernels)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", WeakIsolationWarning)
-        eng = Engine(limits=FAST_LIMITS, pool_size=2, max_kernels=48)
+    eng = quiet_engine(pool_size=2, max_kernels=48)
     yield eng
     eng.close()
 

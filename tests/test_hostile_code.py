@@ -16,16 +16,15 @@ import sys
 import threading
 import time
 import uuid
-import warnings
 import zlib
 from pathlib import Path
 
 import psutil
 import pytest
 
-from pyvision_env.execution import CellStatus, Engine, EpisodeLimitError, WeakIsolationWarning
+from pyvision_env.execution import CellStatus, EpisodeLimitError
 
-from .conftest import FAST_LIMITS, SANDBOX_WORKS, requires_sandbox
+from .conftest import FAST_LIMITS, SANDBOX_WORKS, quiet_engine, requires_sandbox, wait_until
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -73,16 +72,6 @@ def assert_clean_text(text: str) -> None:
     text.encode("utf-8")
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
-    until = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= until:
-            return False
-        time.sleep(interval)
-
-
 def processes_with(marker: str) -> list[psutil.Process]:
     """Live (non-zombie) processes on the host whose command line contains ``marker``."""
     found = []
@@ -112,9 +101,7 @@ def make_png_header_bomb(width: int, height: int) -> bytes:
 @pytest.fixture(scope="module")
 def limited_engine():
     """An engine whose kernels start with small memory, disk, file, process and descriptor limits."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", WeakIsolationWarning)
-        eng = Engine(limits=RESOURCE_LIMITS, pool_size=1, max_kernels=8)
+    eng = quiet_engine(limits=RESOURCE_LIMITS, pool_size=1, max_kernels=8)
     yield eng
     eng.close()
 
@@ -423,9 +410,7 @@ def test_flood_that_ends_at_once_does_not_hurt_the_next_cell(engine):
 def test_descriptor_level_flood_neither_fills_the_host_disk_nor_breaks_forwarding(fd):
     """ipykernel copies what is written to fds 1/2 to the kernel's log file, which lives on the host."""
     limits = FLOOD_LIMITS.replace(cell_timeout=4.0, max_file_bytes=3 * MiB)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", WeakIsolationWarning)
-        eng = Engine(limits=limits, pool_size=1)
+    eng = quiet_engine(limits=limits, pool_size=1)
     with eng, eng.session() as s:
         log = kernel_of(s).directory / "kernel.log"
         for _ in range(3):  # 6 MiB in all: twice the kernel's file-size limit
@@ -715,9 +700,7 @@ def test_home_directory_and_ssh_keys_are_hidden(session):
 def test_parent_environment_is_not_inherited(monkeypatch):
     secret = f"hunter2-{uuid.uuid4().hex}"
     monkeypatch.setenv("PYVISION_TEST_SECRET", secret)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", WeakIsolationWarning)
-        eng = Engine(limits=FAST_LIMITS, pool_size=1)
+    eng = quiet_engine(limits=FAST_LIMITS, pool_size=1)
     with eng, eng.session() as s:
         own = s.run("import os\nprint('PYVISION_TEST_SECRET' in os.environ, os.environ.get('PYVISION_TEST_SECRET'))")
         assert own.ok and own.stdout == "False None\n", own.stdout

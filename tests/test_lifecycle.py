@@ -16,37 +16,19 @@ import sys
 import textwrap
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import psutil
 import pytest
 
-from pyvision_env.execution import CellStatus, Engine, WeakIsolationWarning
+from pyvision_env.execution import CellStatus, Engine
 
-from .conftest import FAST_LIMITS, kernel_processes, requires_sandbox
+from .conftest import FAST_LIMITS, kernel_processes, quiet_engine, requires_sandbox, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 # --- helpers ----------------------------------------------------------------------------------------
-
-def make_engine(**kwargs) -> Engine:
-    kwargs.setdefault("limits", FAST_LIMITS)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", WeakIsolationWarning)
-        return Engine(**kwargs)
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
-    until = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= until:
-            return False
-        time.sleep(interval)
-
 
 def running(pid: int) -> bool:
     try:
@@ -123,7 +105,7 @@ def run_episodes(engine: Engine, count: int) -> list[int]:
     pytest.param(300, id="300-episodes", marks=[pytest.mark.slow, pytest.mark.timeout(1500)]),
 ])
 def test_sequential_episodes_leak_nothing(episodes):
-    engine = make_engine(pool_size=2)
+    engine = quiet_engine(pool_size=2)
     try:
         engine.warm_up()
         root = engine._async._root
@@ -148,7 +130,7 @@ def test_sequential_episodes_leak_nothing(episodes):
 
 
 def test_sessions_closed_by_garbage_or_exceptions_leak_nothing():
-    engine = make_engine(pool_size=1)
+    engine = quiet_engine(pool_size=1)
     try:
         engine.warm_up()
         baseline = snapshot(engine)
@@ -178,7 +160,7 @@ def test_sessions_closed_by_garbage_or_exceptions_leak_nothing():
 def test_thirty_two_concurrent_sessions_then_full_cleanup():
     me = psutil.Process()
     before = {"fds": me.num_fds(), "threads": me.num_threads(), "kernels": len(kernel_processes())}
-    engine = make_engine(pool_size=4, max_kernels=40)
+    engine = quiet_engine(pool_size=4, max_kernels=40)
     root = engine._async._root
     cgroup_parents = engine._async._cgroups.parents if engine._async._cgroups else ()
     pids: list[int] = []
@@ -215,7 +197,7 @@ def test_thirty_two_concurrent_sessions_then_full_cleanup():
 # --- the global cap -----------------------------------------------------------------------------------
 
 def test_global_cap_makes_a_third_session_wait_until_one_closes():
-    engine = make_engine(pool_size=2, max_kernels=2)
+    engine = quiet_engine(pool_size=2, max_kernels=2)
     try:
         engine.warm_up()
         first, second = engine.session(), engine.session()
@@ -248,7 +230,7 @@ def test_global_cap_makes_a_third_session_wait_until_one_closes():
 
 @pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
 def test_close_kills_kernels_in_use_and_is_idempotent():
-    engine = make_engine(pool_size=1)
+    engine = quiet_engine(pool_size=1)
     root = engine._async._root
     session = engine.session()
     session.run("import time")
@@ -266,7 +248,7 @@ def test_close_kills_kernels_in_use_and_is_idempotent():
 
 
 def test_sync_caller_timeout_cancels_the_cell_and_the_session_goes_on():
-    engine = make_engine(pool_size=1)
+    engine = quiet_engine(pool_size=1)
     try:
         with engine.session() as s:
             s.run("x = 1")

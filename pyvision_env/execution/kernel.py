@@ -200,13 +200,7 @@ class Kernel:
         """Kill the process tree at once, close the client, remove the directory and cgroup. Idempotent."""
         if self._killed:
             return
-        self._killed = True
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            os.killpg(self.process.pid, signal.SIGKILL)  # the kernel runs in a session of its own
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            self.process.kill()
-        if self.cgroup is not None:
-            self.cgroup.kill_all()
+        self._send_kill()
         await _wait_exit(self.process, timeout=5.0)
         if self.cgroup is not None:  # killed processes of the namespace are reaped by init a moment later
             await _wait_cgroup_empty(self.cgroup, timeout=2.0)
@@ -216,16 +210,22 @@ class Kernel:
         """Synchronous kill for finalizers and ``atexit`` (no event loop needed)."""
         if self._killed:
             return
+        self._send_kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        if self.cgroup is not None:
+            self.cgroup.wait_empty(timeout=2.0)
+        self._close_resources(close_sockets=False)
+
+    def _send_kill(self) -> None:
+        """SIGKILL the kernel's session (the kernel runs in one of its own), the process, and its cgroup."""
         self._killed = True
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        with contextlib.suppress(OSError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        with contextlib.suppress(OSError):
             self.process.kill()
         if self.cgroup is not None:
             self.cgroup.kill_all()
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
-        self._close_resources(close_sockets=False)
 
     def _close_resources(self, close_sockets: bool = True) -> None:
         if close_sockets:

@@ -96,6 +96,12 @@ class Cgroup:
                 except ProcessLookupError:
                     pass
 
+    def wait_empty(self, timeout: float) -> None:
+        """Wait until killed processes are gone (the namespace's init reaps them a moment after the kill)."""
+        until = time.monotonic() + timeout
+        while self.pids() and time.monotonic() < until:
+            time.sleep(0.01)
+
     def remove(self) -> None:
         for d in self.dirs:
             try:
@@ -176,9 +182,7 @@ def _remove_cgroup_tree(parent: Path) -> None:
         if child.is_dir():
             cgroup = Cgroup((child,))
             cgroup.kill_all()
-            until = time.monotonic() + 2.0  # killed processes are reaped by init a moment later
-            while cgroup.pids() and time.monotonic() < until:
-                time.sleep(0.01)
+            cgroup.wait_empty(timeout=2.0)
             cgroup.remove()
     try:
         parent.rmdir()
