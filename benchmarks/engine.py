@@ -444,23 +444,11 @@ async def _throughput(settings: Settings, context: zmq.asyncio.Context, root: Pa
         sessions: list[AsyncSession] = []
         references: list[BareKernel] = []
         try:
-            _phase(f"starting {most} engine sessions at once")
-            started = time.perf_counter()
-            opened = await asyncio.gather(*(engine.open_session() for _ in range(most)), return_exceptions=True)
-            out["start_all"]["engine"] = time.perf_counter() - started
-            sessions = [s for s in opened if isinstance(s, AsyncSession)]
-            errors = [s for s in opened if not isinstance(s, AsyncSession)]
-            if errors:
-                raise RuntimeError(f"{len(errors)} of {most} engine sessions failed to start: {errors[0]!r}")
-            _phase(f"starting {most} reference kernels at once")
-            started = time.perf_counter()
-            started_refs = await asyncio.gather(*(BareKernel.start(context, root) for _ in range(most)),
-                                                return_exceptions=True)
-            out["start_all"]["reference"] = time.perf_counter() - started
-            references = [k for k in started_refs if isinstance(k, BareKernel)]
-            errors = [k for k in started_refs if not isinstance(k, BareKernel)]
-            if errors:
-                raise RuntimeError(f"{len(errors)} of {most} reference kernels failed to start: {errors[0]!r}")
+            sessions = await _start_all(f"{most} engine sessions", AsyncSession,
+                                        [engine.open_session() for _ in range(most)], out["start_all"], "engine")
+            references = await _start_all(f"{most} reference kernels", BareKernel,
+                                          [BareKernel.start(context, root) for _ in range(most)],
+                                          out["start_all"], "reference")
 
             _phase(f"throughput at {', '.join(map(str, settings.concurrency))} concurrent kernels")
             engine_cell = [_engine_cell(s) for s in sessions]
@@ -487,6 +475,19 @@ async def _throughput(settings: Settings, context: zmq.asyncio.Context, root: Pa
             await asyncio.gather(*(s.close() for s in sessions), *(k.close() for k in references),
                                  return_exceptions=True)
     return out
+
+
+async def _start_all(what: str, kind: type, starts: list[Awaitable], timings: dict, side: str) -> list:
+    """Start everything in ``starts`` at once, record the wall time under ``timings[side]``; raise if any failed."""
+    _phase(f"starting {what} at once")
+    began = time.perf_counter()
+    results = await asyncio.gather(*starts, return_exceptions=True)
+    timings[side] = time.perf_counter() - began
+    errors = [r for r in results if not isinstance(r, kind)]
+    if errors:
+        await asyncio.gather(*(r.close() for r in results if isinstance(r, kind)), return_exceptions=True)
+        raise RuntimeError(f"{len(errors)} of {len(results)} {what} failed to start: {errors[0]!r}")
+    return results
 
 
 def _engine_cell(session: AsyncSession) -> Callable[[], Awaitable[None]]:

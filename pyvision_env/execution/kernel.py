@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,9 +202,10 @@ class Kernel:
         if self._killed:
             return
         self._send_kill()
-        await _wait_exit(self.process, timeout=5.0)
+        await _wait_until(lambda: self.process.poll() is not None, timeout=5.0)  # reaps it, off the loop
         if self.cgroup is not None:  # killed processes of the namespace are reaped by init a moment later
-            await _wait_cgroup_empty(self.cgroup, timeout=2.0)
+            cgroup = self.cgroup
+            await _wait_until(lambda: not cgroup.pids(), timeout=2.0)
         self._close_resources()
 
     def kill_now(self) -> None:
@@ -378,20 +380,11 @@ def _pidfd_open(pid: int) -> int | None:
         return None
 
 
-async def _wait_exit(process: subprocess.Popen, timeout: float) -> None:
-    """Wait for a killed process to exit and reap it, without blocking the loop."""
+async def _wait_until(done: Callable[[], bool], timeout: float) -> None:
+    """Poll ``done`` with a growing pause (1 ms to 50 ms) until it is true or ``timeout`` passes."""
     until = time.monotonic() + timeout
     delay = 0.001
-    while process.poll() is None and time.monotonic() < until:
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.05)
-
-
-async def _wait_cgroup_empty(cgroup: Cgroup, timeout: float) -> None:
-    """Wait until no process is left in ``cgroup`` (else its directory cannot be removed)."""
-    until = time.monotonic() + timeout
-    delay = 0.001
-    while cgroup.pids() and time.monotonic() < until:
+    while not done() and time.monotonic() < until:
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
 
