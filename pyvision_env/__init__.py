@@ -1,6 +1,22 @@
-"""PyVision-RL environments: sandboxed code execution for agentic vision models.
+"""PyVision-RL: a Gymnasium environment for agentic vision models, and the tools to train and evaluate them.
 
-The execution engine lives in :mod:`pyvision_env.execution`.
+Importing the package registers the built-in suites as ``PyVision/<Suite>-v0`` environments.
+
+Example:
+    >>> import gymnasium as gym, pyvision_env                                   # doctest: +SKIP
+    >>> env = gym.make("PyVision/Zoom-v0")
 """
 
 __version__ = "0.1.0"
+
+from .env import PyVisionEnv
+from .messages import ImagePart, Message, TextPart, from_hf, from_openai, to_hf, to_openai
+from .registry import load_suite, register_suite, suites
+from .tasks import Region, Task, TaskSet, from_generator, from_hf_dataset, load_directory, load_jsonl
+from .visual_tokens import VisualTokenRule
+
+__all__ = [
+    "ImagePart", "Message", "PyVisionEnv", "Region", "Task", "TaskSet", "TextPart", "VisualTokenRule",
+    "from_generator", "from_hf", "from_hf_dataset", "from_openai", "load_directory", "load_jsonl",
+    "load_suite", "register_suite", "suites", "to_hf", "to_openai",
+]

@@ -11,6 +11,8 @@ from .engine import (
     InputError,
     Session,
     WeakIsolationWarning,
+    default_engine,
+    set_default_engine,
 )
 from .kernel import KernelStartError
 from .limits import ExecutionLimits, SandboxConfig
@@ -20,5 +22,5 @@ from .sandbox import SandboxUnavailableError, probe_bubblewrap
 __all__ = [
     "AsyncEngine", "AsyncSession", "CellResult", "CellStatus", "Engine", "EngineStatus", "EpisodeLimitError",
     "ExecutionLimits", "InputError", "KernelStartError", "SandboxConfig", "SandboxUnavailableError", "Session",
-    "WeakIsolationWarning", "probe_bubblewrap",
+    "WeakIsolationWarning", "default_engine", "probe_bubblewrap", "set_default_engine",
 ]

@@ -237,8 +237,9 @@ class AsyncSession:
         """Process id of the current kernel (of bubblewrap when sandboxed); for diagnostics."""
         return self._kernel.process.pid if self._kernel is not None else None
 
-    async def run(self, code: str) -> CellResult:
-        """Execute one cell. Raises :class:`EpisodeLimitError` when an episode budget is used up."""
+    async def run(self, code: str, timeout: float | None = None) -> CellResult:
+        """Execute one cell (``timeout`` can only shorten the cell limit). Raises :class:`EpisodeLimitError`
+        when an episode budget is used up."""
         if self._closed:
             raise RuntimeError("this session is closed")
         self.engine._running_pool()  # a clear error if the engine was closed under the session
@@ -247,7 +248,7 @@ class AsyncSession:
         limits = self.limits
         if limits.max_cells is not None and self.cells_run >= limits.max_cells:
             raise EpisodeLimitError(f"the episode already ran its {limits.max_cells} cells")
-        timeout = limits.cell_timeout
+        timeout = limits.cell_timeout if timeout is None else min(timeout, limits.cell_timeout)
         if limits.episode_timeout is not None:
             left = limits.episode_timeout - self.execution_time
             if left <= 0:
@@ -350,6 +351,19 @@ class Engine:
             raise
 
     @property
+    def core(self) -> AsyncEngine:
+        """The asyncio engine this facade drives; use it from coroutines passed to :meth:`run_coroutine`."""
+        return self._async
+
+    def run_coroutine(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run a coroutine on the engine's event loop and wait for its result (from any other thread)."""
+        return self._call(coroutine, timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._loop.is_closed()
+
+    @property
     def isolation(self) -> str:
         return self._async.isolation
 
@@ -398,7 +412,7 @@ class Session:
 
     def run(self, code: str, timeout: float | None = None) -> CellResult:
         """Execute one cell (see :meth:`AsyncSession.run`)."""
-        return self._engine._call(self._session.run(code), timeout)
+        return self._engine._call(self._session.run(code, timeout))
 
     def close(self) -> None:
         self._engine._call(self._session.close())
@@ -501,3 +515,34 @@ def _emergency_cleanup(kernels: set[Kernel], root: Path, cgroups: CgroupManager 
     if cgroups is not None:
         cgroups.close()
     shutil.rmtree(root, ignore_errors=True)
+
+
+# --- the process-wide default engine ----------------------------------------------------------------
+
+_default_engine: Engine | None = None
+_default_lock = threading.Lock()
+
+
+def default_engine() -> Engine:
+    """The engine environments use when none is given: started on first use, closed at exit.
+
+    Its pool size is ``$PYVISION_POOL_SIZE`` (default 2). Replace it with :func:`set_default_engine`.
+    """
+    global _default_engine
+    with _default_lock:
+        if _default_engine is None or _default_engine._loop.is_closed():
+            pool_size = int(os.environ.get("PYVISION_POOL_SIZE", "2"))
+            _default_engine = Engine(pool_size=pool_size)
+            atexit.register(_default_engine.close)
+        return _default_engine
+
+
+def set_default_engine(engine: Engine | None) -> Engine | None:
+    """Make ``engine`` the default (``None``: start a new one on next use); returns the previous default.
+
+    The caller keeps ownership of both engines (the previous one is not closed).
+    """
+    global _default_engine
+    with _default_lock:
+        previous, _default_engine = _default_engine, engine
+        return previous

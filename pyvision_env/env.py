@@ -1,0 +1,371 @@
+"""`PyVisionEnv`: a multi-turn visual tool-use environment on sandboxed Jupyter kernels.
+
+Each episode is one task. The observation is a list of chat :class:`~pyvision_env.messages.Message` objects
+to append to the conversation; the action is the model's whole response text. Code runs in the episode's
+own kernel; an answer is graded and ends the episode; anything else gets a format-error message.
+
+Example:
+    >>> import gymnasium as gym, pyvision_env                                   # doctest: +SKIP
+    >>> env = gym.make("PyVision/Zoom-v0", protocol="pyvision", max_turns=6)
+    >>> obs, info = env.reset(seed=0)
+    >>> obs, reward, terminated, truncated, info = env.step(
+    ...     "<code>\\n```python\\nprint(image_clue_0.size)\\n```\\n</code>")
+    >>> info["tool_calls"], obs[0].plain_text[:40]
+    (1, '<tool_response>\\n<interpreter>\\nText Result:')
+
+Every ``info`` carries ``turn``, ``tool_calls``, ``tool_errors``, ``format_errors``, ``images_shown``,
+``visual_tokens``, ``timings`` (milliseconds per phase), ``action_kind``, ``code``, ``answer``, ``end_reason``
+(``None`` while running), ``correct`` and ``score`` (``None`` until graded) and ``task_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+from PIL import Image
+
+from .execution import AsyncSession, CellStatus, Engine, EpisodeLimitError, ExecutionLimits, default_engine
+from .messages import Message
+from .protocols import Action, EpisodeInputs, Protocol, ToolOutput, get_protocol
+from .spaces import MessagesSpace, ResponseSpace
+from .tasks import Task, TaskSet
+from .visual_tokens import VisualTokenRule
+
+DEFAULT_MAX_PIXELS = 1024 * 28 * 28
+"""Default image budget per image (about 0.8 MP, 1024 tokens under Qwen2.5-VL): the first view of a large
+image is downscaled to this, which is what makes zooming worth it."""
+
+END_REASONS = ("answered", "format_error", "tool_error", "max_turns", "max_images", "max_visual_tokens",
+               "timeout", "execution_budget")
+
+
+class Timings(Mapping[str, float]):
+    """Milliseconds spent per phase of one step or reset.
+
+    Timings are measurements of the host, not outcomes of the environment, so two ``Timings`` compare equal
+    when they timed the same phases (this keeps Gymnasium's step-determinism check about the environment's
+    behaviour); read the values by key or with ``dict(timings)``.
+    """
+
+    def __init__(self, values: Mapping[str, float]) -> None:
+        self._values = {key: round(float(value), 3) for key, value in values.items()}
+
+    def __getitem__(self, key: str) -> float:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Timings) and self._values.keys() == other._values.keys()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Timings({self._values})"
+
+
+@dataclass
+class _Episode:
+    task: Task
+    session: AsyncSession
+    started: float
+    turn: int = 0
+    tool_calls: int = 0
+    tool_errors: int = 0
+    format_errors: int = 0
+    images_shown: int = 0
+    visual_tokens: int = 0
+    next_image_index: int = 0
+    end_reason: str | None = None
+    correct: bool | None = None
+    score: float | None = None
+    last_text: list[str] = field(default_factory=list)
+
+
+class PyVisionEnv(gym.Env[list, str]):
+    """Visual questions answered by writing code that runs in a sandboxed kernel.
+
+    Args:
+        suite: a registered suite name, a :class:`~pyvision_env.tasks.TaskSet`, or a sequence of tasks.
+        protocol: ``"pyvision"``, ``"codevision"``, ``"openai-tools"`` or a :class:`Protocol` instance.
+        protocol_options: constructor options of a protocol given by name (e.g. ``multiple_blocks``).
+        system_prompt: replaces the protocol's default system prompt (``""``: none).
+        split: use only the tasks of this split (``"train"``, ``"held-out"``, ...).
+        max_turns: assistant turns per episode before truncation (``"max_turns"``).
+        max_images: images the code may show per episode; more truncates (``"max_images"``).
+        max_visual_tokens: visual tokens per episode, first view included; more truncates.
+        episode_timeout: wall-clock seconds per episode; a cell never runs past it (``"timeout"``).
+        on_tool_error: ``"continue"`` (the model sees the error) or ``"end"`` (terminate with reward 0, as
+            PyVision-RL's training did).
+        on_format_error: ``"continue"`` (the model sees a format hint) or ``"end"``.
+        visual_tokens: model family for token accounting (``"qwen2.5-vl"``, ...) or a :class:`VisualTokenRule`.
+        max_pixels: per-image pixel budget of that rule (the model's processor setting); ``None`` keeps the
+            family default.
+        resize_images: give observation images at the size the model's processor would use (the kernel always
+            holds the originals).
+        limits: per-cell limits of the kernel (timeouts, memory, output sizes).
+        engine: the execution engine; the process-wide :func:`~pyvision_env.execution.default_engine` if None.
+        render_mode: ``"ansi"`` renders the last turn as text.
+    """
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(self, suite: str | TaskSet | Sequence[Task], *, protocol: str | Protocol = "pyvision",
+                 protocol_options: Mapping[str, Any] | None = None, system_prompt: str | None = None,
+                 split: str | None = None, max_turns: int = 8, max_images: int | None = 32,
+                 max_visual_tokens: int | None = None, episode_timeout: float | None = 300.0,
+                 on_tool_error: str = "continue", on_format_error: str = "continue",
+                 visual_tokens: str | VisualTokenRule = "qwen2.5-vl", max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 resize_images: bool = True, limits: ExecutionLimits | None = None, engine: Engine | None = None,
+                 render_mode: str | None = None) -> None:
+        self.tasks = _resolve_tasks(suite, split)
+        options = dict(protocol_options or {})
+        if system_prompt is not None:
+            options["system_prompt"] = system_prompt
+        self.protocol = get_protocol(protocol, **options)
+        if max_turns < 1:
+            raise ValueError(f"max_turns must be at least 1, got {max_turns}")
+        for name, value in (("on_tool_error", on_tool_error), ("on_format_error", on_format_error)):
+            if value not in ("continue", "end"):
+                raise ValueError(f"{name} must be 'continue' or 'end', got {value!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.max_turns = max_turns
+        self.max_images = max_images
+        self.max_visual_tokens = max_visual_tokens
+        self.episode_timeout = episode_timeout
+        self.on_tool_error = on_tool_error
+        self.on_format_error = on_format_error
+        rule = visual_tokens if isinstance(visual_tokens, VisualTokenRule) else VisualTokenRule.for_family(
+            visual_tokens)
+        self.token_rule = rule if max_pixels is None else VisualTokenRule(**{**rule.__dict__,
+                                                                             "max_pixels": max_pixels})
+        self.resize_images = resize_images
+        self.limits = limits
+        self.render_mode = render_mode
+        self.engine = engine or default_engine()
+        self.observation_space = MessagesSpace()
+        self.action_space = ResponseSpace(self.protocol.max_response_chars)
+        self._episode: _Episode | None = None
+
+    # --- synchronous API (Gymnasium) --------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[list[Message], dict[str, Any]]:
+        """Start an episode on a task chosen by the seeded RNG, or by ``options={"task_id": ...}`` /
+        ``{"task_index": i}``."""
+        super().reset(seed=seed)
+        return self.engine.run_coroutine(self.areset(options=options))
+
+    def step(self, action: str) -> tuple[list[Message], float, bool, bool, dict[str, Any]]:
+        return self.engine.run_coroutine(self.astep(action))
+
+    def close(self) -> None:
+        if self._episode is not None and not self.engine.closed:
+            self.engine.run_coroutine(self._end_episode())
+        self._episode = None
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        if self._episode is None:
+            return "(no episode)"
+        return "\n".join(self._episode.last_text) or f"task {self._episode.task.id}: started"
+
+    # --- asyncio API (the vector env drives many environments on the engine's loop) ----------------
+
+    async def areset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+                     ) -> tuple[list[Message], dict[str, Any]]:
+        """Like :meth:`reset`, as a coroutine on the engine's event loop."""
+        if seed is not None:
+            super().reset(seed=seed)
+        elif self._np_random is None:
+            super().reset()
+        started = time.perf_counter()
+        await self._end_episode()
+        task = self._choose_task(options or {})
+        # The kernel loads the originals while this process prepares the first view.
+        loading = asyncio.create_task(asyncio.to_thread(self._load_images, task))
+        try:
+            session = await self.engine.core.open_session(
+                images={f"image_clue_{i}": media for i, media in enumerate(task.images)}, limits=self.limits)
+        except BaseException:
+            await asyncio.gather(loading, return_exceptions=True)
+            raise
+        try:
+            images, sizes = await loading
+        except BaseException:
+            await session.close()
+            raise
+        episode = _Episode(task, session, started=started, next_image_index=len(images))
+        self._episode = episode
+        episode.visual_tokens = sum(self.token_rule.count(*image.size) for image in images)
+        observation = self.protocol.initial_messages(EpisodeInputs(task, images, sizes))
+        timings = Timings({"total_ms": (time.perf_counter() - started) * 1e3})
+        return observation, self._info(episode, timings, None)
+
+    async def astep(self, action: str) -> tuple[list[Message], float, bool, bool, dict[str, Any]]:
+        """Like :meth:`step`, as a coroutine on the engine's event loop."""
+        episode = self._episode
+        if episode is None:
+            raise gym.error.ResetNeeded("call reset() before step()")
+        if episode.end_reason is not None:
+            raise gym.error.ResetNeeded(f"the episode ended ({episode.end_reason}); call reset() before step()")
+        started = time.perf_counter()
+        parsed = self.protocol.parse(action)
+        parse_end = time.perf_counter()
+        episode.turn += 1
+        reward, timings = 0.0, {"parse_ms": (parse_end - started) * 1e3}
+        if parsed.kind == "answer":
+            grade = await asyncio.to_thread(episode.task.grade, parsed.answer or "")
+            episode.correct, episode.score, reward = grade.correct, grade.score, grade.score
+            episode.end_reason = "answered"
+            observation: list[Message] = []
+            episode.last_text = [f"turn {episode.turn}: answer {grade.extracted!r} -> "
+                                 f"{'correct' if grade.correct else 'wrong'} (expected {episode.task.answer!r})"]
+            timings["grade_ms"] = (time.perf_counter() - parse_end) * 1e3
+        elif parsed.kind == "invalid":
+            episode.format_errors += 1
+            observation = self.protocol.format_error_messages(parsed)
+            episode.last_text = [f"turn {episode.turn}: format error: {parsed.error}"]
+            if self.on_format_error == "end":
+                episode.end_reason = "format_error"
+        else:
+            observation = await self._run_calls(episode, parsed)
+            timings["execute_ms"] = (time.perf_counter() - parse_end) * 1e3
+        if episode.end_reason is None:
+            if episode.turn >= self.max_turns:
+                episode.end_reason = "max_turns"
+            elif self.episode_timeout is not None and time.perf_counter() - episode.started >= self.episode_timeout:
+                episode.end_reason = "timeout"
+        terminated = episode.end_reason in ("answered", "format_error", "tool_error")
+        truncated = episode.end_reason is not None and not terminated
+        timings["total_ms"] = (time.perf_counter() - started) * 1e3
+        info = self._info(episode, Timings(timings), parsed)
+        if episode.end_reason is not None:
+            await episode.session.close()
+        return observation, float(reward), terminated, truncated, info
+
+    # --- internals --------------------------------------------------------------------------------
+
+    async def _run_calls(self, episode: _Episode, action: Action) -> list[Message]:
+        outputs: list[ToolOutput] = []
+        episode.last_text = []
+        for call in action.calls:
+            remaining = None
+            if self.episode_timeout is not None:
+                remaining = self.episode_timeout - (time.perf_counter() - episode.started)
+                if remaining <= 0:
+                    episode.end_reason = "timeout"
+                    break
+            try:
+                result = await episode.session.run(self.protocol.cell_code(call), timeout=remaining)
+            except EpisodeLimitError as error:
+                episode.end_reason = "execution_budget"
+                episode.last_text.append(f"execution budget used up: {error}")
+                break
+            episode.tool_calls += 1
+            if result.status is not CellStatus.OK:
+                episode.tool_errors += 1
+                if result.status is CellStatus.TIMEOUT and remaining is not None \
+                        and remaining < (self.limits or self.engine.limits).cell_timeout:
+                    episode.end_reason = "timeout"
+            output = ToolOutput(call, result, first_index=episode.next_image_index)
+            for image in result.images:
+                tokens = self.token_rule.count(*image.size)
+                if self.max_images is not None and episode.images_shown + 1 > self.max_images:
+                    episode.end_reason = episode.end_reason or "max_images"
+                elif self.max_visual_tokens is not None and episode.visual_tokens + tokens > self.max_visual_tokens:
+                    episode.end_reason = episode.end_reason or "max_visual_tokens"
+                else:
+                    output.images.append(self._as_seen(image))
+                    episode.images_shown += 1
+                    episode.visual_tokens += tokens
+                    continue
+                dropped = len(result.images) - len(output.images)
+                output.notes.append(f"{dropped} image(s) not shown: the episode's "
+                                    f"{episode.end_reason.replace('_', ' ')} budget is used up")
+                break
+            episode.next_image_index += len(output.images)
+            outputs.append(output)
+            episode.last_text.append(f"turn {episode.turn}: ran {call.code!r}\n-> {result.summary()}")
+            if not result.ok and self.on_tool_error == "end":
+                episode.end_reason = "tool_error"
+            if episode.end_reason is not None:
+                break
+        return self.protocol.tool_messages(outputs) if outputs else []
+
+    def _as_seen(self, image: Image.Image) -> Image.Image:
+        """The image at the size the model's processor would give it (when ``resize_images``)."""
+        if not self.resize_images or self.token_rule.fixed_tokens is not None:
+            return image
+        size = self.token_rule.resized_size(*image.size)
+        return image if size == image.size else image.resize(size, Image.Resampling.BICUBIC)
+
+    def _choose_task(self, options: Mapping[str, Any]) -> Task:
+        unknown = set(options) - {"task_id", "task_index"}
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}; use task_id or task_index")
+        if "task_id" in options:
+            return self.tasks[self.tasks.index_of(options["task_id"])]
+        if "task_index" in options:
+            index = options["task_index"]
+            if not isinstance(index, int) or not 0 <= index < len(self.tasks):
+                raise ValueError(f"task_index must be an int in [0, {len(self.tasks)}), got {index!r}")
+            return self.tasks[index]
+        return self.tasks[int(self.np_random.integers(len(self.tasks)))]
+
+    def _load_images(self, task: Task) -> tuple[list[Image.Image], list[tuple[int, int]]]:
+        images, sizes = [], []
+        for media in task.images:
+            try:
+                if isinstance(media, Image.Image):
+                    image = media.copy()
+                else:
+                    with Image.open(media) as opened:
+                        opened.load()
+                        image = opened.copy()
+            except (OSError, Image.DecompressionBombError, ValueError) as error:
+                where = "an in-memory image" if isinstance(media, Image.Image) else os.fspath(media)
+                raise ValueError(f"task {task.id}: cannot load {where}: {error}") from error
+            if image.mode not in ("RGB", "L"):
+                image = image.convert("RGB")
+            sizes.append(image.size)
+            images.append(self._as_seen(image))
+        return images, sizes
+
+    async def _end_episode(self) -> None:
+        if self._episode is not None:
+            await self._episode.session.close()
+
+    def _info(self, episode: _Episode, timings: Timings, action: Action | None) -> dict[str, Any]:
+        return {
+            "task_id": episode.task.id, "turn": episode.turn, "tool_calls": episode.tool_calls,
+            "tool_errors": episode.tool_errors, "format_errors": episode.format_errors,
+            "images_shown": episode.images_shown, "visual_tokens": episode.visual_tokens, "timings": timings,
+            "action_kind": action.kind if action else None, "code": action.code if action else None,
+            "answer": action.answer if action else None,
+            "format_error": action.error if action else None, "end_reason": episode.end_reason,
+            "correct": episode.correct, "score": episode.score,
+        }
+
+
+def _resolve_tasks(suite: str | TaskSet | Sequence[Task], split: str | None) -> TaskSet:
+    if isinstance(suite, str):
+        from .registry import load_suite
+        tasks = load_suite(suite)
+    elif isinstance(suite, TaskSet):
+        tasks = suite
+    else:
+        tasks = TaskSet("tasks", suite)
+    return tasks.split(split) if split is not None else tasks
