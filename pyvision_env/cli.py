@@ -4,7 +4,10 @@ Subcommands (later parts of the project add more):
 
 * ``pyvision demo``   — a short end-to-end demonstration of the sandboxed execution engine;
 * ``pyvision exec``   — run the cells of a Python file (``# %%`` separated) in one sandboxed kernel;
-* ``pyvision doctor`` — report what isolation and limits this machine can enforce.
+* ``pyvision doctor`` — report what isolation and limits this machine can enforce;
+* ``pyvision tasks``  — list the registered suites (``PyVision/<Suite>-v0`` environments);
+* ``pyvision run``    — run a policy on a suite with a progress bar, print the summary table, record episodes;
+* ``pyvision view``   — render recorded episodes as one HTML page, and open or serve it.
 """
 
 from __future__ import annotations
@@ -50,6 +53,29 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("doctor", help="report the isolation, cgroups and limits available on this machine",
                         description="Probe bubblewrap and cgroups, start one kernel, and print what the "
                                     "engine can enforce here.")
+
+    commands.add_parser("tasks", help="list the registered suites",
+                        description="List every registered suite: its Gymnasium id, size, splits and description.")
+
+    run = commands.add_parser(
+        "run", help="run a policy on a suite and print the summary table",
+        description="Run --episodes episodes of a policy on a suite (tasks in order, cycling), with a progress "
+                    "bar; print accuracy, turns, tool calls, tool errors, visual tokens and wall time; record "
+                    "every episode (JSONL + images) and an HTML page of them under --out.")
+    run.add_argument("--suite", required=True, help="suite name (see `pyvision tasks`)")
+    run.add_argument("--policy", default="scripted", choices=POLICIES,
+                     help="scripted: the suite's tool-using solver; direct: answers from the first view without "
+                          "tools; random: random responses (default: %(default)s)")
+    run.add_argument("--protocol", default="pyvision", choices=["pyvision", "codevision", "openai-tools"],
+                     help="action/observation format (default: %(default)s)")
+    run.add_argument("--episodes", type=int, default=20, help="number of episodes (default: %(default)s)")
+    run.add_argument("--first-task", type=int, default=0, help="index of the first task (default: %(default)s)")
+    run.add_argument("--split", help="use only this split of the suite (e.g. train, held-out)")
+    run.add_argument("--max-turns", type=int, default=8, help="turns per episode (default: %(default)s)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the random policy (default: %(default)s)")
+    run.add_argument("--out", type=Path, help="recording folder (default: runs/<suite>-<policy>-<time>)")
+    run.add_argument("--no-record", action="store_true", help="do not record episodes")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     return parser
 
 
@@ -61,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from . import demo  # imported late: `pyvision --help` stays fast
 
-    handlers = {"demo": demo.run_demo, "exec": run_exec, "doctor": run_doctor}
+    handlers = {"demo": demo.run_demo, "exec": run_exec, "doctor": run_doctor, "tasks": run_tasks,
+                "run": run_policy}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
@@ -136,6 +163,87 @@ def run_doctor(args: argparse.Namespace) -> int:
     if status.weak:
         print("WARNING: kernels are not sandboxed here; install bubblewrap (apt-get install bubblewrap).")
     return 0 if probe.ok and not status.weak else 1
+
+
+POLICIES = ("scripted", "direct", "random")
+
+
+def run_tasks(args: argparse.Namespace) -> int:
+    from . import suites
+
+    rows = []
+    for suite in suites():
+        try:
+            tasks = suite.tasks()
+            size = str(len(tasks))
+            splits = ", ".join(sorted({t.split for t in tasks if t.split})) or "-"
+        except (OSError, ValueError) as error:
+            size, splits = "?", f"cannot load: {error}"
+        rows.append((suite.name, suite.env_id, size, splits, suite.description))
+    widths = [max(len(row[i]) for row in rows + [("suite", "id", "tasks", "splits", "")]) for i in range(4)]
+    print("  ".join(title.ljust(w) for title, w in zip(("suite", "id", "tasks", "splits"), widths)) + "  description")
+    for row in rows:
+        print("  ".join(value.ljust(w) for value, w in zip(row, widths)) + "  " + row[4])
+    return 0
+
+
+def run_policy(args: argparse.Namespace) -> int:
+    import time
+    import warnings
+
+    from .env import PyVisionEnv
+    from .execution import Engine, WeakIsolationWarning
+    from .recording import RecordEpisodes
+    from .runner import run_episodes
+    from .viewer import render_html
+
+    if args.episodes < 1:
+        raise SystemExit("pyvision run: --episodes must be at least 1")
+    out = None if args.no_record else (args.out or Path("runs") / time.strftime(
+        f"{args.suite}-{args.policy}-%Y%m%d-%H%M%S"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", WeakIsolationWarning)
+        engine = Engine(pool_size=2)
+    try:
+        try:
+            env = PyVisionEnv(args.suite, protocol=args.protocol, split=args.split, max_turns=args.max_turns,
+                              engine=engine)
+        except (KeyError, ValueError, OSError) as error:
+            raise SystemExit(f"pyvision run: {error}") from None
+        if out is not None:
+            env = RecordEpisodes(env, out)
+        policy = make_policy(args.policy, args.suite, env.unwrapped.protocol, args.seed)
+        summary = run_episodes(env, policy, args.episodes, suite=args.suite, first_task=args.first_task)
+        env.close()
+    finally:
+        engine.close()
+    if args.json:
+        print(json.dumps(summary.row()))
+    else:
+        print(summary.table())
+    if out is not None:
+        (out / "summary.json").write_text(json.dumps(summary.to_json(), indent=2))
+        page = render_html(out / "episodes.jsonl", out / "episodes.html")
+        print(f"recorded {len(summary.episodes)} episodes in {out}/ (view: pyvision view {out}; page: {page})")
+    return 0
+
+
+def make_policy(name: str, suite: str, protocol, seed: int = 0):
+    """A built-in policy by name for a suite, speaking ``protocol``."""
+    if name == "scripted":
+        from agents.scripted import SCRIPTED_POLICIES, scripted_policy
+
+        if suite not in SCRIPTED_POLICIES:
+            raise SystemExit(f"no scripted policy for suite {suite!r}; scripted suites: "
+                             f"{', '.join(sorted(SCRIPTED_POLICIES))}")
+        return scripted_policy(suite, protocol)
+    from agents.baselines import DirectAnswerPolicy, RandomPolicy
+
+    if name == "direct":
+        return DirectAnswerPolicy(protocol)
+    if name == "random":
+        return RandomPolicy(protocol, seed=seed)
+    raise SystemExit(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
 
 
 def format_result(result) -> str:

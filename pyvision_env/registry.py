@@ -39,6 +39,16 @@ class Suite:
     tags: tuple[str, ...] = ()
     _tasks: TaskSet | None = None
 
+    def tasks(self) -> TaskSet:
+        """The suite's tasks (loaded on first use, then cached)."""
+        if self._tasks is None:
+            tasks = self.loader()
+            if not isinstance(tasks, TaskSet):
+                raise TypeError(f"the loader of suite {self.name!r} returned {type(tasks).__name__}, "
+                                "not a TaskSet")
+            self._tasks = tasks
+        return self._tasks
+
 
 _SUITES: dict[str, Suite] = {}
 _lock = threading.Lock()
@@ -75,12 +85,7 @@ def load_suite(name: str) -> TaskSet:
         if name not in _SUITES:
             raise KeyError(f"unknown suite {name!r}; registered: {', '.join(sorted(_SUITES)) or 'none'}")
         suite = _SUITES[name]
-    if suite._tasks is None:
-        tasks = suite.loader()
-        if not isinstance(tasks, TaskSet):
-            raise TypeError(f"the loader of suite {name!r} returned {type(tasks).__name__}, not a TaskSet")
-        suite._tasks = tasks
-    return suite._tasks
+    return suite.tasks()
 
 
 def suites() -> list[Suite]:
@@ -95,9 +100,11 @@ def _as_loader(name: str, source: Any) -> Callable[[], TaskSet]:
     if callable(source):
         return source
     path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"suite {name!r}: {path} does not exist")
     if path.is_dir():
         return lambda: load_directory(path, name)
     if path.suffix == ".jsonl":
         return lambda: load_jsonl(path, name)
     raise ValueError(f"suite {name!r}: source must be a .jsonl file, a folder, a TaskSet or a function; "
-                     f"got {source!r}" + ("" if path.exists() else " (it does not exist)"))
+                     f"got {source!r}")
