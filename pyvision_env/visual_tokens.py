@@ -62,8 +62,8 @@ class VisualTokenRule:
         if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
             raise ValueError(f"aspect ratio of {width}x{height} exceeds {MAX_ASPECT_RATIO}")
         f = self.factor
-        h_bar = max(f, round(height / f) * f)
-        w_bar = max(f, round(width / f) * f)
+        h_bar = round(height / f) * f
+        w_bar = round(width / f) * f
         if h_bar * w_bar > self.max_pixels:
             beta = math.sqrt(height * width / self.max_pixels)
             h_bar = max(f, math.floor(height / beta / f) * f)
