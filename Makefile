@@ -1,6 +1,6 @@
 # PyVision-RL developer tasks (GNU make).
 #
-#   make install     system packages (bubblewrap, ffmpeg) + .venv with CPU torch + editable install
+#   make install     system packages (bubblewrap, ffmpeg, chromium) + .venv with CPU torch + editable install
 #   make test        fast test suite (everything not marked `slow`)
 #
 # Run `make help` for the full list.
@@ -24,7 +24,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
 # command:debian-package pairs installed by `make system-deps` when missing.
-SYSTEM_DEPS := bwrap:bubblewrap ffmpeg:ffmpeg
+SYSTEM_DEPS := bwrap:bubblewrap ffmpeg:ffmpeg chromium:chromium
 
 # If the venv exists but its interpreter is unusable (e.g. dangling symlink after a
 # Python upgrade), force the stamp to rebuild; the recipe then recreates the venv.
@@ -43,7 +43,7 @@ help: ## Show this help
 	@echo "Variables: VENV=$(VENV) PYTHON=$(PYTHON) TORCH_SPEC=$(TORCH_SPEC) EXTRAS=$(EXTRAS)"
 	@echo "           PYTEST_ARGS='...' (extra pytest args), BENCH_ARGS='...' (extra benchmark args)"
 
-system-deps: ## Install missing Debian packages (bubblewrap, ffmpeg)
+system-deps: ## Install missing Debian packages (bubblewrap, ffmpeg, chromium)
 	@missing=""; \
 	for pair in $(SYSTEM_DEPS); do \
 		cmd=$${pair%%:*}; pkg=$${pair#*:}; \
@@ -56,7 +56,7 @@ system-deps: ## Install missing Debian packages (bubblewrap, ffmpeg)
 	else \
 		echo "WARNING: cannot install$$missing: not root and no passwordless sudo."; \
 		echo "WARNING: without bubblewrap the execution engine runs in its weaker (reported) isolation mode;"; \
-		echo "WARNING: without ffmpeg video features/tests are unavailable. Install them manually."; \
+		echo "WARNING: without ffmpeg video features are unavailable; without chromium the page test skips."; \
 		exit 0; \
 	fi; \
 	if ! command -v apt-get >/dev/null 2>&1; then \

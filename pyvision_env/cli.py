@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="recording folder (default: runs/<suite>-<policy>-<time>)")
     run.add_argument("--no-record", action="store_true", help="do not record episodes")
     run.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+
+    from .viewer import add_view_parser
+
+    add_view_parser(commands)
     return parser
 
 
@@ -87,8 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from . import demo  # imported late: `pyvision --help` stays fast
 
+    from .viewer import run_view
+
     handlers = {"demo": demo.run_demo, "exec": run_exec, "doctor": run_doctor, "tasks": run_tasks,
-                "run": run_policy}
+                "run": run_policy, "view": run_view}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

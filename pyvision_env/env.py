@@ -317,7 +317,10 @@ class PyVisionEnv(gym.Env[list, str]):
         if unknown:
             raise ValueError(f"unknown reset options {sorted(unknown)}; use task_id or task_index")
         if "task_id" in options:
-            return self.tasks[self.tasks.index_of(options["task_id"])]
+            try:
+                return self.tasks[self.tasks.index_of(options["task_id"])]
+            except KeyError as error:
+                raise ValueError(error.args[0]) from None
         if "task_index" in options:
             index = options["task_index"]
             if not isinstance(index, int) or not 0 <= index < len(self.tasks):
@@ -345,8 +348,9 @@ class PyVisionEnv(gym.Env[list, str]):
         return images, sizes
 
     async def _end_episode(self) -> None:
-        if self._episode is not None:
-            await self._episode.session.close()
+        episode, self._episode = self._episode, None
+        if episode is not None:
+            await episode.session.close()
 
     def _info(self, episode: _Episode, timings: Timings, action: Action | None) -> dict[str, Any]:
         return {
