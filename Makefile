@@ -84,8 +84,8 @@ $(STAMP): setup.cfg pyproject.toml $(STAMP_FORCE)
 
 install: system-deps $(STAMP) ## Install system deps and the dev venv (.venv)
 
-demo: install ## Run the demo (pyvision demo)
-	$(VENV)/bin/pyvision demo
+demo: install ## Run the main job: the scripted tool-using policy on the zoom suite (pyvision run)
+	$(VENV)/bin/pyvision run --suite zoom --policy scripted --episodes 20
 
 test: install ## Run the fast test suite (not marked slow)
 	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
