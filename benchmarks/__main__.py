@@ -16,6 +16,7 @@ from pathlib import Path
 
 BENCHMARKS = {
     "engine": "benchmarks.engine",
+    "env": "benchmarks.env",
 }
 """Benchmark name -> module with ``NAME``, ``DESCRIPTION`` and ``run(out_dir, quick) -> str``."""
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,7 +79,8 @@ class Timings(Mapping[str, float]):
 @dataclass
 class _Episode:
     task: Task
-    session: AsyncSession
+    opening: asyncio.Future[AsyncSession]
+    """The kernel session, opened in the background (the first step waits for it)."""
     started: float
     turn: int = 0
     tool_calls: int = 0
@@ -157,6 +160,7 @@ class PyVisionEnv(gym.Env[list, str]):
         self.observation_space = MessagesSpace()
         self.action_space = ResponseSpace(self.protocol.max_response_chars)
         self._episode: _Episode | None = None
+        self._closing: set[asyncio.Future] = set()
 
     # --- synchronous API (Gymnasium) --------------------------------------------------------------
 
@@ -171,8 +175,8 @@ class PyVisionEnv(gym.Env[list, str]):
         return self.engine.run_coroutine(self.astep(action))
 
     def close(self) -> None:
-        if self._episode is not None and not self.engine.closed:
-            self.engine.run_coroutine(self._end_episode())
+        if not self.engine.closed:
+            self.engine.run_coroutine(self.aclose())
         self._episode = None
 
     def render(self) -> str | None:
@@ -194,20 +198,16 @@ class PyVisionEnv(gym.Env[list, str]):
         started = time.perf_counter()
         await self._end_episode()
         task = self._choose_task(options or {})
-        # The kernel loads the originals while this process prepares the first view.
-        loading = asyncio.create_task(asyncio.to_thread(self._load_images, task))
+        # The kernel loads the originals in the background while this process prepares the first view; the
+        # first step waits for the kernel (by then a model has usually spent longer generating).
+        opening = asyncio.ensure_future(self.engine.core.open_session(
+            images={f"image_clue_{i}": media for i, media in enumerate(task.images)}, limits=self.limits))
         try:
-            session = await self.engine.core.open_session(
-                images={f"image_clue_{i}": media for i, media in enumerate(task.images)}, limits=self.limits)
+            images, sizes = await asyncio.to_thread(self._first_view, task)
         except BaseException:
-            await asyncio.gather(loading, return_exceptions=True)
+            await _discard_session(opening)
             raise
-        try:
-            images, sizes = await loading
-        except BaseException:
-            await session.close()
-            raise
-        episode = _Episode(task, session, started=started, next_image_index=len(images))
+        episode = _Episode(task, opening, started=started, next_image_index=len(images))
         self._episode = episode
         episode.visual_tokens = sum(self.token_rule.count(*image.size) for image in images)
         observation = self.protocol.initial_messages(EpisodeInputs(task, images, sizes))
@@ -252,15 +252,24 @@ class PyVisionEnv(gym.Env[list, str]):
         truncated = episode.end_reason is not None and not terminated
         timings["total_ms"] = (time.perf_counter() - started) * 1e3
         info = self._info(episode, Timings(timings), parsed)
-        if episode.end_reason is not None:
-            await episode.session.close()
+        if episode.end_reason is not None:  # free the kernel now, without making the caller wait for the kill
+            closing = asyncio.ensure_future(_discard_session(episode.opening))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         return observation, float(reward), terminated, truncated, info
+
+    async def aclose(self) -> None:
+        """Like :meth:`close`, as a coroutine: ends the episode and waits until its kernel is gone."""
+        await self._end_episode()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     # --- internals --------------------------------------------------------------------------------
 
     async def _run_calls(self, episode: _Episode, action: Action) -> list[Message]:
         outputs: list[ToolOutput] = []
         episode.last_text = []
+        session = await episode.opening
         for call in action.calls:
             remaining = None
             if self.episode_timeout is not None:
@@ -269,7 +278,7 @@ class PyVisionEnv(gym.Env[list, str]):
                     episode.end_reason = "timeout"
                     break
             try:
-                result = await episode.session.run(self.protocol.cell_code(call), timeout=remaining)
+                result = await session.run(self.protocol.cell_code(call), cell_timeout=remaining)
             except EpisodeLimitError as error:
                 episode.end_reason = "execution_budget"
                 episode.last_text.append(f"execution budget used up: {error}")
@@ -310,7 +319,10 @@ class PyVisionEnv(gym.Env[list, str]):
         if not self.resize_images or self.token_rule.fixed_tokens is not None:
             return image
         size = self.token_rule.resized_size(*image.size)
-        return image if size == image.size else image.resize(size, Image.Resampling.BICUBIC)
+        if size == image.size:
+            return image
+        # reducing_gap: a fast integer box reduction first, then bicubic (indistinguishable at gap 3)
+        return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
     def _choose_task(self, options: Mapping[str, Any]) -> Task:
         unknown = set(options) - {"task_id", "task_index"}
@@ -328,29 +340,45 @@ class PyVisionEnv(gym.Env[list, str]):
             return self.tasks[index]
         return self.tasks[int(self.np_random.integers(len(self.tasks)))]
 
-    def _load_images(self, task: Task) -> tuple[list[Image.Image], list[tuple[int, int]]]:
-        images, sizes = [], []
+    def _first_view(self, task: Task) -> tuple[list[Image.Image], list[tuple[int, int]]]:
+        """The task's images as the model sees them, and their original sizes (cached per file)."""
+        views = []
         for media in task.images:
-            try:
-                if isinstance(media, Image.Image):
-                    image = media.copy()
-                else:
-                    with Image.open(media) as opened:
-                        opened.load()
-                        image = opened.copy()
-            except (OSError, Image.DecompressionBombError, ValueError) as error:
-                where = "an in-memory image" if isinstance(media, Image.Image) else os.fspath(media)
-                raise ValueError(f"task {task.id}: cannot load {where}: {error}") from error
-            if image.mode not in ("RGB", "L"):
-                image = image.convert("RGB")
-            sizes.append(image.size)
-            images.append(self._as_seen(image))
-        return images, sizes
+            key = None
+            if not isinstance(media, Image.Image):
+                try:
+                    stat = os.stat(media)
+                except OSError as error:
+                    raise ValueError(f"task {task.id}: cannot load {os.fspath(media)}: {error}") from error
+                key = (os.fspath(media), stat.st_mtime_ns, stat.st_size, self.token_rule, self.resize_images)
+                if (cached := _FIRST_VIEWS.get(key)) is not None:
+                    views.append(cached)
+                    continue
+            view = self._load_view(task, media)
+            if key is not None:
+                _FIRST_VIEWS.put(key, view)
+            views.append(view)
+        return [view[0].copy() for view in views], [view[1] for view in views]
+
+    def _load_view(self, task: Task, media: Any) -> tuple[Image.Image, tuple[int, int]]:
+        try:
+            if isinstance(media, Image.Image):
+                image = media
+            else:
+                with Image.open(media) as opened:
+                    opened.load()
+                    image = opened.copy() if opened.mode in ("RGB", "L") else opened.convert("RGB")
+        except (OSError, Image.DecompressionBombError, ValueError) as error:
+            where = "an in-memory image" if isinstance(media, Image.Image) else os.fspath(media)
+            raise ValueError(f"task {task.id}: cannot load {where}: {error}") from error
+        if image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")
+        return self._as_seen(image), image.size
 
     async def _end_episode(self) -> None:
         episode, self._episode = self._episode, None
         if episode is not None:
-            await episode.session.close()
+            await _discard_session(episode.opening)
 
     def _info(self, episode: _Episode, timings: Timings, action: Action | None) -> dict[str, Any]:
         return {
@@ -362,6 +390,43 @@ class PyVisionEnv(gym.Env[list, str]):
             "format_error": action.error if action else None, "end_reason": episode.end_reason,
             "correct": episode.correct, "score": episode.score,
         }
+
+
+class _LRU:
+    """A small thread-safe least-recently-used cache."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            return None
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+_FIRST_VIEWS = _LRU(32)
+"""First views of task images by (file, mtime, size, token rule, resize): RL resets the same task once per
+rollout of its group, and decoding a large PNG costs far more than the rest of a reset."""
+
+
+async def _discard_session(opening: asyncio.Future[AsyncSession]) -> None:
+    """Close a session whether it is still opening (cancelled), failed to open, or open."""
+    if not opening.done():
+        opening.cancel()
+    results = await asyncio.gather(opening, return_exceptions=True)
+    if isinstance(results[0], AsyncSession):
+        await results[0].close()
 
 
 def _resolve_tasks(suite: str | TaskSet | Sequence[Task], split: str | None) -> TaskSet:

@@ -122,7 +122,8 @@ class AsyncEngine:
         self._context = zmq.asyncio.Context()
         self._cgroups = CgroupManager() if self.sandbox.use_cgroups else None
         self._pool = KernelPool(self._start_kernel, self._pool_size, self._max_kernels)
-        self._finalizer = weakref.finalize(self, _emergency_cleanup, self._pool.live, self._root, self._cgroups)
+        self._finalizer = weakref.finalize(self, _emergency_cleanup, self._pool.live, self._root, self._cgroups,
+                                           os.getpid())
         atexit.register(self._finalizer)
         self._pool.fill()
         return self
@@ -237,9 +238,9 @@ class AsyncSession:
         """Process id of the current kernel (of bubblewrap when sandboxed); for diagnostics."""
         return self._kernel.process.pid if self._kernel is not None else None
 
-    async def run(self, code: str, timeout: float | None = None) -> CellResult:
-        """Execute one cell (``timeout`` can only shorten the cell limit). Raises :class:`EpisodeLimitError`
-        when an episode budget is used up."""
+    async def run(self, code: str, cell_timeout: float | None = None) -> CellResult:
+        """Execute one cell (``cell_timeout`` can only shorten the limits' ``cell_timeout``). Raises
+        :class:`EpisodeLimitError` when an episode budget is used up."""
         if self._closed:
             raise RuntimeError("this session is closed")
         self.engine._running_pool()  # a clear error if the engine was closed under the session
@@ -248,7 +249,7 @@ class AsyncSession:
         limits = self.limits
         if limits.max_cells is not None and self.cells_run >= limits.max_cells:
             raise EpisodeLimitError(f"the episode already ran its {limits.max_cells} cells")
-        timeout = limits.cell_timeout if timeout is None else min(timeout, limits.cell_timeout)
+        timeout = limits.cell_timeout if cell_timeout is None else min(cell_timeout, limits.cell_timeout)
         if limits.episode_timeout is not None:
             left = limits.episode_timeout - self.execution_time
             if left <= 0:
@@ -330,6 +331,7 @@ class Engine:
     def __init__(self, limits: ExecutionLimits | None = None, sandbox: SandboxConfig | None = None,
                  pool_size: int = 2, max_kernels: int = 64) -> None:
         self._async = AsyncEngine(limits, sandbox, pool_size, max_kernels)
+        self._owner = os.getpid()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="pyvision-engine", daemon=True)
         self._thread.start()
@@ -343,6 +345,10 @@ class Engine:
         if self._loop.is_closed():
             coroutine.close()
             raise RuntimeError("the engine is closed")
+        if os.getpid() != self._owner:
+            coroutine.close()
+            raise RuntimeError(f"this engine belongs to process {self._owner}; a forked child must start its own "
+                               "(the default engine does so by itself)")
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         try:
             return future.result(timeout)
@@ -383,7 +389,7 @@ class Engine:
         return Session(self, self._call(self._async.open_session(images, values, limits)))
 
     def close(self) -> None:
-        if self._loop.is_closed():
+        if self._loop.is_closed() or os.getpid() != self._owner:
             return
         try:
             self._call(self._async.close())
@@ -410,9 +416,10 @@ class Session:
         self._engine = engine
         self._session = session
 
-    def run(self, code: str, timeout: float | None = None) -> CellResult:
-        """Execute one cell (see :meth:`AsyncSession.run`)."""
-        return self._engine._call(self._session.run(code, timeout))
+    def run(self, code: str, timeout: float | None = None, cell_timeout: float | None = None) -> CellResult:
+        """Execute one cell (see :meth:`AsyncSession.run`). ``timeout`` bounds the caller's wait: past it the
+        cell is cancelled (its kernel killed) and TimeoutError is raised."""
+        return self._engine._call(self._session.run(code, cell_timeout), timeout)
 
     def close(self) -> None:
         self._engine._call(self._session.close())
@@ -508,8 +515,11 @@ def _sweep_dead_engines(parent: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _emergency_cleanup(kernels: set[Kernel], root: Path, cgroups: CgroupManager | None) -> None:
-    """Finalizer / atexit: kill whatever is left without an event loop."""
+def _emergency_cleanup(kernels: set[Kernel], root: Path, cgroups: CgroupManager | None, owner: int) -> None:
+    """Finalizer / atexit: kill whatever is left without an event loop (only in the process that started
+    the kernels: a forked child inherits this handler but must not kill its parent's kernels)."""
+    if os.getpid() != owner:
+        return
     for kernel in list(kernels):
         kernel.kill_now()
     if cgroups is not None:
@@ -533,8 +543,21 @@ def default_engine() -> Engine:
         if _default_engine is None or _default_engine._loop.is_closed():
             pool_size = int(os.environ.get("PYVISION_POOL_SIZE", "2"))
             _default_engine = Engine(pool_size=pool_size)
-            atexit.register(_default_engine.close)
+            atexit.register(_close_at_exit, _default_engine, os.getpid())
         return _default_engine
+
+
+def _close_at_exit(engine: Engine, owner: int) -> None:
+    if os.getpid() == owner:
+        engine.close()
+
+
+def _forget_default_engine() -> None:
+    global _default_engine
+    _default_engine = None  # a forked child cannot use its parent's engine (its loop thread is not copied)
+
+
+os.register_at_fork(after_in_child=_forget_default_engine)
 
 
 def set_default_engine(engine: Engine | None) -> Engine | None:

@@ -11,6 +11,7 @@ and no deadline or budget depends on what the kernel says.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import secrets
@@ -52,6 +53,65 @@ class KernelStartError(RuntimeError):
 
 class KernelDiedError(RuntimeError):
     """The kernel process is gone; the caller should start another."""
+
+
+def _launch(command: list[str], env: dict[str, str], directory: Path, limits: ExecutionLimits,
+            cgroups: CgroupManager | None, kernel_id: str) -> tuple[subprocess.Popen, Cgroup | None]:
+    """Create the kernel's cgroup and fork the process (runs on the spawner thread, off the event loop)."""
+    cgroup = cgroups.create(f"k-{kernel_id}", limits) if cgroups is not None else None
+    cgroup_fds = cgroup.open_procs() if cgroup is not None else []
+    log = open(directory / "kernel.log", "wb")  # noqa: SIM115 - handed to the child
+    try:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+            cwd=str(directory / "work"), start_new_session=True, close_fds=True,
+            preexec_fn=make_preexec(limits, cgroup_fds, die_with_parent=True))
+    except OSError as exc:
+        _remove_tree(directory)
+        if cgroup is not None:
+            cgroup.remove()
+        raise KernelStartError(f"could not launch the kernel: {exc}") from exc
+    finally:
+        log.close()
+        for fd in cgroup_fds:
+            os.close(fd)
+    return process, cgroup
+
+
+def _discard_launch(launch: asyncio.Future, directory: Path) -> None:
+    """Kill what a launch started after its caller was cancelled."""
+    if launch.cancelled() or launch.exception() is not None:
+        return
+    process, cgroup = launch.result()
+    with contextlib.suppress(OSError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+    if cgroup is not None:
+        cgroup.remove()
+    _remove_tree(directory)
+
+
+_spawn_executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _spawner() -> concurrent.futures.ThreadPoolExecutor:
+    """One long-lived thread forks every kernel: a fork (with ``preexec_fn``, a full copy of this process)
+    costs tens of milliseconds that must not stall the event loop, and the kernels' parent-death signal
+    is tied to the forking thread, which therefore lives as long as the process."""
+    global _spawn_executor
+    if _spawn_executor is None:
+        _spawn_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pyvision-spawn")
+    return _spawn_executor
+
+
+def _forget_spawner() -> None:
+    global _spawn_executor
+    _spawn_executor = None  # a forked child has no spawner thread; it makes its own on first use
+
+
+os.register_at_fork(after_in_child=_forget_spawner)
 
 
 @dataclass
@@ -111,23 +171,13 @@ class Kernel:
             command = bubblewrap_command(directory, directory / "work", directory / "inputs", config,
                                          limits, env) + command
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        cgroup = cgroups.create(f"k-{kernel_id}", limits) if cgroups is not None else None
-        cgroup_fds = cgroup.open_procs() if cgroup is not None else []
-        log = open(directory / "kernel.log", "wb")  # noqa: SIM115 - handed to the child
+        launch = asyncio.get_running_loop().run_in_executor(
+            _spawner(), _launch, command, env, directory, limits, cgroups, kernel_id)
         try:
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                cwd=str(directory / "work"), start_new_session=True, close_fds=True,
-                preexec_fn=make_preexec(limits, cgroup_fds, die_with_parent=True))
-        except OSError as exc:
-            _remove_tree(directory)
-            if cgroup is not None:
-                cgroup.remove()
-            raise KernelStartError(f"could not launch the kernel: {exc}") from exc
-        finally:
-            log.close()
-            for fd in cgroup_fds:
-                os.close(fd)
+            process, cgroup = await asyncio.shield(launch)
+        except asyncio.CancelledError:
+            launch.add_done_callback(lambda done: _discard_launch(done, directory))
+            raise
         client = AsyncKernelClient(context=context)
         client.load_connection_file(str(connection_file))
         client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
