@@ -90,7 +90,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     from . import demo  # imported late: `pyvision --help` stays fast
-
     from .viewer import run_view
 
     handlers = {"demo": demo.run_demo, "exec": run_exec, "doctor": run_doctor, "tasks": run_tasks,

@@ -34,10 +34,10 @@ class VisualTokenRule:
     fixed_tokens: int | None = None
 
     FAMILIES = {
-        "qwen2.5-vl": dict(patch_size=14, merge_size=2, min_pixels=4 * 28 * 28, max_pixels=16384 * 28 * 28),
-        "qwen2-vl": dict(patch_size=14, merge_size=2, min_pixels=4 * 28 * 28, max_pixels=16384 * 28 * 28),
-        "qwen3-vl": dict(patch_size=16, merge_size=2, min_pixels=4 * 32 * 32, max_pixels=16384 * 32 * 32),
-        "llava-1.5": dict(fixed_tokens=576),
+        "qwen2.5-vl": {"patch_size": 14, "merge_size": 2, "min_pixels": 4 * 28 * 28, "max_pixels": 16384 * 28 * 28},
+        "qwen2-vl": {"patch_size": 14, "merge_size": 2, "min_pixels": 4 * 28 * 28, "max_pixels": 16384 * 28 * 28},
+        "qwen3-vl": {"patch_size": 16, "merge_size": 2, "min_pixels": 4 * 32 * 32, "max_pixels": 16384 * 32 * 32},
+        "llava-1.5": {"fixed_tokens": 576},
     }
 
     @classmethod

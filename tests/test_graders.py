@@ -87,7 +87,7 @@ def test_normalize():
 class _JudgeHandler(BaseHTTPRequestHandler):
     replies: list[str] = []
 
-    def do_POST(self):  # noqa: N802 (http.server API)
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _JudgeHandler.seen = body
         payload = json.dumps({"choices": [{"message": {"content": _JudgeHandler.replies.pop(0)}}]}).encode()
@@ -118,5 +118,5 @@ def test_llm_judge_over_a_real_http_endpoint():
     finally:
         server.shutdown()
         server.server_close()
-    with pytest.raises(RuntimeError, match="LLM judge .* failed"):
+    with pytest.raises(RuntimeError, match=r"LLM judge .* failed"):
         judge("x", task)  # the server is gone

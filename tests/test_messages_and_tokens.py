@@ -5,8 +5,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pyvision_env.messages import (ImagePart, Message, TextPart, from_hf, from_openai, image_from_data_url,
-                                   to_hf, to_openai)
+from pyvision_env.messages import (
+    ImagePart,
+    Message,
+    TextPart,
+    from_hf,
+    from_openai,
+    image_from_data_url,
+    to_hf,
+    to_openai,
+)
 from pyvision_env.visual_tokens import VisualTokenRule
 
 

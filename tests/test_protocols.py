@@ -82,8 +82,11 @@ def test_openai_tools_format_details():
     assert p.assistant_message(json.dumps(message)).tool_calls[1]["id"] == "b"
 
 
-def _output(result, images=(), first=1, call=ToolCall("x", id="c1")):
-    return ToolOutput(call, result, list(images), first_index=first)
+CALL = ToolCall("x", id="c1")
+
+
+def _output(result, images=(), first=1):
+    return ToolOutput(CALL, result, list(images), first_index=first)
 
 
 @pytest.mark.parametrize("name", ALL)

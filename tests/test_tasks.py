@@ -8,8 +8,15 @@ import pytest
 from PIL import Image
 
 from pyvision_env.registry import env_id_for, load_suite, register_suite, suites
-from pyvision_env.tasks import (Task, TaskFormatError, TaskSet, from_generator, from_hf_dataset, load_directory,
-                                load_jsonl)
+from pyvision_env.tasks import (
+    Task,
+    TaskFormatError,
+    TaskSet,
+    from_generator,
+    from_hf_dataset,
+    load_directory,
+    load_jsonl,
+)
 
 
 @pytest.fixture
@@ -49,7 +56,7 @@ def test_malformed_jsonl_names_the_line(tmp_path, line, message):
 def test_missing_files_are_listed(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text(json.dumps({"id": "x", "question": "q", "answer": "a", "images": ["gone.png"]}))
-    with pytest.raises(FileNotFoundError, match="1 image files are missing — x: .*gone.png"):
+    with pytest.raises(FileNotFoundError, match=r"1 image files are missing — x: .*gone\.png"):
         load_jsonl(path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_jsonl(tmp_path / "nothing.jsonl")
@@ -63,7 +70,7 @@ def test_directory_of_task_files(tmp_path):
     tasks = load_directory(tmp_path)
     assert tasks[0].id == "q1" and tasks[0].images[0].endswith("q1.png")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(TaskFormatError, match="neither tasks.jsonl"):
+    with pytest.raises(TaskFormatError, match=r"neither tasks\.jsonl"):
         load_directory(tmp_path / "empty")
 
 
@@ -110,5 +117,5 @@ def test_registry_names_and_errors(task_files):
         load_suite("no-such-suite")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         register_suite("test-bad", "missing.jsonl")
-    with pytest.raises(ValueError, match="must be a .jsonl file"):
+    with pytest.raises(ValueError, match=r"must be a \.jsonl file"):
         register_suite("test-bad", task_files.parent / "img" / "a.png")

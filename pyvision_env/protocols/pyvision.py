@@ -19,8 +19,16 @@ import re
 from collections.abc import Sequence
 
 from ..messages import Message, Part, TextPart
-from .base import (Action, EpisodeInputs, Protocol, ToolCall, ToolOutput, choices_text, labelled_image,
-                   merge_text)
+from .base import (
+    Action,
+    EpisodeInputs,
+    Protocol,
+    ToolCall,
+    ToolOutput,
+    choices_text,
+    labelled_image,
+    merge_text,
+)
 
 _TAGGED = re.compile(r"<code>\s*```(?:python|py)?[ \t]*\n(.*?)```\s*</code>", re.S)
 _FENCED = re.compile(r"```(?:python|py)[ \t]*\n(.*?)```", re.S)
