@@ -11,12 +11,31 @@ __version__ = "0.1.0"
 
 from .env import PyVisionEnv
 from .messages import ImagePart, Message, TextPart, from_hf, from_openai, to_hf, to_openai
-from .registry import load_suite, register_suite, suites
+from .registry import list_suites, load_suite, register_suite
+from .suites import register_builtin_suites
 from .tasks import Region, Task, TaskSet, from_generator, from_hf_dataset, load_directory, load_jsonl
 from .visual_tokens import VisualTokenRule
 
 __all__ = [
-    "ImagePart", "Message", "PyVisionEnv", "Region", "Task", "TaskSet", "TextPart", "VisualTokenRule",
-    "from_generator", "from_hf", "from_hf_dataset", "from_openai", "load_directory", "load_jsonl",
-    "load_suite", "register_suite", "suites", "to_hf", "to_openai",
+    "ImagePart",
+    "Message",
+    "PyVisionEnv",
+    "Region",
+    "Task",
+    "TaskSet",
+    "TextPart",
+    "VisualTokenRule",
+    "from_generator",
+    "from_hf",
+    "from_hf_dataset",
+    "from_openai",
+    "list_suites",
+    "load_directory",
+    "load_jsonl",
+    "load_suite",
+    "register_suite",
+    "to_hf",
+    "to_openai",
 ]
+
+register_builtin_suites()  # PyVision/Zoom-v0, PyVision/Orientation-v0, PyVision/Count-v0, PyVision/Contrast-v0

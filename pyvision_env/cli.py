@@ -54,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Probe bubblewrap and cgroups, start one kernel, and print what the "
                                     "engine can enforce here.")
 
-    commands.add_parser("tasks", help="list the registered suites",
-                        description="List every registered suite: its Gymnasium id, size, splits and description.")
+    tasks = commands.add_parser("tasks", help="list the registered suites",
+                                description="List every registered suite with its Gymnasium id and description.")
+    tasks.add_argument("--details", action="store_true",
+                       help="also load each suite and show its size and splits (generates built-in suites)")
 
     run = commands.add_parser(
         "run", help="run a policy on a suite and print the summary table",
@@ -174,21 +176,27 @@ POLICIES = ("scripted", "direct", "random")
 
 
 def run_tasks(args: argparse.Namespace) -> int:
-    from . import suites
+    from . import list_suites
 
     rows = []
-    for suite in suites():
-        try:
-            tasks = suite.tasks()
-            size = str(len(tasks))
-            splits = ", ".join(sorted({t.split for t in tasks if t.split})) or "-"
-        except (OSError, ValueError) as error:
-            size, splits = "?", f"cannot load: {error}"
+    for suite in list_suites():
+        size, splits = "-", "-"
+        if args.details:
+            try:
+                tasks = suite.tasks()
+                size = str(len(tasks))
+                splits = ", ".join(sorted({t.split for t in tasks if t.split})) or "-"
+            except (OSError, ValueError) as error:
+                size, splits = "?", f"cannot load: {error}"
         rows.append((suite.name, suite.env_id, size, splits, suite.description))
-    widths = [max(len(row[i]) for row in rows + [("suite", "id", "tasks", "splits", "")]) for i in range(4)]
-    print("  ".join(title.ljust(w) for title, w in zip(("suite", "id", "tasks", "splits"), widths)) + "  description")
+    titles = ("suite", "id", "tasks", "splits") if args.details else ("suite", "id")
+    widths = [max(len(row[i]) for row in [*rows, titles]) for i in range(len(titles))]
+    print("  ".join(t.ljust(w) for t, w in zip(titles, widths)) + "  description")
     for row in rows:
         print("  ".join(value.ljust(w) for value, w in zip(row, widths)) + "  " + row[4])
+    if not args.details:
+        print("\n(--details loads every suite to show its size and splits; built-in suites are generated "
+              "on first use)")
     return 0
 
 

@@ -88,7 +88,7 @@ def load_suite(name: str) -> TaskSet:
     return suite.tasks()
 
 
-def suites() -> list[Suite]:
+def list_suites() -> list[Suite]:
     """Registered suites, sorted by name."""
     with _lock:
         return sorted(_SUITES.values(), key=lambda s: s.name)

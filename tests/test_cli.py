@@ -59,3 +59,23 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "cell3_image0.png").exists()
     assert "crop still here: (80, 60)" in done.stdout
     assert "fresh kernel" in done.stdout
+
+
+def test_tasks_lists_the_builtin_suites():
+    done = run_cli("tasks")
+    assert done.returncode == 0
+    for env_id in ("PyVision/Zoom-v0", "PyVision/Orientation-v0", "PyVision/Count-v0", "PyVision/Contrast-v0"):
+        assert env_id in done.stdout
+
+
+def test_run_prints_the_summary_and_records_the_episodes(tmp_path):
+    out = tmp_path / "run"
+    done = run_cli("run", "--suite", "count", "--policy", "scripted", "--episodes", "2", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| count | scripted-count | pyvision | 2 | 100.0% |" in done.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["episodes"] == 2 and summary["accuracy"] == 1.0 and summary["tool_calls"] >= 1
+    assert len((out / "episodes.jsonl").read_text().splitlines()) == 2
+    assert (out / "episodes.html").stat().st_size > 0
+    bad = run_cli("run", "--suite", "nope", "--episodes", "1", "--no-record")
+    assert bad.returncode != 0 and "unknown suite 'nope'" in bad.stderr

@@ -199,8 +199,10 @@ def as_default_engine(engine):
     set_default_engine(previous)
 
 
-def test_gymnasium_check_env_on_a_registered_suite(as_default_engine, tasks):
-    env_id = register_suite("test-env-check", tasks, replace=True, max_turns=4)
+@pytest.mark.parametrize("env_id", ["PyVision/Zoom-v0", "PyVision/Orientation-v0", "PyVision/Count-v0",
+                                    "PyVision/Contrast-v0", "PyVision/TestEnvCheck-v0"])
+def test_gymnasium_check_env_passes_for_registered_envs(as_default_engine, tasks, env_id):
+    register_suite("test-env-check", tasks, replace=True, max_turns=4)
     env = gym.make(env_id)
     try:
         check_env(env.unwrapped)

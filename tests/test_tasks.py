@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pyvision_env.registry import env_id_for, load_suite, register_suite, suites
+from pyvision_env.registry import env_id_for, list_suites, load_suite, register_suite
 from pyvision_env.tasks import (
     Task,
     TaskFormatError,
@@ -110,7 +110,7 @@ def test_registry_names_and_errors(task_files):
     assert env_id_for("hr-bench_4k") == "PyVision/HrBench4k-v0"
     env_id = register_suite("test-colours", task_files, description="colours", replace=True)
     assert env_id == "PyVision/TestColours-v0" and env_id in gym.registry
-    assert load_suite("test-colours")[0].id == "a" and "test-colours" in [s.name for s in suites()]
+    assert load_suite("test-colours")[0].id == "a" and "test-colours" in [s.name for s in list_suites()]
     with pytest.raises(ValueError, match="already registered"):
         register_suite("test-colours", task_files)
     with pytest.raises(KeyError, match="unknown suite"):

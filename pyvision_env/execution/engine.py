@@ -476,15 +476,16 @@ def _stage_images(images: dict[str, Any], inputs_dir: Path) -> dict[str, str]:
             target = inputs_dir / f"{name}.png"
             if not target.exists():
                 image.save(target, format="PNG")
+                os.chmod(target, 0o444)
         else:
             source = Path(image)
             target = inputs_dir / f"{name}{source.suffix.lower()}"
             if not target.exists():
-                try:
-                    os.link(source, target)
+                try:  # a hard link shares the caller's file: its permissions are left alone (the sandbox
+                    os.link(source, target)  # mounts the inputs directory read-only)
                 except OSError:
                     shutil.copyfile(source, target)
-        os.chmod(target, 0o444)
+                    os.chmod(target, 0o444)
         staged[name] = str(target)
     return staged
 

@@ -134,7 +134,8 @@ class CodeVisionProtocol(Protocol):
         error = self.error_text(output.result)
         notes = "\n".join(output.notes + output.result.notes)
         if error:
-            text = f"<tool_response>\nError: {error}{chr(10) + notes if notes else ''}\n</tool_response>"
+            printed = self.result_text(output.result)
+            text = f"<tool_response>\n{printed}Error: {error}{chr(10) + notes if notes else ''}\n</tool_response>"
             return [Message.text("user", text)]
         parts: list[Part] = [TextPart("<tool_response>\n")]
         printed = self.result_text(output.result)

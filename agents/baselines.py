@@ -1,0 +1,137 @@
+"""Baselines without tools: :class:`DirectAnswerPolicy` (answers from the first view) and
+:class:`RandomPolicy` (random responses, seeded).
+
+The direct-answer policy runs the scripted policies' own analysis routines (:mod:`agents.scripted`), here, on
+the first image of the observation — the view the environment downscaled for the model — and never
+transforms it (no zoom, rotation or enhancement). It stands for a model that only looks: the built-in suites
+are built so that it does clearly worse than a policy that uses the tools.
+
+Example::
+
+    import gymnasium as gym, pyvision_env
+    env = gym.make("PyVision/Count-v0")
+    policy = DirectAnswerPolicy(env.unwrapped.protocol)
+    observation, info = env.reset(seed=0)
+    info = env.step(policy.act(observation, info))[-1]
+    info["end_reason"], info["tool_calls"]
+    # -> ('answered', 0)
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any
+
+from PIL import Image
+
+from pyvision_env.messages import Message
+from pyvision_env.protocols import Protocol, get_protocol
+
+from .base import Policy
+from .scripted import (
+    COLORS,
+    SHAPES,
+    asked_alphabet,
+    asked_word,
+    color_mask,
+    components,
+    find_shapes,
+    kernel_code,
+    read_text,
+)
+
+_OPTIONS = re.compile(r"^\(([A-Z])\) ", re.MULTILINE)
+
+
+def _question_text(observation: list[Message]) -> str:
+    return "\n".join(message.plain_text for message in observation if message.role != "system")
+
+
+def _first_image(observation: list[Message]) -> Image.Image | None:
+    images = [image for message in observation for image in message.images]
+    return images[0] if images else None
+
+
+def direct_answer(image: Image.Image, question: str) -> str:
+    """The answer read off ``image`` as it is: a count of the asked shapes, the text inside the asked
+    colour's largest blob (a tag), or the image's line of text; ``""`` when nothing could be read."""
+    color, shape = asked_word(question, COLORS), asked_word(question, SHAPES)
+    if shape is not None:
+        return str(len(find_shapes(image, color or "red", shape)))
+    if color is not None:
+        blobs = components(color_mask(image, color))
+        if len(blobs) == 0:
+            return ""
+        x0, y0, x1, y1, _ = (int(v) for v in blobs[blobs[:, 4].argmax()])
+        image = image.crop((x0, y0, x1, y1))
+    return read_text(image, asked_alphabet(question))[0]
+
+
+class DirectAnswerPolicy(Policy):
+    """Answers at the first turn, without tools, from the observation's first image; when nothing can be
+    read it guesses (the first option of a multiple-choice question, else ``0``)."""
+
+    name = "direct"
+
+    def __init__(self, protocol: Protocol | str = "pyvision") -> None:
+        self.protocol = get_protocol(protocol)
+
+    def act(self, observation: list[Message], info: dict[str, Any]) -> str:
+        question, image = _question_text(observation), _first_image(observation)
+        answer = direct_answer(image, question) if image is not None else ""
+        if not answer:
+            options = _OPTIONS.findall(question)
+            answer = options[0] if options else "0"
+        return self.protocol.render_action(thought="Answering from the image as shown.", answer=answer)
+
+
+class RandomPolicy(Policy):
+    """Random responses: plain text (a format error), a random simple operation on the image, or a random
+    answer (an option letter, a number or a short code). Seeded: the same seed gives the same responses.
+
+    Example:
+        >>> from pyvision_env.messages import Message
+        >>> first = [Message.text("user", "How many?")]
+        >>> a, b = RandomPolicy(seed=3), RandomPolicy(seed=3)
+        >>> a.act(first, {"turn": 0}) == b.act(first, {"turn": 0})
+        True
+    """
+
+    name = "random"
+    OPERATIONS = (
+        "result = image.rotate({angle}, expand=True)",
+        "result = image.crop((0, 0, max(1, image.width // {parts}), max(1, image.height // {parts})))",
+        "result = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)",
+        "result = ImageOps.autocontrast(image.convert('L'))",
+        "result = image.resize((max(1, image.width // {parts}), max(1, image.height // {parts})))",
+        "print(image.size)\nresult = image",
+    )
+
+    def __init__(self, protocol: Protocol | str = "pyvision", seed: int = 0) -> None:
+        self.protocol = get_protocol(protocol)
+        self.rng = random.Random(seed)
+        self._options: list[str] = []
+        self._calls = 0
+
+    def act(self, observation: list[Message], info: dict[str, Any]) -> str:
+        if info.get("turn") == 0:
+            self._options = _OPTIONS.findall(_question_text(observation))
+            self._calls = 0
+        kind = self.rng.choices(("text", "code", "answer"), weights=(1, 3, 2))[0]
+        if kind == "text":
+            return " ".join(self.rng.choice(("maybe", "the", "image", "shows", "something", "look"))
+                            for _ in range(self.rng.randint(1, 8)))
+        if kind == "code":
+            self._calls += 1
+            code = self.rng.choice(self.OPERATIONS).format(angle=self.rng.choice((90, 180, 270)),
+                                                           parts=self.rng.randint(2, 4))
+            return self.protocol.render_action(code=kernel_code(self.protocol, code), image_index=0,
+                                               call_id=f"call_{self._calls}")
+        if self._options:
+            answer = self.rng.choice(self._options)
+        elif self.rng.random() < 0.5:
+            answer = str(self.rng.randint(0, 99))
+        else:
+            answer = "".join(self.rng.choice("ABCDEFGHJKLMNPRTUVWXY2345789") for _ in range(self.rng.randint(4, 6)))
+        return self.protocol.render_action(answer=answer)

@@ -1,0 +1,49 @@
+"""The built-in synthetic suites: generated offline from a seed (no downloads), cached as PNG files.
+
+===============  ===========================  ======================================================
+``zoom``         ``PyVision/Zoom-v0``         a small number on a red-bordered tag in a large image
+``orientation``  ``PyVision/Orientation-v0``  a code on a card rotated by 90/180/270 degrees or mirrored
+``count``        ``PyVision/Count-v0``        count the small shapes of one colour and kind
+``contrast``     ``PyVision/Contrast-v0``     a code printed in ink barely darker than its paper
+===============  ===========================  ======================================================
+
+Each registered suite holds 100 tasks of seed 0, split 80/20 into ``train`` and ``held-out`` by index. They
+are generated on first use into ``$PYVISION_CACHE`` (default ``~/.cache/pyvision``) under
+``suites/<name>/v<version>/seed<seed>-n<count>/`` with a ``tasks.jsonl`` that
+:func:`~pyvision_env.tasks.load_jsonl` reads. Every task has ground-truth ``regions`` and
+``metadata["required_ops"]`` (``["crop"]``, ``["rotate"]`` or ``["flip"]``, ``["count"]``, ``["enhance"]``).
+
+Example::
+
+    import gymnasium as gym, pyvision_env
+    env = gym.make("PyVision/Orientation-v0", split="held-out")   # the 20 held-out tasks
+    SUITES["count"].load(count=20, seed=7)                        # another set, cached on its own
+    # -> TaskSet('count', 20 tasks)
+"""
+
+from __future__ import annotations
+
+import functools
+
+from .. import registry
+from . import contrast, count, orientation, zoom
+from .common import CACHE_ENV, SyntheticSuite, cache_root
+
+SUITES: dict[str, SyntheticSuite] = {suite.name: suite for suite in (zoom.SUITE, orientation.SUITE,
+                                                                     count.SUITE, contrast.SUITE)}
+DEFAULT_COUNT = 100
+DEFAULT_SEED = 0
+
+
+def register_builtin_suites() -> list[str]:
+    """Register the built-in suites not registered yet (re-import safe); returns all their Gymnasium ids."""
+    registered = {suite.name for suite in registry.list_suites()}
+    for name, suite in SUITES.items():
+        if name not in registered:
+            registry.register_suite(name, functools.partial(suite.load, DEFAULT_COUNT, DEFAULT_SEED),
+                                    description=suite.description, tags=suite.tags)
+    return [registry.env_id_for(name) for name in SUITES]
+
+
+__all__ = ["CACHE_ENV", "DEFAULT_COUNT", "DEFAULT_SEED", "SUITES", "SyntheticSuite", "cache_root",
+           "register_builtin_suites"]
