@@ -160,6 +160,11 @@ class Protocol(ABC):
         return f"KernelCrashed: {result.error_value or 'the interpreter died'}; all variables are lost"
 
 
+def boxed_answer(thought: str, answer: str) -> str:
+    """``<answer>\\boxed{...}</answer>`` after an optional thought — the answer of the tag-based protocols."""
+    return f"{thought}\n<answer>\\boxed{{{answer}}}</answer>" if thought else f"<answer>\\boxed{{{answer}}}</answer>"
+
+
 def labelled_image(index: int, image: Image.Image) -> list[Part]:
     """``<image_clue_k>`` image ``</image_clue_k>`` — how PyVision-style prompts name an image."""
     return [TextPart(f"<image_clue_{index}>"), ImagePart(image), TextPart(f"</image_clue_{index}>")]

@@ -21,7 +21,16 @@ from collections.abc import Sequence
 from ..execution import CellResult, CellStatus
 from ..graders import extract_boxed
 from ..messages import ImagePart, Message, Part, TextPart
-from .base import Action, EpisodeInputs, Protocol, ToolCall, ToolOutput, choices_text, merge_text
+from .base import (
+    Action,
+    EpisodeInputs,
+    Protocol,
+    ToolCall,
+    ToolOutput,
+    boxed_answer,
+    choices_text,
+    merge_text,
+)
 
 TOOL_NAME = "code_image_tool"
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
@@ -151,9 +160,9 @@ class CodeVisionProtocol(Protocol):
 
     def render_action(self, *, thought: str = "", code: str | None = None, answer: str | None = None,
                       image_index: int | None = None, call_id: str | None = None) -> str:
-        lead = thought + "\n" if thought else ""
         if answer is not None:
-            return f"{lead}<answer>\\boxed{{{answer}}}</answer>"
+            return boxed_answer(thought, answer)
+        lead = thought + "\n" if thought else ""
         if code is None:
             raise ValueError("render_action needs code or answer")
         call = {"name": TOOL_NAME, "arguments": {"code": code, "image_index": image_index or 0}}

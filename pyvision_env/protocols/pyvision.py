@@ -25,6 +25,7 @@ from .base import (
     Protocol,
     ToolCall,
     ToolOutput,
+    boxed_answer,
     choices_text,
     labelled_image,
     merge_text,
@@ -122,9 +123,9 @@ class PyVisionProtocol(Protocol):
 
     def render_action(self, *, thought: str = "", code: str | None = None, answer: str | None = None,
                       image_index: int | None = None, call_id: str | None = None) -> str:
-        lead = thought + "\n" if thought else ""
         if answer is not None:
-            return f"{lead}<answer>\\boxed{{{answer}}}</answer>"
+            return boxed_answer(thought, answer)
+        lead = thought + "\n" if thought else ""
         if code is None:
             raise ValueError("render_action needs code or answer")
         return f"{lead}<code>\n```python\n{code}\n```\n</code>"
