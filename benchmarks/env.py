@@ -6,13 +6,16 @@ Everything runs in one process on one :class:`~pyvision_env.execution.Engine` (s
    ``Session.run(code)`` on the same engine, alternating in a shuffled order per iteration, for three cells:
    an assignment, a print, and a small matplotlib figure shown with ``plt.show()``; target: the env's p50
    at most 10 % above the bare p50;
-2. reset latency — ``env.reset()`` of a task with a realistic 2000x1500 PNG (gradients, shapes, noise),
-   with a warm pool (``engine.warm_up()`` waits until the pool is full again before each sample; each
-   episode ends with an answer step, as in training); target: p50 at most 60 ms. Also the same image as
-   JPEG, back-to-back resets (no wait: the pool drains and resets wait for kernel starts), and the parts of
-   a reset measured on their own (the kernel side, the parent side, the kill of the last kernel);
-3. async vector env steps/s at 1, 8 and 32 sub-environments, each stepping a ``print`` cell, for a fixed
-   wall time per level.
+2. reset latency — ``env.reset()`` of a task with a realistic 2000x1500 PNG (gradients, shapes, noise).
+   A reset returns once this process has the first view of the image (cached per file); the kernel loads
+   the original in the background and the first step waits for it. With a warm pool (``engine.warm_up()``
+   before each sample): the reset of a task seen before, as in a GRPO group (target: p50 at most 60 ms),
+   of a task not seen before (a new hard link of the image per sample; also as JPEG), and the reset until
+   the kernel is usable (reset + a first step ``x = 1``, against the bare cell). Also back-to-back episodes
+   (reset, first step, answer, no wait: the pool drains), the answer step that ends an episode (its kernel
+   is killed in the background), and the parts of a reset measured on their own;
+3. async vector env steps/s at 1, 8, 32 and 64 sub-environments, each stepping a ``print`` cell, for a fixed
+   wall time per level; and its reset, until the first views and until every kernel is usable.
 
 Run it with ``python -m benchmarks --only env [--quick] [--out DIR]``; it writes ``env.md``, ``env.json``
 and ``env.png``.
@@ -28,7 +31,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +44,18 @@ from tqdm import tqdm
 from pyvision_env import PyVisionEnv, Task, TaskSet
 from pyvision_env.execution import Engine, WeakIsolationWarning
 from pyvision_env.vector import PyVisionVectorEnv
+from pyvision_env.visual_tokens import VisualTokenRule
 
-from .engine import BENCH_LIMITS, LoadMonitor, _fmt, _json_default, _ms, _percentile, machine_description
+from .engine import (
+    BENCH_LIMITS,
+    BUSY_WARNING_PCT,
+    LoadMonitor,
+    _fmt,
+    _json_default,
+    _ms,
+    _percentile,
+    machine_description,
+)
 
 NAME = "env"
 DESCRIPTION = "PyVisionEnv step overhead over a bare engine cell, reset latency, async vector env steps/s"
@@ -52,6 +65,8 @@ CELLS = {
     "print": "print('hello world')",
     "figure": "plt.figure(figsize=(3, 2)); plt.plot([0, 1], [1, 0]); plt.show()",
 }
+FIRST_CELL = CELLS["assignment"]
+"""The first step after a reset: the time until the kernel is usable."""
 VECTOR_CELL = "print('hello world')"
 IMAGE_SIZE = (2000, 1500)
 OVERHEAD_TARGET_PCT = 10.0
@@ -69,14 +84,18 @@ class Settings:
     """Per cell and side."""
     warmup_steps: int = 10
     resets: int = 30
+    """Warm resets of a task seen before, each followed by a first step."""
+    uncached_resets: int = 20
+    """Warm resets of a task not seen before, per format."""
     back_to_back: int = 10
     parts: int = 15
-    levels: tuple[int, ...] = (1, 8, 32)
+    levels: tuple[int, ...] = (1, 8, 32, 64)
     vector_seconds: float = 5.0
 
 
 FULL = Settings()
-QUICK = Settings(steps=30, warmup_steps=3, resets=3, back_to_back=3, parts=2, levels=(1, 4), vector_seconds=1.5)
+QUICK = Settings(steps=20, warmup_steps=3, resets=3, uncached_resets=2, back_to_back=3, parts=1, levels=(1, 4),
+                 vector_seconds=1.5)
 
 
 def _log(message: str) -> None:
@@ -109,9 +128,18 @@ def make_task_images(directory: Path) -> dict[str, Path]:
     return paths
 
 
-def _tasks(image: Path) -> TaskSet:
-    return TaskSet("bench", [Task(id="bench", question="How many shapes are there?", answer="200",
-                                  images=(str(image),), grader="numeric")])
+def _tasks(images: Sequence[Path]) -> TaskSet:
+    """One task per image file, all with the same question and answer."""
+    return TaskSet("bench", [Task(id=f"bench-{i}", question="How many shapes are there?", answer="200",
+                                  images=(str(image),), grader="numeric") for i, image in enumerate(images)])
+
+
+def _new_names(image: Path, count: int) -> list[Path]:
+    """``count`` hard links of ``image``: files whose first view is not cached yet."""
+    paths = [image.with_name(f"{image.stem}-{i}{image.suffix}") for i in range(count)]
+    for path in paths:
+        os.link(image, path)
+    return paths
 
 
 def _timed(call: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, Any]:
@@ -162,36 +190,60 @@ def _step_overhead(engine: Engine, tasks: TaskSet, settings: Settings) -> dict[s
     return results
 
 
-def _resets(engine: Engine, tasks: TaskSet, count: int, warm: bool, desc: str) -> dict[str, list[float]]:
-    """``reset()`` then an answer step (which ends the episode and kills its kernel), ``count`` times."""
+def _episodes(engine: Engine, tasks: TaskSet, count: int, *, warm: bool, first_step: bool,
+              desc: str) -> dict[str, list[float]]:
+    """``count`` episodes on the tasks in turn: reset, a first step ``x = 1`` if ``first_step`` (it waits for
+    the kernel), an answer step (ends the episode; the kernel is killed in the background). ``warm``: a full
+    pool before each reset."""
     env = PyVisionEnv(tasks, engine=engine, **ENV_OPTIONS)
+    first = env.protocol.render_action(code=FIRST_CELL)
     answer = env.protocol.render_action(answer="200")
-    samples: dict[str, list[float]] = {"reset": [], "reset_inside": [], "answer_step": []}
+    samples: dict[str, list[float]] = {"reset": [], "reset_inside": [], "first_step": [], "answer_step": []}
     try:
-        with _progress(count + 1, desc) as bar:
-            for i in range(count + 1):  # the first is not counted (file cache, first use of the code paths)
+        with _progress(count, desc) as bar:
+            for i in range(count):
                 if warm:
                     engine.warm_up()
-                elapsed, (_, info) = _timed(env.reset)
+                elapsed, (_, info) = _timed(env.reset, options={"task_index": i % len(tasks)})
+                samples["reset"].append(elapsed)
+                samples["reset_inside"].append(info["timings"]["total_ms"] / 1000)
+                if first_step:
+                    stepped, (*_, step_info) = _timed(env.step, first)
+                    _check(step_info["tool_errors"] == 0 and step_info["end_reason"] is None, step_info)
+                    samples["first_step"].append(stepped)
                 answered, (_, reward, terminated, _, _) = _timed(env.step, answer)
                 _check(terminated and reward == 1.0, info)
-                if i:
-                    samples["reset"].append(elapsed)
-                    samples["reset_inside"].append(info["timings"]["total_ms"] / 1000)
-                    samples["answer_step"].append(answered)
+                samples["answer_step"].append(answered)
                 bar.update()
     finally:
         env.close()
     return samples
 
 
-def _reset_parts(engine: Engine, env: PyVisionEnv, image: Path, count: int) -> dict[str, list[float]]:
-    """The parts of a reset on their own: what the kernel side and the parent side each take."""
-    samples: dict[str, list[float]] = {key: [] for key in ("open_session_image", "open_session_empty",
-                                                           "close_session", "decode", "first_view")}
+def _reset_parts(engine: Engine, rule: VisualTokenRule, image: Path, count: int) -> dict[str, list[float]]:
+    """The parts of a reset on their own, each done as the reset does it."""
+    samples: dict[str, list[float]] = {key: [] for key in (
+        "verify", "open_session_empty", "open_session_image", "close_session", "decode", "resize", "cached_view")}
+
+    def verify() -> None:
+        with Image.open(image) as opened:
+            opened.verify()
+
+    def decode() -> Image.Image:
+        with Image.open(image) as opened:
+            opened.load()
+            return opened.copy() if opened.mode in ("RGB", "L") else opened.convert("RGB")
+
     with _progress(count, "reset parts") as bar:
         for _ in range(count):
-            engine.warm_up()
+            engine.warm_up()  # no kernel starting while this process works
+            samples["verify"].append(_timed(verify)[0])
+            elapsed, decoded = _timed(decode)
+            samples["decode"].append(elapsed)
+            size = rule.resized_size(*decoded.size)
+            elapsed, view = _timed(decoded.resize, size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+            samples["resize"].append(elapsed)
+            samples["cached_view"].append(_timed(lambda view=view: (os.stat(image), view.copy()))[0])
             elapsed, session = _timed(engine.session, images={"image_clue_0": str(image)})
             samples["open_session_image"].append(elapsed)
             samples["close_session"].append(_timed(session.close)[0])
@@ -199,16 +251,6 @@ def _reset_parts(engine: Engine, env: PyVisionEnv, image: Path, count: int) -> d
             elapsed, session = _timed(engine.session)
             samples["open_session_empty"].append(elapsed)
             session.close()
-
-            def decode() -> Image.Image:
-                with Image.open(image) as opened:
-                    opened.load()
-                    return opened.copy()
-
-            elapsed, decoded = _timed(decode)
-            samples["decode"].append(elapsed)
-            size = env.token_rule.resized_size(*decoded.size)
-            samples["first_view"].append(_timed(decoded.resize, size, Image.Resampling.BICUBIC)[0])
             bar.update()
     return samples
 
@@ -222,7 +264,8 @@ def _vector(engine: Engine, tasks: TaskSet, settings: Settings) -> dict[int, dic
         try:
             reset_s, _ = _timed(envs.reset)
             actions = [envs.envs[0].protocol.render_action(code=VECTOR_CELL)] * level
-            for _ in range(3):  # the first cells of a fresh kernel are slower
+            first_s, _ = _timed(envs.step, actions)  # waits until every sub-environment's kernel is open
+            for _ in range(2):  # the first cells of a fresh kernel are slower
                 envs.step(actions)
             latencies = []
             stop_at = time.perf_counter() + settings.vector_seconds
@@ -235,7 +278,8 @@ def _vector(engine: Engine, tasks: TaskSet, settings: Settings) -> dict[int, dic
         finally:
             close_s, _ = _timed(envs.close)
         levels[level] = {"envs": level, "vector_steps": len(latencies), "elapsed": wall,
-                         "steps_per_s": level * len(latencies) / wall, "reset_s": reset_s, "close_s": close_s,
+                         "steps_per_s": level * len(latencies) / wall, "reset_s": reset_s,
+                         "reset_to_first_result_s": reset_s + first_s, "close_s": close_s,
                          "step_p50": _percentile(latencies, 50), "step_p90": _percentile(latencies, 90)}
         engine.warm_up()
     return levels
@@ -257,23 +301,26 @@ def _measure(settings: Settings, monitor: LoadMonitor) -> tuple[dict[str, Any], 
     try:
         images = make_task_images(directory)
         raw["image_bytes"] = {kind: path.stat().st_size for kind, path in images.items()}
-        png_tasks = _tasks(images["png"])
+        png_tasks = _tasks([images["png"]])  # its first view is cached from the step overhead phase on
         engine.warm_up()
         status = asdict(engine.status())
         phase("step overhead")
         raw["steps"] = _step_overhead(engine, png_tasks, settings)
         engine.warm_up()
-        phase("resets with a warm pool")
-        raw["reset_warm"] = _resets(engine, png_tasks, settings.resets, True, "resets (warm pool, PNG)")
-        raw["reset_warm_jpeg"] = _resets(engine, _tasks(images["jpeg"]), settings.resets, True,
-                                         "resets (warm pool, JPEG)")
+        phase("warm resets")
+        raw["reset_warm"] = _episodes(engine, png_tasks, settings.resets, warm=True, first_step=True,
+                                      desc="resets (warm pool, first view cached)")
+        for kind in ("png", "jpeg"):
+            new_tasks = _tasks(_new_names(images[kind], settings.uncached_resets))
+            raw[f"reset_uncached_{kind}"] = _episodes(engine, new_tasks, settings.uncached_resets, warm=True,
+                                                      first_step=False, desc=f"resets (warm pool, new {kind})")
         phase("parts of a reset")
-        raw["reset_parts"] = _reset_parts(engine, PyVisionEnv(png_tasks, engine=engine), images["png"],
-                                          settings.parts)
-        phase("back-to-back resets")
+        rule = PyVisionEnv(png_tasks, engine=engine).token_rule
+        raw["reset_parts"] = _reset_parts(engine, rule, images["png"], settings.parts)
+        phase("back-to-back episodes")
         engine.warm_up()
-        raw["reset_back_to_back"] = _resets(engine, png_tasks, settings.back_to_back, False,
-                                            "resets (back to back)")
+        raw["reset_back_to_back"] = _episodes(engine, png_tasks, settings.back_to_back, warm=False,
+                                              first_step=True, desc="episodes (back to back)")
         engine.warm_up()
         phase("async vector env")
         raw["vector"] = _vector(engine, png_tasks, settings)
@@ -304,6 +351,11 @@ class Row:
         return [self.metric, _fmt(self.value, self.unit), reference, compared, self.target or "—", verdict]
 
 
+def _until_usable(samples: dict[str, list[float]]) -> list[float]:
+    """Per episode: the reset plus its first step, i.e. until the first cell's result."""
+    return list(np.add(samples["reset"], samples["first_step"]))
+
+
 def build_rows(raw: dict[str, Any]) -> list[Row]:
     rows = []
     for name, samples in raw["steps"].items():
@@ -312,25 +364,38 @@ def build_rows(raw: dict[str, Any]) -> list[Row]:
                         f"<= +{OVERHEAD_TARGET_PCT:g} %", env50 <= bare50 * (1 + OVERHEAD_TARGET_PCT / 100)))
         rows.append(Row(f"step_{name}_p90", f"step `{CELLS[name]}`, p90", "ms", _ms(samples["env"], 90),
                         _ms(samples["bare"], 90)))
-    warm = raw["reset_warm"]["reset"]
-    reset50 = _ms(warm, 50)
-    rows.append(Row("reset_warm_p50", "reset, warm pool, 2000x1500 PNG, p50", "ms", reset50,
-                    target=f"<= {RESET_TARGET_MS:g} ms", passed=reset50 <= RESET_TARGET_MS))
-    rows.append(Row("reset_warm_p90", "reset, warm pool, 2000x1500 PNG, p90", "ms", _ms(warm, 90)))
-    rows.append(Row("reset_warm_jpeg_p50", "reset, warm pool, same image as JPEG, p50", "ms",
-                    _ms(raw["reset_warm_jpeg"]["reset"], 50)))
-    back = raw["reset_back_to_back"]["reset"]
-    rows.append(Row("reset_back_to_back_p50", "reset, back to back (pool drained), PNG, p50", "ms", _ms(back, 50)))
-    rows.append(Row("reset_back_to_back_p90", "reset, back to back (pool drained), PNG, p90", "ms", _ms(back, 90)))
-    rows.append(Row("answer_step_p50", "answer step (grades, kills the kernel), p50", "ms",
-                    _ms(raw["reset_warm"]["answer_step"], 50)))
+    warm, back = raw["reset_warm"], raw["reset_back_to_back"]
+    reset50 = _ms(warm["reset"], 50)
+    cached = "reset, warm pool, first view cached (task seen before, as in a GRPO group)"
+    rows.append(Row("reset_warm_p50", f"{cached}, p50", "ms", reset50, target=f"<= {RESET_TARGET_MS:g} ms",
+                    passed=reset50 <= RESET_TARGET_MS))
+    rows.append(Row("reset_warm_p90", f"{cached}, p90", "ms", _ms(warm["reset"], 90)))
+    uncached = raw["reset_uncached_png"]["reset"]
+    rows.append(Row("reset_uncached_p50", "reset, warm pool, first view not cached (new task), p50", "ms",
+                    _ms(uncached, 50)))
+    rows.append(Row("reset_uncached_p90", "reset, warm pool, first view not cached (new task), p90", "ms",
+                    _ms(uncached, 90)))
+    rows.append(Row("reset_uncached_jpeg_p50", "reset, warm pool, first view not cached, same image as JPEG, p50",
+                    "ms", _ms(raw["reset_uncached_jpeg"]["reset"], 50)))
+    rows.append(Row("reset_to_first_result_p50", f"reset + first step `{FIRST_CELL}` (until the kernel is usable), "
+                    "warm pool, cached, p50", "ms", _ms(_until_usable(warm), 50),
+                    _ms(raw["steps"]["assignment"]["bare"], 50)))
+    rows.append(Row("reset_back_to_back_p50", "reset, back to back (pool drained), p50", "ms", _ms(back["reset"], 50)))
+    rows.append(Row("reset_back_to_back_p90", "reset, back to back (pool drained), p90", "ms", _ms(back["reset"], 90)))
+    rows.append(Row("reset_back_to_back_to_first_result_p50",
+                    f"reset + first step `{FIRST_CELL}`, back to back (pool drained), p50", "ms",
+                    _ms(_until_usable(back), 50)))
+    rows.append(Row("answer_step_p50", "answer step (grades; the kernel is killed in the background), p50", "ms",
+                    _ms(warm["answer_step"], 50)))
     parts = raw["reset_parts"]
-    for key, label in (("open_session_image", "part: open_session with the PNG (kernel decodes it), p50"),
-                       ("open_session_empty", "part: open_session without inputs (pool acquire), p50"),
-                       ("decode", "part: decode the PNG in this process, p50"),
-                       ("first_view", "part: resize to the first view (BICUBIC), p50"),
-                       ("close_session", "part: close a session (kill its kernel), p50")):
-        rows.append(Row(f"reset_part_{key}_p50", label, "ms", _ms(parts[key], 50)))
+    for key, label in (("verify", "input check of the PNG (`verify`, on the event loop)"),
+                       ("open_session_empty", "open_session without inputs (pool acquire)"),
+                       ("open_session_image", "open_session with the PNG (kernel loads it; in the background)"),
+                       ("cached_view", "first view from the cache (stat + copy)"),
+                       ("decode", "decode the PNG in this process"),
+                       ("resize", "resize to the first view (BICUBIC, reducing_gap=3.0)"),
+                       ("close_session", "close a session (kill its kernel; in the background)")):
+        rows.append(Row(f"reset_part_{key}_p50", f"part: {label}, p50", "ms", _ms(parts[key], 50)))
     for level, result in raw["vector"].items():
         noun = "env" if level == 1 else "envs"
         rows.append(Row(f"vector_steps_per_s_n{level}", f"async vector env, {level} {noun}: steps/s", "steps/s",
@@ -340,6 +405,8 @@ def build_rows(raw: dict[str, Any]) -> list[Row]:
     most = max(raw["vector"])
     rows.append(Row("vector_reset", f"async vector env, reset of {most} envs at once", "s",
                     raw["vector"][most]["reset_s"]))
+    rows.append(Row("vector_reset_to_first_result", f"async vector env, reset of {most} envs + first vector step",
+                    "s", raw["vector"][most]["reset_to_first_result_s"]))
     rows.append(Row("vector_close", f"async vector env, close of {most} envs (episodes open)", "s",
                     raw["vector"][most]["close_s"]))
     return rows
@@ -356,11 +423,13 @@ def render_markdown(rows: list[Row], raw: dict[str, Any], machine: dict[str, Any
         paired = np.median(np.asarray(samples["env"]) - np.asarray(samples["bare"])) * 1e3
         inside.append(f"`{name}` {paired:+.2f} ms paired (env − bare, same iteration), {env_outside:.2f} ms of the "
                       "env's step outside its cell execution")
-    parts = raw["reset_parts"]
+    parts = {key: _ms(values, 50) for key, values in raw["reset_parts"].items()}
+    warm = raw["reset_warm"]
     background = machine["background_load"]
-    counts = (f"{settings.steps} steps per cell and side, {settings.resets} warm resets per format, "
-              f"{settings.back_to_back} back-to-back resets, {settings.parts} samples of each reset part, "
-              f"{settings.vector_seconds:g} s per vector level")
+    counts = (f"{settings.steps} steps per cell and side, {settings.resets} warm resets of a seen task, "
+              f"{settings.uncached_resets} of a new task per format, {settings.back_to_back} back-to-back "
+              f"episodes, {settings.parts} samples of each reset part, {settings.vector_seconds:g} s per vector "
+              "level")
     notes = [
         "",
         f"Machine: {machine['cpu_model']}, {machine['cpu_count']} CPUs, {machine['ram_gib']:.1f} GiB RAM; Python "
@@ -373,20 +442,33 @@ def render_markdown(rows: list[Row], raw: dict[str, Any], machine: dict[str, Any
         "engine (sync facade), alternating in a shuffled order. " + "; ".join(inside) + ".",
         f"- Reset: task image {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, PNG {raw['image_bytes']['png'] / 2**20:.1f} MiB, "
         f"JPEG {raw['image_bytes']['jpeg'] / 2**20:.1f} MiB. Warm: `engine.warm_up()` (pool full) before each "
-        "`reset()`; every episode ends with an answer step, which closes its kernel. Back to back: no wait, so "
-        f"after {POOL_SIZE} resets each one waits for a kernel start.",
-        f"- Where a warm reset's time goes: the kernel side (acquire + hard-link + the kernel decoding the PNG) "
-        f"{_ms(parts['open_session_image'], 50):.0f} ms, of which the acquire is "
-        f"{_ms(parts['open_session_empty'], 50):.1f} ms; in parallel, this process decodes the PNG "
-        f"({_ms(parts['decode'], 50):.0f} ms) and resizes it to the first view "
-        f"({_ms(parts['first_view'], 50):.0f} ms). The kernel kill ({_ms(parts['close_session'], 50):.0f} ms) is "
-        "paid by the answer step, not by the reset.",
+        "`reset()`. Cached: the same task every episode (its first view is in the process-wide cache), "
+        f"reset, first step `{FIRST_CELL}`, answer; not cached: a new hard link of the image per episode, "
+        "reset, answer. `reset()` returns before the kernel is usable: the first step waits for the rest of "
+        f"the kernel's opening (its bare-engine figure is the bare `{FIRST_CELL}` cell of the step rows). Back "
+        f"to back: reset, first step and answer with no wait, so after {POOL_SIZE} episodes each first step "
+        "waits for a kernel start.",
+        f"- Where a warm reset's time goes (parts measured alone, p50): `reset()` waits for the first view, "
+        f"made on a worker thread — from the cache (stat + copy, {parts['cached_view']:.1f} ms) for a task seen "
+        f"before, else decode ({parts['decode']:.0f} ms) + resize ({parts['resize']:.0f} ms) — and for the "
+        "kernel opening's first slice on the engine's event loop: the input check (`verify` of the PNG, "
+        f"{parts['verify']:.1f} ms) and the pool acquire (an opening without inputs takes "
+        f"{parts['open_session_empty']:.1f} ms). Of a cached reset, {_ms(warm['reset_inside'], 50):.1f} ms "
+        "(p50) are inside `areset`; the rest is the return to the calling thread, which shares the GIL with the "
+        "pool's refill that the acquire starts (a kernel launch on the spawner thread). The rest of the "
+        f"opening (hard link, the kernel decoding the PNG: {parts['open_session_image']:.0f} ms in all) runs in "
+        f"the background; the first step waits for it ({_ms(warm['first_step'], 50):.0f} ms p50 after a cached "
+        f"reset). The kernel kill ({parts['close_session']:.0f} ms) runs in the background after the step that "
+        "ends an episode; `env.close()` waits for it.",
         f"- Vector env: every sub-environment steps `{VECTOR_CELL}` each vector step; steps/s counts "
-        "sub-environment steps. All kernels share the machine's CPUs with this process.",
+        "sub-environment steps. Its reset returns after the first views; the first vector step waits for "
+        "every sub-environment's kernel. All kernels share the machine's CPUs with this process.",
     ]
-    if background["others_mean_pct"] > 10:
-        notes.insert(1, f"**Warning: the machine was not idle (other processes used "
-                        f"{background['others_mean_pct']:.0f} % of the CPUs on average); figures are inflated.**")
+    busy = {name: value for name, value in background["others_by_phase_pct"].items() if value > BUSY_WARNING_PCT}
+    if busy:
+        where = ", ".join(f"{name} {value:.0f} %" for name, value in busy.items())
+        notes.insert(1, f"**Warning: the machine was not idle — other processes used the CPUs during: {where}. "
+                        "Figures of those phases are inflated.**")
     return "\n".join(lines + notes) + "\n"
 
 
@@ -397,7 +479,7 @@ def plot(raw: dict[str, Any], out_dir: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
-    fig, (steps, vector) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (steps, resets, vector) = plt.subplots(1, 3, figsize=(18, 4.5))
     names = list(raw["steps"])
     positions = np.arange(len(names))
     for offset, (side, label) in zip((-0.2, 0.2), (("env", "env.step"), ("bare", "bare Session.run"))):
@@ -410,6 +492,23 @@ def plot(raw: dict[str, Any], out_dir: Path) -> Path:
     steps.set(ylabel="ms", title="Same cell: env step vs bare engine cell", yscale="log")
     steps.legend(fontsize=8)
     steps.grid(True, axis="y", alpha=0.3)
+
+    bars = {"reset, cached": raw["reset_warm"]["reset"],
+            "reset, new PNG": raw["reset_uncached_png"]["reset"],
+            "reset, new JPEG": raw["reset_uncached_jpeg"]["reset"],
+            f"reset + first step\n{FIRST_CELL}": _until_usable(raw["reset_warm"]),
+            f"bare {FIRST_CELL} cell": raw["steps"]["assignment"]["bare"],
+            "back to back: reset\n+ first step": _until_usable(raw["reset_back_to_back"])}
+    heights = np.arange(len(bars))[::-1]
+    p50 = [_ms(values, 50) for values in bars.values()]
+    resets.bar_label(resets.barh(heights, p50, color="tab:green"), fmt="%.1f ms", fontsize=8, padding=2)
+    resets.axvline(RESET_TARGET_MS, color="tab:red", linestyle="--", label=f"reset target {RESET_TARGET_MS:g} ms")
+    resets.set_yticks(heights)
+    resets.set_yticklabels(list(bars), fontsize=8)
+    resets.set(xlabel="ms (p50)", xscale="log", xlim=(min(p50) / 2, max(p50) * 2.5),  # room for the labels
+               title="Reset (warm pool unless back to back)")
+    resets.legend(fontsize=8)
+    resets.grid(True, axis="x", alpha=0.3)
 
     levels = sorted(raw["vector"])
     vector.plot(levels, [raw["vector"][n]["steps_per_s"] for n in levels], marker="o")

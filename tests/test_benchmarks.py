@@ -21,9 +21,44 @@ ENGINE_METRICS = {
     "interrupt_numpy_p50", "interrupt_numpy_message_p50",
     "start_all", "memory_pss", "memory_pss_same_imports",
 }
-"""Metrics every run reports, besides one ``throughput_c<N>`` row per concurrency level."""
+"""Engine metrics every run reports, besides one ``throughput_c<N>`` row per concurrency level."""
+
+ENV_METRICS = {
+    *(f"step_{cell}_{q}" for cell in ("assignment", "print", "figure") for q in ("p50", "p90")),
+    "reset_warm_p50", "reset_warm_p90", "reset_uncached_p50", "reset_uncached_p90", "reset_uncached_jpeg_p50",
+    "reset_to_first_result_p50", "reset_back_to_back_p50", "reset_back_to_back_p90",
+    "reset_back_to_back_to_first_result_p50", "answer_step_p50",
+    *(f"reset_part_{part}_p50" for part in ("verify", "open_session_empty", "open_session_image", "cached_view",
+                                            "decode", "resize", "close_session")),
+    "vector_reset", "vector_reset_to_first_result", "vector_close",
+}
+"""Env metrics every run reports, besides ``vector_steps_per_s_n<N>`` and ``vector_step_p50_n<N>`` per level."""
 
 NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?( \S+)?$")
+
+
+def _check_report(out: Path, name: str, value_key: str, header: list[str], expected: set[str]) -> dict:
+    """``<name>.json`` has the expected metrics with finite values, and ``<name>.md`` a matching table."""
+    report = json.loads((out / f"{name}.json").read_text())
+    metrics = {m["id"]: m for m in report["metrics"]}
+    assert set(metrics) >= expected, expected - set(metrics)
+    for key, metric in metrics.items():
+        assert math.isfinite(metric[value_key]) and metric[value_key] >= 0, key
+        if metric["reference"] is not None:
+            assert math.isfinite(metric["reference"]) and metric["reference"] >= 0, key
+
+    table = [line for line in (out / f"{name}.md").read_text().splitlines() if line.startswith("| ")]
+    assert [cell.strip() for cell in table[0].split("|")[1:-1]] == header
+    rows = table[1:]
+    assert len(rows) == len(metrics)
+    by_label = {row.split("|")[1].strip(): [cell.strip() for cell in row.split("|")[2:-1]] for row in rows}
+    assert len(by_label) == len(rows)  # one row per metric, labels unique
+    for metric in metrics.values():
+        value, reference, _, _, verdict = by_label[metric["metric"]]
+        assert NUMBER.match(value), (metric["metric"], value)
+        assert NUMBER.match(reference) if metric["reference"] is not None else reference == "—"
+        assert verdict in ("pass", "FAIL", "info")
+    return report
 
 
 @pytest.mark.slow
@@ -32,31 +67,24 @@ def test_quick_benchmark_writes_complete_reports(tmp_path):
     done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=220)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for name in ("engine.md", "engine.json", "engine_latency.png", "engine_throughput.png"):
+    for name in ("engine.md", "engine.json", "engine_latency.png", "engine_throughput.png", "env.md", "env.json",
+                 "env.png"):
         assert (tmp_path / name).stat().st_size > 0, name
 
-    report = json.loads((tmp_path / "engine.json").read_text())
+    report = _check_report(tmp_path, "engine", "engine", ["metric", "engine", "reference", "ratio/overhead",
+                                                          "target", "pass/fail"], ENGINE_METRICS)
     assert report["machine"]["cpu_count"] >= 1 and report["machine"]["versions"]["ipykernel"]
     assert report["engine_status"]["isolation"] in ("bubblewrap", "none")
-    metrics = {m["id"]: m for m in report["metrics"]}
-    throughput = [key for key in metrics if key.startswith("throughput_c")]
-    assert set(metrics) >= ENGINE_METRICS, ENGINE_METRICS - set(metrics)
-    assert len(throughput) >= 2
-    for key, metric in metrics.items():
-        assert math.isfinite(metric["engine"]) and metric["engine"] >= 0, key
-        if metric["reference"] is not None:
-            assert math.isfinite(metric["reference"]) and metric["reference"] >= 0, key
+    assert len([m for m in report["metrics"] if m["id"].startswith("throughput_c")]) >= 2
     assert len(report["raw"]["round_trip"]["engine"]) == len(report["raw"]["round_trip"]["reference"]) > 0
-
-    table = [line for line in (tmp_path / "engine.md").read_text().splitlines() if line.startswith("| ")]
-    header, rows = table[0], table[1:]
-    assert header.split("|")[1:-1] == [" metric ", " engine ", " reference ", " ratio/overhead ", " target ",
-                                       " pass/fail "]
-    assert len(rows) == len(metrics)
-    by_label = {row.split("|")[1].strip(): [cell.strip() for cell in row.split("|")[2:-1]] for row in rows}
-    for metric in metrics.values():
-        engine, reference, _, _, verdict = by_label[metric["metric"]]
-        assert NUMBER.match(engine), (metric["metric"], engine)
-        assert NUMBER.match(reference) if metric["reference"] is not None else reference == "—"
-        assert verdict in ("pass", "FAIL", "info")
     assert "| metric | engine | reference |" in done.stdout  # the table went to stdout too
+
+    report = _check_report(tmp_path, "env", "value", ["metric", "env", "bare engine", "overhead", "target",
+                                                      "pass/fail"], ENV_METRICS)
+    ids = {m["id"] for m in report["metrics"]}
+    levels = {key.removeprefix("vector_steps_per_s_n") for key in ids if key.startswith("vector_steps_per_s_n")}
+    assert len(levels) >= 2 and {f"vector_step_p50_n{level}" for level in levels} <= ids
+    raw, settings = report["raw"], report["settings"]
+    assert len(raw["reset_warm"]["reset"]) == len(raw["reset_warm"]["first_step"]) == settings["resets"]
+    assert len(raw["reset_uncached_png"]["reset"]) == settings["uncached_resets"]
+    assert "| metric | env | bare engine |" in done.stdout
