@@ -43,8 +43,10 @@ DEFAULT_MAX_PIXELS = 1024 * 28 * 28
 """Default image budget per image (about 0.8 MP, 1024 tokens under Qwen2.5-VL): the first view of a large
 image is downscaled to this, which is what makes zooming worth it."""
 
-END_REASONS = ("answered", "format_error", "tool_error", "max_turns", "max_images", "max_visual_tokens",
-               "timeout", "execution_budget")
+TERMINATING = ("answered", "format_error", "tool_error")
+TRUNCATING = ("max_turns", "max_images", "max_visual_tokens", "timeout", "execution_budget")
+END_REASONS = TERMINATING + TRUNCATING
+"""Every value ``info["end_reason"]`` takes when an episode ends (``TERMINATING`` ones set ``terminated``)."""
 
 
 class Timings(Mapping[str, float]):
@@ -248,7 +250,7 @@ class PyVisionEnv(gym.Env[list, str]):
                 episode.end_reason = "max_turns"
             elif self.episode_timeout is not None and time.perf_counter() - episode.started >= self.episode_timeout:
                 episode.end_reason = "timeout"
-        terminated = episode.end_reason in ("answered", "format_error", "tool_error")
+        terminated = episode.end_reason in TERMINATING
         truncated = episode.end_reason is not None and not terminated
         timings["total_ms"] = (time.perf_counter() - started) * 1e3
         info = self._info(episode, Timings(timings), parsed)

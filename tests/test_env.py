@@ -6,6 +6,7 @@ from gymnasium.utils.env_checker import check_env
 from PIL import Image, ImageDraw
 
 from pyvision_env import PyVisionEnv, Task, TaskSet, VisualTokenRule, register_suite
+from pyvision_env.env import END_REASONS, TRUNCATING
 from pyvision_env.execution import set_default_engine
 from pyvision_env.messages import from_hf, from_openai, to_hf, to_openai
 
@@ -65,7 +66,7 @@ def test_a_whole_episode(make_env, protocol):
         assert "(1200, 900)" in obs[0].plain_text  # the kernel holds the original, not the downscaled view
     obs, reward, terminated, truncated, info = env.step(answer(env, "17"))
     assert (obs, reward, terminated, truncated) == ([], 1.0, True, False)
-    assert info["correct"] is True and info["end_reason"] == "answered" and info["turn"] == 2
+    assert info["correct"] is True and info["end_reason"] == "answered" == END_REASONS[0] and info["turn"] == 2
     with pytest.raises(gym.error.ResetNeeded, match="episode ended"):
         env.step(answer(env, "17"))
 
@@ -99,6 +100,7 @@ def test_turn_budget_truncates(make_env):
     assert env.step(code(env, "a = 1"))[3] is False
     _, _, terminated, truncated, info = env.step(code(env, "b = 2"))
     assert (terminated, truncated, info["end_reason"]) == (False, True, "max_turns")
+    assert "max_turns" in TRUNCATING
 
 
 def test_image_budget_delivers_what_fits_and_truncates(make_env):

@@ -727,8 +727,9 @@ def test_other_kernels_connection_files_are_invisible(engine):
             "        for f in files:\n"
             "            path = os.path.join(root, f)\n"
             "            try:\n"
-            "                if f.endswith('.json') and 'key' in json.load(open(path)):\n"
-            "                    found.append(path)  # a connection file (kernel specs have no key)\n"
+            "                data = json.load(open(path)) if f.endswith('.json') else None\n"
+            "                if isinstance(data, dict) and {'key', 'signature_scheme', 'transport'} <= data.keys():\n"
+            "                    found.append(path)  # a connection file (not a kernel spec or package data)\n"
             "            except (OSError, ValueError):\n"
             "                pass\n"
             f"print(json.dumps([sorted(set(found)), os.path.exists({str(victim_dir / 'kernel.json')!r})]))")
