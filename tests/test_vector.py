@@ -273,7 +273,7 @@ def test_gymnasium_sync_vector_env(engine, tasks):
 
 
 def _make_in_subprocess(directory: str) -> gym.Env:
-    """Runs in an ``AsyncVectorEnv`` worker (spawned): register the suite there, then make the env."""
+    """Runs in an ``AsyncVectorEnv`` worker: register the suite there (a spawned worker has none), make the env."""
     from pathlib import Path
 
     return gym.make(register_suite("vector-tests", make_tasks(Path(directory)), replace=True))
@@ -281,15 +281,16 @@ def _make_in_subprocess(directory: str) -> gym.Env:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_gymnasium_async_vector_env(engine, tmp_path):
-    """Subprocess workers, each with its own default engine. ``context="spawn"``: forked workers would inherit
-    the parent's default engine (the dummy env ``AsyncVectorEnv`` makes first) without its loop thread."""
+@pytest.mark.parametrize("context", ["spawn", "fork"])
+def test_gymnasium_async_vector_env(engine, tmp_path, context):
+    """Subprocess workers, each with its own default engine. A forked worker inherits the parent's default
+    engine (the dummy env ``AsyncVectorEnv`` makes first) without its loop thread: it must start its own."""
     engine.warm_up()  # the pool's kernels are fully started: they are the only ones that may stay
     ours = {process.pid for process in kernel_processes()}
     previous = set_default_engine(engine)  # the parent's dummy env uses the test engine
     try:
         envs = gym.vector.AsyncVectorEnv([functools.partial(_make_in_subprocess, str(tmp_path))] * 2,
-                                         shared_memory=False, context="spawn")
+                                         shared_memory=False, context=context)
         envs.reset(seed=0)
         observations, rewards, terminated, _, infos = envs.step((code("print(6 * 7)"), answer("-1")))
         assert "42" in texts(observations[0])[0] and list(terminated) == [False, True]
