@@ -5,13 +5,16 @@ Each benchmark is a module with a ``NAME``, a one-line ``DESCRIPTION`` and a
 (``<NAME>.md``, ``<NAME>.json`` and any plots) and returns the Markdown table it wrote. The runner in
 :mod:`benchmarks.__main__` lists them in ``BENCHMARKS``.
 
-For now there is one:
+The benchmarks:
 
 * :mod:`benchmarks.engine` — the sandboxed kernel execution engine against a bare ``jupyter_client``
   kernel measured side by side in the same run (start-up, pooled acquire, per-cell round trip, image
-  display, interrupt, throughput under concurrency, memory per kernel).
+  display, interrupt, throughput under concurrency, memory per kernel);
+* :mod:`benchmarks.env` — the Gymnasium environment: step overhead over a bare engine cell, reset latency
+  (cached, uncached, until the kernel is usable), the async vector env's steps/s by number of envs;
+* :mod:`benchmarks.ofr` — a seeded simulation of a training run whose task difficulty drifts: the fraction
+  of samples with a non-zero advantage per update, with and without OFR batch selection.
 
-Later issues add benchmarks of the Gymnasium environment, the vectorised environment, video decoding
-and the trainer. Benchmarks report performance targets as pass/fail in their tables but tests never
+Later issues add video decoding and the trainer. Benchmarks report performance targets as pass/fail in their tables but tests never
 assert on them (timings depend on the machine); tests only check that the reports are complete.
 """

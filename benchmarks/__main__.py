@@ -17,6 +17,7 @@ from pathlib import Path
 BENCHMARKS = {
     "engine": "benchmarks.engine",
     "env": "benchmarks.env",
+    "ofr": "benchmarks.ofr",
 }
 """Benchmark name -> module with ``NAME``, ``DESCRIPTION`` and ``run(out_dir, quick) -> str``."""
 

@@ -88,3 +88,19 @@ def test_quick_benchmark_writes_complete_reports(tmp_path):
     assert len(raw["reset_warm"]["reset"]) == len(raw["reset_warm"]["first_step"]) == settings["resets"]
     assert len(raw["reset_uncached_png"]["reset"]) == settings["uncached_resets"]
     assert "| metric | env | bare engine |" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_ofr_simulation_report(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "ofr", "--quick", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for name in ("ofr.md", "ofr.json", "ofr.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    report = json.loads((tmp_path / "ofr.json").read_text())
+    updates = report["settings"]["updates"]
+    for key in ("plain_nonzero", "ofr_nonzero", "ofr_generated_groups", "solve_none", "solve_all", "solve_partial"):
+        assert len(report["series"][key]) == updates, key
+        assert all(math.isfinite(v) for v in report["series"][key]), key
+    assert all(0 <= v <= 1 for v in report["series"]["plain_nonzero"] + report["series"]["ofr_nonzero"])
