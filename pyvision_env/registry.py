@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,10 +73,22 @@ def register_suite(name: str, source: str | os.PathLike | TaskSet | Callable[[],
         _SUITES[name] = Suite(name, env_id, description, _as_loader(name, source), dict(env_kwargs), tuple(tags))
         if env_id in gym.registry:
             del gym.registry[env_id]
-        gym.register(id=env_id, entry_point="pyvision_env.env:PyVisionEnv",
+        gym.register(id=env_id, entry_point="pyvision_env.registry:make_env",
                      vector_entry_point="pyvision_env.vector:PyVisionVectorEnv",
                      kwargs={"suite": name, **env_kwargs})
     return env_id
+
+
+def make_env(suite: Any, *, reward: str | Mapping[str, Any] | None = None, **env_kwargs: Any) -> gym.Env:
+    """The entry point of ``PyVision/<Suite>-v0``: a :class:`~pyvision_env.env.PyVisionEnv`, wrapped in the
+    reward of ``reward`` (see :func:`~pyvision_env.rewards.make_reward_wrapper`) when given.
+
+    >>> env = gym.make("PyVision/Zoom-v0", reward={"name": "accumulative", "cap": 3})  # doctest: +SKIP
+    """
+    from .env import PyVisionEnv
+    from .rewards import make_reward_wrapper
+
+    return make_reward_wrapper(PyVisionEnv(suite, **env_kwargs), reward, in_spec=True)
 
 
 def load_suite(name: str) -> TaskSet:

@@ -70,7 +70,8 @@ class PyVisionVectorEnv(VectorEnv):
             ``"SameStep"``, ``"Disabled"``).
         engine: the engine all sub-environments share (their kernels, their event loop); the process-wide
             default engine if None. The vector env does not close it.
-        **env_kwargs: further :class:`~pyvision_env.env.PyVisionEnv` arguments (``protocol``, ``max_turns``...).
+        **env_kwargs: further :class:`~pyvision_env.env.PyVisionEnv` arguments (``protocol``, ``max_turns``...),
+            and ``reward=`` to wrap each sub-environment in a reward (:mod:`pyvision_env.rewards`).
 
     ``gymnasium.make_vec("PyVision/<Suite>-v0", num_envs=N, autoreset_mode=..., **env_kwargs)`` builds one.
     """
@@ -80,8 +81,11 @@ class PyVisionVectorEnv(VectorEnv):
                  **env_kwargs: Any) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        from .registry import make_env
+
         engine = engine or default_engine()
-        self._setup([PyVisionEnv(suite, engine=engine, **env_kwargs) for _ in range(num_envs)], autoreset_mode)
+        self._setup([_async_layer(make_env(suite, engine=engine, **env_kwargs), i) for i in range(num_envs)],
+                    autoreset_mode)
 
     @classmethod
     def from_envs(cls, envs: Sequence[gym.Env], *,

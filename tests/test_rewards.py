@@ -1,0 +1,228 @@
+"""Reward wrappers: exact values on real episodes, operation tracing, statistics, wiring into make/vector."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import pytest
+
+import pyvision_env
+from agents.scripted import scripted_policy
+from pyvision_env.rewards import (
+    EPISODE_KEYS,
+    AccumulativeToolReward,
+    CodeVisionReward,
+    box_iou,
+    make_reward_wrapper,
+    trace_operations,
+)
+from pyvision_env.vector import PyVisionVectorEnv
+
+
+def make(engine, suite: str, reward, **kwargs):
+    return gym.make(f"PyVision/{suite}-v0", reward=reward, engine=engine, **kwargs)
+
+
+def play(env, actions, task_index: int = 0):
+    """Reset on a task and step the actions (callables get the task); returns the last step's result."""
+    env.reset(seed=0, options={"task_index": task_index})
+    task = env.unwrapped.tasks[task_index]
+    for action in actions:
+        result = env.step(action(task) if callable(action) else action)
+        if result[2] or result[3]:
+            return result
+    raise AssertionError("the episode did not end")
+
+
+def code(env, text: str) -> str:
+    return env.unwrapped.protocol.render_action(code=text)
+
+
+def answer(env, correct: bool = True):
+    return lambda task: env.unwrapped.protocol.render_action(answer=task.answer if correct else "no")
+
+
+def crop_code(env, box) -> str:
+    return code(env, f"display(image_clue_0.crop({tuple(int(v) for v in box)}))")
+
+
+# --- accumulative -------------------------------------------------------------------------------------------
+
+
+def test_accumulative_exact_values(engine):
+    env = make(engine, "Zoom", "accumulative")
+    ok, bad = code(env, "print(1)"), code(env, "1 / 0")
+    _, reward, terminated, _, info = play(env, [ok, bad, ok, answer(env)])
+    assert terminated and reward == pytest.approx(1.3)
+    assert info["episode"]["components"] == {"accuracy": 1.0, "tool_bonus": 3.0, "tool_turns": 3.0}
+    assert set(info["episode"]) == set(EPISODE_KEYS)
+    assert info["episode"] | {"components": None} == {
+        "return": pytest.approx(1.3), "turns": 4, "tool_calls": 3, "tool_successes": 2, "tool_errors": 1,
+        "images": 0, "visual_tokens": info["visual_tokens"], "components": None}
+    assert play(env, [ok, ok, answer(env, correct=False)])[1] == 0.0  # no bonus on a wrong answer
+    env.close()
+
+    successful = make(engine, "Zoom", {"name": "accumulative", "count": "successful", "cap": 5})
+    assert play(successful, [ok, bad, ok, answer(successful)])[1] == pytest.approx(1.2)
+    successful.close()
+    capped = make(engine, "Zoom", {"name": "accumulative", "coefficient": 0.2, "cap": 1})
+    _, reward, _, _, info = play(capped, [ok, ok, answer(capped)])
+    assert reward == pytest.approx(1.2) and info["reward_components"]["tool_turns"] == 2.0
+    capped.close()
+
+
+def test_components_at_every_step_and_truncation(engine):
+    env = make(engine, "Count", "accumulative", max_turns=2)
+    env.reset(seed=0)
+    _, reward, terminated, truncated, info = env.step(code(env, "print(2)"))
+    assert (reward, terminated, truncated) == (0.0, False, False) and "episode" not in info
+    assert info["reward_components"] == {"accuracy": 0.0, "tool_bonus": 0.0, "tool_turns": 0.0}
+    _, reward, _, truncated, info = env.step(code(env, "print(3)"))
+    assert truncated and reward == 0.0 and info["episode"]["components"]["tool_turns"] == 2.0
+    env.close()
+
+
+# --- CodeVision ---------------------------------------------------------------------------------------------
+
+
+def test_codevision_good_crop_and_gate(engine):
+    env = make(engine, "Zoom", "codevision")
+    _, reward, _, _, info = play(env, [lambda task: crop_code(env, task.regions[0].box), answer(env)])
+    parts = info["episode"]["components"]
+    assert parts["crop_iou"] == pytest.approx(1.0) and parts["mandatory"] == pytest.approx(1.0)
+    assert reward == pytest.approx(1.0 + 0.1 + 1.0)
+
+    _, reward, _, _, info = play(env, [answer(env)])  # a correct answer without looking: gated to 0
+    assert info["reward_components"]["gate"] == 0.0 and reward == pytest.approx(0.1)
+
+    def far_crop(task):
+        x0, y0, x1, y1 = task.regions[0].box
+        return crop_code(env, (x0, y0, x0 + 4 * (x1 - x0), y0 + 4 * (y1 - y0)))
+
+    _, reward, _, _, info = play(env, [far_crop, answer(env)])  # IoU 1/16 < 0.1: gated by it
+    assert info["reward_components"]["crop_iou"] == pytest.approx(1 / 16)
+    assert reward == pytest.approx(1 / 16 + 0.1 + 1 / 16)
+    env.close()
+
+
+def test_codevision_penalties(engine):
+    env = make(engine, "Zoom", "codevision")
+    good = lambda task: crop_code(env, task.regions[0].box)  # noqa: E731
+    rotate = code(env, "from PIL import Image as I\ndisplay(image_clue_0.transpose(I.Transpose.ROTATE_90))")
+    _, reward, _, _, info = play(env, [good, rotate, answer(env)])
+    assert info["reward_components"]["spurious"] == 1.0 and reward == pytest.approx(2.1 - 0.5)
+
+    _, reward, _, _, info = play(env, [good, code(env, "print(1)"), code(env, "print(2)"), answer(env)])
+    assert info["reward_components"]["usage"] == pytest.approx(0.5) and reward == pytest.approx(2.1 - 0.25)
+
+    _, reward, _, _, info = play(env, [good, code(env, "image_clue_0.rotate(90) + 1"), answer(env)])
+    parts = info["reward_components"]
+    assert parts["tool_errors"] == 1.0 and parts["spurious"] == 0.0  # a failed cell's operations do not count
+    assert reward == pytest.approx(2.1 - 0.05)
+    env.close()
+
+    orientation = make(engine, "Orientation", "codevision")  # rotate/flip required there: not spurious
+    _, _, _, _, info = play(orientation, [rotate, answer(orientation)])
+    assert info["reward_components"]["spurious"] == 0.0
+    orientation.close()
+
+
+@pytest.mark.parametrize("suite", ["zoom", "orientation", "count", "contrast"])
+def test_scripted_policies_on_every_suite(engine, suite):
+    env = make(engine, suite.capitalize(), "codevision", max_turns=5)
+    policy = scripted_policy(suite, env.unwrapped.protocol)
+    observation, info = env.reset(seed=1)
+    done = False
+    while not done:
+        observation, reward, terminated, truncated, info = env.step(policy.act(observation, info))
+        done = terminated or truncated
+    parts = info["episode"]["components"]
+    assert info["correct"] and parts["format"] == 1.0 and parts["tool_errors"] == 0.0
+    assert parts["spurious"] == 0.0 and parts["usage"] == 0.0
+    expected_mandatory = {"zoom": 1.0, "orientation": 1.0, "count": 0.0, "contrast": 1.0}[suite]
+    assert parts["mandatory"] == pytest.approx(expected_mandatory, abs=0.01)
+    assert info["episode"]["return"] == pytest.approx(reward)
+    env.close()
+
+
+# --- operation tracing --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source, kinds", [
+    ("from PIL import ImageOps as O\nO.mirror(x)", {"flip"}),
+    ("from PIL.ImageOps import mirror as m\nm(x)", {"flip"}),
+    ("img.transpose(Image.FLIP_LEFT_RIGHT)", {"flip"}),
+    ("img.transpose(Image.Transpose.ROTATE_270)", {"rotate"}),
+    ("from PIL.Image import ROTATE_90\nimg.transpose(ROTATE_90)", {"rotate"}),
+    ("img.transpose(3)", {"rotate"}),
+    ("img.transpose(Image.Transpose[name])", {"rotate", "flip"}),
+    ("import numpy\nnumpy.rot90(a, k=2)", {"rotate"}),
+    ("a = np.asarray(img)[::-1]", {"flip"}),
+    ("a[:, ::-1, :]", {"flip"}),
+    ("cv2.flip(a, 1)", {"flip"}),
+    ("img.rotate(-90, expand=True)", {"rotate"}),
+    ("ImageEnhance.Contrast(img).enhance(3)", {"enhance"}),
+    ("from PIL import ImageOps\nImageOps.autocontrast(img.convert('L'))", {"enhance"}),
+    ("img.resize((100, 100))", {"resize"}),
+    ("a[10:20, 30:40]", {"crop"}),
+    ("print('rotate and flip and crop')  # img.rotate(90)", set()),
+    ("def broken(:", set()),
+])
+def test_trace_kinds(source, kinds):
+    assert trace_operations(source).kinds == kinds
+
+
+def test_trace_crop_boxes():
+    assert trace_operations("b = image_clue_0.crop((10, 20, 50, 60))").crops == [(0, (10, 20, 50, 60))]
+    chained = "x0 = 100\nw = image_clue_0.copy().crop((x0, 50, x0 + 300, 250))\nt = w.crop((10, 10, 60, 40))"
+    assert trace_operations(chained).crops == [(0, (100, 50, 400, 250)), (0, (110.0, 60.0, 160.0, 90.0))]
+    assert trace_operations("np.array(image_clue_1)[5:15, 20:40]").crops == [(1, (20, 5, 40, 15))]
+    assert trace_operations("image.crop((0, 0, 4, 4))", image_names=("image",)).crops == [(0, (0, 0, 4, 4))]
+    unknown = trace_operations("image_clue_0.crop(box)\nImage.open(p).crop((0, 0, 4, 4))")
+    assert unknown.kinds == {"crop"} and unknown.crops == []
+    state = {"aliases": {}, "consts": {}, "origins": {}}  # names carry over between the cells of an episode
+    trace_operations("im = image_clue_0\nbox = (1, 2, 3, 4)", state)
+    assert trace_operations("im.crop(box)", state).crops == [(0, (1, 2, 3, 4))]
+    assert box_iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
+
+
+# --- wiring -------------------------------------------------------------------------------------------------
+
+
+def test_constructor_args_spec_and_registry(engine):
+    env = make(engine, "Zoom", {"name": "codevision", "usage_weight": 0.25})
+    assert env.unwrapped.spec.kwargs["reward"] == {"name": "codevision", "usage_weight": 0.25}
+    inner = env.env.env  # re-making from the spec wraps once: the wrapper adds nothing to the spec
+    assert isinstance(inner, CodeVisionReward) and inner.spec is env.unwrapped.spec
+    assert inner._saved_kwargs["usage_weight"] == 0.25
+    env.close()
+    wrapped = AccumulativeToolReward(pyvision_env.PyVisionEnv("count", engine=engine), coefficient=0.3, cap=2)
+    assert wrapped._saved_kwargs == {"coefficient": 0.3, "count": "executed", "cap": 2}
+    wrapped.close()
+    with pytest.raises(ValueError, match="unknown reward"):
+        make_reward_wrapper(wrapped, "nope")
+    with pytest.raises(ValueError, match="count"):
+        AccumulativeToolReward(wrapped, count="sometimes")
+    plain = gym.make("PyVision/Zoom-v0", engine=engine)  # no reward: the plain env as before
+    assert type(plain.unwrapped).__name__ == "PyVisionEnv" and type(plain.env.env).__name__ == "PyVisionEnv"
+    plain.close()
+
+
+def test_vector_env_accepts_wrappers(engine):
+    envs = PyVisionVectorEnv.from_envs([
+        make(engine, "Zoom", "accumulative"), CodeVisionReward(pyvision_env.PyVisionEnv("zoom", engine=engine))])
+    envs.reset(seed=0)
+    protocol = envs.envs[0].unwrapped.protocol
+    _, rewards, terminated, _, infos = envs.step([protocol.render_action(answer="0")] * 2)
+    assert terminated.all() and list(rewards) == [0.0, pytest.approx(0.1)]
+    assert infos["_episode"].all()
+    envs.close()
+
+
+def test_make_vec_wraps_every_sub_environment(engine):
+    envs = gym.make_vec("PyVision/Count-v0", num_envs=2, engine=engine, reward="accumulative")
+    try:
+        assert all(type(env).__name__ == "AccumulativeToolReward" for env in envs.envs)
+        _, infos = envs.reset(seed=0)
+        assert list(infos["turn"]) == [0, 0]
+    finally:
+        envs.close()
