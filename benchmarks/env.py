@@ -50,6 +50,7 @@ from .engine import (
     BENCH_LIMITS,
     BUSY_WARNING_PCT,
     LoadMonitor,
+    _check_result,
     _fmt,
     _json_default,
     _ms,
@@ -165,13 +166,13 @@ def _step_overhead(engine: Engine, tasks: TaskSet, settings: Settings) -> dict[s
 
             def env_once(action: str = action, samples: dict = samples) -> None:
                 elapsed, (_, _, _, _, info) = _timed(env.step, action)
-                _check(info["tool_errors"] == 0 and info["end_reason"] is None, info)
+                _check_result(info["tool_errors"] == 0 and info["end_reason"] is None, info)
                 samples["env"].append(elapsed)
                 samples["env_execute"].append(info["timings"]["execute_ms"] / 1000)
 
             def bare_once(cell: str = cell, samples: dict = samples) -> None:
                 elapsed, result = _timed(session.run, cell)
-                _check(result.ok, result)
+                _check_result(result.ok, result)
                 samples["bare"].append(elapsed)
                 samples["bare_cell"].append(result.duration)
 
@@ -209,10 +210,10 @@ def _episodes(engine: Engine, tasks: TaskSet, count: int, *, warm: bool, first_s
                 samples["reset_inside"].append(info["timings"]["total_ms"] / 1000)
                 if first_step:
                     stepped, (*_, step_info) = _timed(env.step, first)
-                    _check(step_info["tool_errors"] == 0 and step_info["end_reason"] is None, step_info)
+                    _check_result(step_info["tool_errors"] == 0 and step_info["end_reason"] is None, step_info)
                     samples["first_step"].append(stepped)
                 answered, (_, reward, terminated, _, _) = _timed(env.step, answer)
-                _check(terminated and reward == 1.0, info)
+                _check_result(terminated and reward == 1.0, info)
                 samples["answer_step"].append(answered)
                 bar.update()
     finally:
@@ -272,7 +273,7 @@ def _vector(engine: Engine, tasks: TaskSet, settings: Settings) -> dict[int, dic
             started = time.perf_counter()
             while time.perf_counter() < stop_at:
                 elapsed, (_, _, _, _, infos) = _timed(envs.step, actions)
-                _check(not infos["tool_errors"].any(), infos)
+                _check_result(not infos["tool_errors"].any(), infos)
                 latencies.append(elapsed)
             wall = time.perf_counter() - started
         finally:
@@ -283,11 +284,6 @@ def _vector(engine: Engine, tasks: TaskSet, settings: Settings) -> dict[int, dic
                          "step_p50": _percentile(latencies, 50), "step_p90": _percentile(latencies, 90)}
         engine.warm_up()
     return levels
-
-
-def _check(ok: bool, what: object) -> None:
-    if not ok:
-        raise RuntimeError(f"unexpected result during the benchmark: {what!r}")
 
 
 def _measure(settings: Settings, monitor: LoadMonitor) -> tuple[dict[str, Any], dict[str, Any]]:
