@@ -32,7 +32,16 @@ from typing import Any
 import gymnasium as gym
 from PIL import Image
 
-from .execution import AsyncSession, CellStatus, Engine, EpisodeLimitError, ExecutionLimits, default_engine
+from .execution import (
+    OPERATIONS_EXPRESSION,
+    AsyncSession,
+    CellStatus,
+    Engine,
+    EpisodeLimitError,
+    ExecutionLimits,
+    default_engine,
+    read_operations,
+)
 from .messages import Message
 from .protocols import Action, EpisodeInputs, Protocol, ToolOutput, get_protocol
 from .spaces import MessagesSpace, ResponseSpace
@@ -95,6 +104,8 @@ class _Episode:
     correct: bool | None = None
     score: float | None = None
     last_text: list[str] = field(default_factory=list)
+    operations: list[dict[str, Any]] = field(default_factory=list)
+    """The image operations of this step's successful calls (when tracing)."""
 
 
 class PyVisionEnv(gym.Env[list, str]):
@@ -118,6 +129,9 @@ class PyVisionEnv(gym.Env[list, str]):
             family default.
         resize_images: give observation images at the size the model's processor would use (the kernel always
             holds the originals).
+        trace_operations: put the image operations each step's successful cells ran in ``info["operations"]``
+            (see :func:`~pyvision_env.execution.read_operations`: crops with their boxes in input pixels,
+            resizes, rotations, flips, enhancements); ``None`` there when off. The CodeVision reward turns it on.
         limits: per-cell limits of the kernel (timeouts, memory, output sizes).
         engine: the execution engine; the process-wide :func:`~pyvision_env.execution.default_engine` if None.
         render_mode: ``"ansi"`` renders the last turn as text.
@@ -131,8 +145,8 @@ class PyVisionEnv(gym.Env[list, str]):
                  max_visual_tokens: int | None = None, episode_timeout: float | None = 300.0,
                  on_tool_error: str = "continue", on_format_error: str = "continue",
                  visual_tokens: str | VisualTokenRule = "qwen2.5-vl", max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 resize_images: bool = True, limits: ExecutionLimits | None = None, engine: Engine | None = None,
-                 render_mode: str | None = None) -> None:
+                 resize_images: bool = True, trace_operations: bool = False, limits: ExecutionLimits | None = None,
+                 engine: Engine | None = None, render_mode: str | None = None) -> None:
         self.tasks = _resolve_tasks(suite, split)
         options = dict(protocol_options or {})
         if system_prompt is not None:
@@ -156,6 +170,7 @@ class PyVisionEnv(gym.Env[list, str]):
         self.token_rule = rule if max_pixels is None else VisualTokenRule(**{**rule.__dict__,
                                                                              "max_pixels": max_pixels})
         self.resize_images = resize_images
+        self.trace_operations = trace_operations
         self.limits = limits
         self.render_mode = render_mode
         self.engine = engine or default_engine()
@@ -227,6 +242,7 @@ class PyVisionEnv(gym.Env[list, str]):
         parsed = self.protocol.parse(action)
         parse_end = time.perf_counter()
         episode.turn += 1
+        episode.operations = []
         reward, timings = 0.0, {"parse_ms": (parse_end - started) * 1e3}
         if parsed.kind == "answer":
             grade = await asyncio.to_thread(episode.task.grade, parsed.answer or "")
@@ -271,6 +287,7 @@ class PyVisionEnv(gym.Env[list, str]):
     async def _run_calls(self, episode: _Episode, action: Action) -> list[Message]:
         outputs: list[ToolOutput] = []
         episode.last_text = []
+        expressions = {"operations": OPERATIONS_EXPRESSION} if self.trace_operations else None
         session = await episode.opening
         for call in action.calls:
             remaining = None
@@ -280,12 +297,14 @@ class PyVisionEnv(gym.Env[list, str]):
                     episode.end_reason = "timeout"
                     break
             try:
-                result = await session.run(self.protocol.cell_code(call), cell_timeout=remaining)
+                result = await session.run(self.protocol.cell_code(call), cell_timeout=remaining,
+                                           expressions=expressions)
             except EpisodeLimitError as error:
                 episode.end_reason = "execution_budget"
                 episode.last_text.append(f"execution budget used up: {error}")
                 break
             episode.tool_calls += 1
+            episode.operations += read_operations(result.expressions.get("operations"))
             if result.status is not CellStatus.OK:
                 episode.tool_errors += 1
                 if result.status is CellStatus.TIMEOUT and remaining is not None \
@@ -392,6 +411,7 @@ class PyVisionEnv(gym.Env[list, str]):
             "answer": action.answer if action else None,
             "format_error": action.error if action else None, "end_reason": episode.end_reason,
             "correct": episode.correct, "score": episode.score,
+            "operations": list(episode.operations) if self.trace_operations else None,
         }
 
 

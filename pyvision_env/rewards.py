@@ -195,7 +195,7 @@ def trace_operations(code: str, state: dict[str, Any] | None = None, *, image_na
 
     >>> ops = trace_operations("from PIL import ImageOps as O\\nx = O.mirror(image_clue_0.crop((10, 20, 50, 60)))")
     >>> sorted(ops.kinds), ops.crops
-    (['crop', 'flip'], [(0, (10, 20, 50, 60))])
+    (['crop', 'flip'], [(0, (10.0, 20.0, 50.0, 60.0))])
     """
     if state is None:
         state = {"aliases": {}, "consts": {}, "origins": {}}
@@ -256,6 +256,7 @@ class _EpisodeRewardWrapper(gym.Wrapper[list, str, list, str]):
         return observation, info
 
     def step(self, action: str) -> tuple[list, float, bool, bool, dict[str, Any]]:
+        self._action = action
         return self._after_step(*self.env.step(action))
 
     async def areset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -267,6 +268,7 @@ class _EpisodeRewardWrapper(gym.Wrapper[list, str, list, str]):
 
     async def astep(self, action: str) -> tuple[list, float, bool, bool, dict[str, Any]]:
         """Like :meth:`step`, around the wrapped environment's ``astep`` coroutine."""
+        self._action = action
         return self._after_step(*await self.env.get_wrapper_attr("astep")(action))
 
     def _begin(self, info: Mapping[str, Any] | None) -> None:
@@ -275,6 +277,7 @@ class _EpisodeRewardWrapper(gym.Wrapper[list, str, list, str]):
             tasks = self.env.unwrapped.tasks
             self._task = tasks[tasks.index_of(info["task_id"])]
         self._tool_turns = self._successful_turns = self._tool_calls = self._tool_errors = 0
+        self._action = ""
         self._on_begin()
 
     def _after_step(self, observation: list, reward: float, terminated: bool, truncated: bool,
@@ -284,7 +287,7 @@ class _EpisodeRewardWrapper(gym.Wrapper[list, str, list, str]):
         if calls:
             self._tool_turns += 1
             self._successful_turns += errors == 0
-            self._on_tool_turn(info.get("code") or "", errors == 0)
+            self._on_tool_turn(info, errors == 0)
         components = dict.fromkeys(self.weights, 0.0)
         total = 0.0
         if terminated or truncated:
@@ -300,8 +303,8 @@ class _EpisodeRewardWrapper(gym.Wrapper[list, str, list, str]):
     def _on_begin(self) -> None:
         """Reset per-episode state of a subclass."""
 
-    def _on_tool_turn(self, code: str, ok: bool) -> None:
-        """See the code of a turn that ran code (``ok``: no call of it failed)."""
+    def _on_tool_turn(self, info: Mapping[str, Any], ok: bool) -> None:
+        """See the ``info`` of a turn that ran code (``ok``: no call of it failed)."""
 
     def _components(self, info: Mapping[str, Any]) -> dict[str, float]:
         raise NotImplementedError
@@ -345,49 +348,79 @@ class CodeVisionReward(_EpisodeRewardWrapper, gym.utils.RecordConstructorArgs):
     """CodeVision's dense reward, paid at the episode's last step::
 
         R = gate * R_acc + format_weight * R_fmt + a * R_mandatory + b * R_necessity
+            + exact_weight * R_exact + emerge_weight * R_emerge
             - g * (C_usage + R_spurious) - tool_error_weight * errors
 
     * ``R_fmt``: 1 when the episode ended with an answer and had no format error.
     * ``R_mandatory``: the mean over the task's checkable ``required_ops`` (crop, rotate, flip, enhance) of
-      their score: for crop the best IoU of a traced crop box with the task's regions, else 1 when done.
+      their score: for crop the best IoU of a crop box with the task's regions, else 1 when done.
     * ``R_necessity``: the share of the performed kinds (crop, rotate, flip, enhance) that were required.
+    * ``R_exact``: 1 when the performed kinds are exactly the required ones and a required crop reached
+      ``exact_iou``.
+    * ``R_emerge``: 1 for a correct answer that also used a crop or enhancement the task did not require
+      (tool use beyond the annotation; rotate and flip are left to ``R_spurious``).
     * ``C_usage``: code calls beyond ``max(2, len(required_ops))``, over that allowance, at most 1.
     * ``R_spurious``: 1 when rotate or flip ran and neither was required.
     * gate: when a crop was required and ``R_mandatory < gate_threshold``, ``R_acc`` is multiplied by it.
 
-    Not implemented: the released script's ``R_exact`` and ``R_emerge`` terms.
+    The released script publishes the weights (``exact`` 0.1, ``emerge`` 0.2) but not the definitions of
+    ``R_exact``, ``R_emerge`` and the usage scale; the ones above are ours.
+
+    Operations come from two sources, merged: the kernel's record of what ran (the wrapper turns on the
+    environment's ``trace_operations``): PIL crops with their boxes in input pixels even when computed at run
+    time or taken from a turned, flipped or resized copy; and :func:`trace_operations` on the code (numpy
+    slicing, OpenCV). The kernel runs the policy's code, which could forge that record, so a kernel crop box
+    counts only when the turn's code visibly crops, and once code mentions the kernel's private
+    ``_pyvision_`` names the record is ignored for the rest of the episode.
 
     >>> env = CodeVisionReward(PyVisionEnv("zoom"), usage_weight=0.5)  # doctest: +SKIP
     """
 
     def __init__(self, env: gym.Env, format_weight: float = 0.1, mandatory_weight: float = 1.0,
-                 necessity_weight: float = 0.0, usage_weight: float = 0.5, tool_error_weight: float = 0.05,
-                 gate_threshold: float = 0.1) -> None:
+                 necessity_weight: float = 0.0, exact_weight: float = 0.1, emerge_weight: float = 0.2,
+                 usage_weight: float = 0.5, tool_error_weight: float = 0.05, gate_threshold: float = 0.1,
+                 exact_iou: float = 0.5) -> None:
         gym.utils.RecordConstructorArgs.__init__(
             self, format_weight=format_weight, mandatory_weight=mandatory_weight, necessity_weight=necessity_weight,
-            usage_weight=usage_weight, tool_error_weight=tool_error_weight, gate_threshold=gate_threshold)
-        self.gate_threshold = gate_threshold
+            exact_weight=exact_weight, emerge_weight=emerge_weight, usage_weight=usage_weight,
+            tool_error_weight=tool_error_weight, gate_threshold=gate_threshold, exact_iou=exact_iou)
+        self.gate_threshold, self.exact_iou = gate_threshold, exact_iou
         self.weights = {"accuracy": 1.0, "format": format_weight, "mandatory": mandatory_weight,
-                        "necessity": necessity_weight, "usage": -usage_weight, "spurious": -usage_weight,
-                        "tool_errors": -tool_error_weight, "crop_iou": 0.0, "gate": 0.0}
+                        "necessity": necessity_weight, "exact": exact_weight, "emerge": emerge_weight,
+                        "usage": -usage_weight, "spurious": -usage_weight, "tool_errors": -tool_error_weight,
+                        "crop_iou": 0.0, "gate": 0.0}
         super().__init__(env)
+        env.unwrapped.trace_operations = True
 
     def _on_begin(self) -> None:
-        stateless = self.env.unwrapped.protocol.name == "codevision"  # its code gets the image as `image`
         self._trace_state: dict[str, Any] = {"aliases": {}, "consts": {}, "origins": {}}
-        self._image_names = ("image",) if stateless else ()
+        self._kernel_trusted = True
         self.operations = Operations()
 
-    def _on_tool_turn(self, code: str, ok: bool) -> None:
-        ops = trace_operations(code, self._trace_state, image_names=self._image_names)
-        if ok:  # a failed cell's operations do not count
-            self.operations.kinds |= ops.kinds
-            self.operations.crops += ops.crops
+    def _on_tool_turn(self, info: Mapping[str, Any], ok: bool) -> None:
+        code = info.get("code") or ""
+        image_names: tuple[str, ...] = ()
+        if self.env.unwrapped.protocol.name == "codevision":  # stateless: a fresh namespace with `image`
+            self._trace_state = {"aliases": {}, "consts": {}, "origins": {}}
+            calls = self.env.unwrapped.protocol.parse(self._action).calls
+            image_names = ("image",) if calls and (calls[0].image_index or 0) == 0 else ()
+        ops = trace_operations(code, self._trace_state, image_names=image_names)
+        if not ok:  # a failed cell's operations do not count
+            return
+        self.operations.kinds |= ops.kinds
+        self.operations.crops += ops.crops
+        self._kernel_trusted = self._kernel_trusted and "_pyvision" not in code
+        if self._kernel_trusted:
+            for record in info.get("operations") or ():
+                self.operations.kinds.add(record["op"])
+                if "box" in record and "crop" in ops.kinds:
+                    self.operations.crops.append((record["image"], tuple(record["box"])))
 
     def _components(self, info: Mapping[str, Any]) -> dict[str, float]:
         assert self._task is not None
-        required = set(self._task.metadata.get("required_ops") or ()) & {"crop", "rotate", "flip", "enhance"}
-        done = self.operations.kinds & {"crop", "rotate", "flip", "enhance"}
+        checkable = {"crop", "rotate", "flip", "enhance"}
+        required = set(self._task.metadata.get("required_ops") or ()) & checkable
+        done = self.operations.kinds & checkable
         iou = max((box_iou(box, region.box) for index, box in self.operations.crops
                    for region in self._task.regions if region.image == index), default=0.0)
         scores = [iou if op == "crop" else float(op in done) for op in sorted(required)]
@@ -399,6 +432,8 @@ class CodeVisionReward(_EpisodeRewardWrapper, gym.utils.RecordConstructorArgs):
             "format": float(info["end_reason"] == "answered" and info["format_errors"] == 0),
             "mandatory": mandatory,
             "necessity": len(done & required) / len(done) if done else 0.0,
+            "exact": float(bool(required) and done == required and ("crop" not in required or iou >= self.exact_iou)),
+            "emerge": float(bool(info["correct"]) and bool((done - required) & {"crop", "enhance"})),
             "usage": min(1.0, max(0, info["tool_calls"] - allowed) / allowed),
             "spurious": float(bool(done & {"rotate", "flip"}) and not required & {"rotate", "flip"}),
             "tool_errors": float(info["tool_errors"]),

@@ -89,7 +89,8 @@ def test_codevision_good_crop_and_gate(engine):
     _, reward, _, _, info = play(env, [lambda task: crop_code(env, task.regions[0].box), answer(env)])
     parts = info["episode"]["components"]
     assert parts["crop_iou"] == pytest.approx(1.0) and parts["mandatory"] == pytest.approx(1.0)
-    assert reward == pytest.approx(1.0 + 0.1 + 1.0)
+    assert parts["exact"] == 1.0 and parts["emerge"] == 0.0
+    assert reward == pytest.approx(1.0 + 0.1 + 1.0 + 0.1)
 
     _, reward, _, _, info = play(env, [answer(env)])  # a correct answer without looking: gated to 0
     assert info["reward_components"]["gate"] == 0.0 and reward == pytest.approx(0.1)
@@ -109,15 +110,16 @@ def test_codevision_penalties(engine):
     good = lambda task: crop_code(env, task.regions[0].box)  # noqa: E731
     rotate = code(env, "from PIL import Image as I\ndisplay(image_clue_0.transpose(I.Transpose.ROTATE_90))")
     _, reward, _, _, info = play(env, [good, rotate, answer(env)])
-    assert info["reward_components"]["spurious"] == 1.0 and reward == pytest.approx(2.1 - 0.5)
+    assert info["reward_components"]["spurious"] == 1.0 and info["reward_components"]["exact"] == 0.0
+    assert reward == pytest.approx(2.1 - 0.5)
 
     _, reward, _, _, info = play(env, [good, code(env, "print(1)"), code(env, "print(2)"), answer(env)])
-    assert info["reward_components"]["usage"] == pytest.approx(0.5) and reward == pytest.approx(2.1 - 0.25)
+    assert info["reward_components"]["usage"] == pytest.approx(0.5) and reward == pytest.approx(2.2 - 0.25)
 
     _, reward, _, _, info = play(env, [good, code(env, "image_clue_0.rotate(90) + 1"), answer(env)])
     parts = info["reward_components"]
     assert parts["tool_errors"] == 1.0 and parts["spurious"] == 0.0  # a failed cell's operations do not count
-    assert reward == pytest.approx(2.1 - 0.05)
+    assert reward == pytest.approx(2.2 - 0.05)
     env.close()
 
     orientation = make(engine, "Orientation", "codevision")  # rotate/flip required there: not spurious
@@ -183,6 +185,97 @@ def test_trace_crop_boxes():
     trace_operations("im = image_clue_0\nbox = (1, 2, 3, 4)", state)
     assert trace_operations("im.crop(box)", state).crops == [(0, (1, 2, 3, 4))]
     assert box_iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
+
+
+def test_kernel_trace_of_computed_turned_and_zoomed_crops(engine):
+    """Boxes computed at run time, and crops of turned or zoomed copies, map back to the input's pixels."""
+    env = make(engine, "Zoom", "codevision")
+    computed = lambda task: code(env, f"import json\nbox = tuple(json.loads('{list(task.regions[0].box)}'))\n"  # noqa: E731
+                                 "display(image_clue_0.crop(box))")
+    _, _, _, _, info = play(env, [computed, answer(env)])
+    assert trace_operations(computed(env.unwrapped.tasks[0])).crops == []  # invisible to the code alone
+    assert info["episode"]["components"]["crop_iou"] == pytest.approx(1.0)
+
+    def zoomed(task):  # 2x zoom of the whole image, then the region at doubled coordinates
+        box = tuple(2 * v for v in task.regions[0].box)
+        return code(env, f"big = image_clue_0.resize((image_clue_0.width * 2, image_clue_0.height * 2))\n"
+                         f"display(big.crop({box}))")
+
+    _, _, _, _, info = play(env, [zoomed, answer(env)])
+    assert info["reward_components"]["crop_iou"] == pytest.approx(1.0)
+
+    def turned(task):  # rotate 90 degrees counter-clockwise, crop where the region went
+        x0, y0, x1, y1 = task.regions[0].box
+        return code(env, f"t = image_clue_0.transpose(Image.Transpose.ROTATE_90)\n"
+                         f"display(t.crop(({y0}, image_clue_0.width - {x1}, {y1}, image_clue_0.width - {x0})))")
+
+    _, _, _, _, info = play(env, [turned, answer(env)])
+    assert info["reward_components"]["crop_iou"] == pytest.approx(1.0)
+    assert info["reward_components"]["spurious"] == 1.0
+    env.close()
+
+
+def test_kernel_trace_in_info_and_forgery_ignored(engine):
+    env = pyvision_env.PyVisionEnv("zoom", engine=engine, trace_operations=True)
+    env.reset(seed=0, options={"task_index": 0})
+    _, _, _, _, info = env.step(code(env, "a = ImageOps.autocontrast(image_clue_0.crop((0, 0, 8, 6)))\n"
+                                          "b = a.rotate(45)\nc = ImageOps.mirror(a)"))
+    assert info["operations"] == [{"op": "crop", "image": 0, "box": [0.0, 0.0, 8.0, 6.0]}, {"op": "enhance"},
+                                  {"op": "rotate"}, {"op": "flip"}]
+    _, _, _, _, info = env.step(code(env, "1 / 0"))
+    assert info["operations"] == []  # a failed cell reports nothing
+    env.close()
+    plain = pyvision_env.PyVisionEnv("zoom", engine=engine)
+    assert plain.reset(seed=0)[1]["operations"] is None
+    plain.close()
+
+    forged = make(engine, "Zoom", "codevision")
+    fake = lambda task: code(forged, "_pyvision_operations = lambda: '[{\"op\": \"crop\", \"image\": 0, "  # noqa
+                                     '"box": %s}]\'' % list(task.regions[0].box))
+    crop_elsewhere = code(forged, "x = image_clue_0.crop((0, 0, 3, 3))")
+    _, _, _, _, info = play(forged, [fake, crop_elsewhere, answer(forged)])
+    assert info["reward_components"]["crop_iou"] == 0.0 and info["reward_components"]["gate"] == 0.0
+    forged.close()
+
+
+def test_codevision_protocol_crop_of_a_tool_result(engine):
+    """With the stateless protocol, image_index 1 is the first result: its crop maps back to the input."""
+    env = make(engine, "Zoom", "codevision", protocol="codevision")
+    protocol = env.unwrapped.protocol
+
+    def wide(task):
+        x0, y0, x1, y1 = task.regions[0].box
+        return protocol.render_action(code=f"result = image.crop(({x0 - 40}, {y0 - 30}, {x1 + 40}, {y1 + 30}))",
+                                      image_index=0)
+
+    def tight(task):
+        x0, y0, x1, y1 = task.regions[0].box
+        return protocol.render_action(code=f"result = image.crop((40, 30, {x1 - x0 + 40}, {y1 - y0 + 30}))",
+                                      image_index=1)
+
+    _, _, _, _, info = play(env, [wide, tight, answer(env)])
+    assert info["reward_components"]["crop_iou"] == pytest.approx(1.0)
+    env.close()
+
+
+@pytest.mark.parametrize("method", range(7))
+def test_kernel_trace_maps_every_transpose(engine, method):
+    """A crop of image.transpose(m) is recorded at the input's box whose pixels it holds."""
+    import numpy as np
+    from PIL import Image
+
+    from pyvision_env.execution import OPERATIONS_EXPRESSION, read_operations
+
+    original = Image.fromarray(np.random.default_rng(method).integers(0, 255, (30, 50, 3), dtype=np.uint8))
+    local = (3, 5, 17, 11)
+    with engine.session(images={"image_clue_0": original}) as session:
+        result = session.run(f"piece = image_clue_0.transpose({method}).crop({local})",
+                             expressions={"ops": OPERATIONS_EXPRESSION})
+    crop = read_operations(result.expressions["ops"])[-1]
+    assert crop["image"] == 0
+    box = tuple(int(v) for v in crop["box"])
+    assert np.array_equal(np.asarray(original.crop(box).transpose(method)),
+                          np.asarray(original.transpose(method).crop(local)))
 
 
 # --- wiring -------------------------------------------------------------------------------------------------

@@ -16,11 +16,12 @@ from .engine import (
 )
 from .kernel import KernelStartError
 from .limits import ExecutionLimits, SandboxConfig
-from .records import CellResult, CellStatus, EngineStatus
+from .records import OPERATIONS_EXPRESSION, CellResult, CellStatus, EngineStatus, read_operations
 from .sandbox import SandboxUnavailableError, probe_bubblewrap
 
 __all__ = [
-    "AsyncEngine", "AsyncSession", "CellResult", "CellStatus", "Engine", "EngineStatus", "EpisodeLimitError",
+    "OPERATIONS_EXPRESSION", "AsyncEngine", "AsyncSession", "CellResult", "CellStatus", "Engine", "EngineStatus", "EpisodeLimitError",
     "ExecutionLimits", "InputError", "KernelStartError", "SandboxConfig", "SandboxUnavailableError", "Session",
-    "WeakIsolationWarning", "default_engine", "probe_bubblewrap", "set_default_engine",
+    "WeakIsolationWarning", "default_engine", "probe_bubblewrap", "read_operations",
+    "set_default_engine",
 ]

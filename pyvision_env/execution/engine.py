@@ -238,8 +238,10 @@ class AsyncSession:
         """Process id of the current kernel (of bubblewrap when sandboxed); for diagnostics."""
         return self._kernel.process.pid if self._kernel is not None else None
 
-    async def run(self, code: str, cell_timeout: float | None = None) -> CellResult:
-        """Execute one cell (``cell_timeout`` can only shorten the limits' ``cell_timeout``). Raises
+    async def run(self, code: str, cell_timeout: float | None = None,
+                  expressions: Mapping[str, str] | None = None) -> CellResult:
+        """Execute one cell (``cell_timeout`` can only shorten the limits' ``cell_timeout``). ``expressions``
+        are evaluated after a successful cell, their text in ``result.expressions``. Raises
         :class:`EpisodeLimitError` when an episode budget is used up."""
         if self._closed:
             raise RuntimeError("this session is closed")
@@ -270,7 +272,8 @@ class AsyncSession:
             images_allowed = max(0, limits.max_images_per_episode - self.images_shown)
         assert self._kernel is not None
         try:
-            outcome = await self._kernel.execute(code, limits, timeout=timeout, images_allowed=images_allowed)
+            outcome = await self._kernel.execute(code, limits, timeout=timeout, images_allowed=images_allowed,
+                                                 expressions=expressions)
         except KernelDiedError:
             outcome = None
         except asyncio.CancelledError:
@@ -416,10 +419,16 @@ class Session:
         self._engine = engine
         self._session = session
 
-    def run(self, code: str, timeout: float | None = None, cell_timeout: float | None = None) -> CellResult:
+    def run(self, code: str, timeout: float | None = None, cell_timeout: float | None = None,
+            expressions: Mapping[str, str] | None = None) -> CellResult:
         """Execute one cell (see :meth:`AsyncSession.run`). ``timeout`` bounds the caller's wait: past it the
-        cell is cancelled (its kernel killed) and TimeoutError is raised."""
-        return self._engine._call(self._session.run(code, cell_timeout), timeout)
+        cell is cancelled (its kernel killed) and TimeoutError is raised.
+
+        >>> with Engine() as engine, engine.session() as s:                       # doctest: +SKIP
+        ...     s.run("x = 6 * 7", expressions={"x": "x"}).expressions
+        {'x': '42'}
+        """
+        return self._engine._call(self._session.run(code, cell_timeout, expressions), timeout)
 
     def close(self) -> None:
         self._engine._call(self._session.close())

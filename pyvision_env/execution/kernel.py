@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +40,8 @@ IDLE_WAIT = 0.5
 """Seconds to wait for the ``idle`` status after the reply (it can be lost under an output flood)."""
 POLL_WITHOUT_PIDFD = 0.2
 DRAIN_BATCH = 64
+MAX_EXPRESSION_CHARS = 256 * 1024
+"""Longer text forms of ``expressions`` are dropped (the kernel's code could make them any size)."""
 """Messages read from a socket at a time: a kernel that floods faster than they are read must not keep the
 loop from its deadline, budget and death checks (nor from other sessions)."""
 
@@ -298,8 +300,12 @@ class Kernel:
     # --- cells -----------------------------------------------------------------------------------
 
     async def execute(self, code: str, limits: ExecutionLimits, *, timeout: float | None = None,
-                      images_allowed: int | None = None, silent: bool = False) -> CellOutcome:
+                      images_allowed: int | None = None, silent: bool = False,
+                      expressions: Mapping[str, str] | None = None) -> CellOutcome:
         """Run one cell under ``limits``; never raises for anything the cell does.
+
+        ``expressions`` are evaluated in the kernel after the cell when it succeeded (Jupyter's
+        ``user_expressions``); their text forms come back in ``result.expressions``.
 
         ``timeout`` overrides ``limits.cell_timeout`` (the episode budget may be shorter). If the caller is
         cancelled mid-cell the kernel is killed, since its state can no longer be known.
@@ -310,7 +316,7 @@ class Kernel:
         deadline = started + (limits.cell_timeout if timeout is None else timeout)
         collector = OutputCollector(limits, images_allowed=images_allowed)
         msg_id = self.client.execute(code, silent=silent, store_history=not silent, allow_stdin=False,
-                                     stop_on_error=False)
+                                     stop_on_error=False, user_expressions=dict(expressions or {}))
         self.cells_run += 1
         reply: dict | None = None
         replied_at = 0.0
@@ -364,6 +370,10 @@ class Kernel:
                             truncated=collector.truncated or collector.stdout.truncated or collector.stderr.truncated)
         if collector.error is not None:
             result.error_name, result.error_value, result.traceback = collector.error
+        for name, value in ((reply or {}).get("user_expressions") or {}).items():
+            text = value.get("data", {}).get("text/plain") if isinstance(value, dict) else None
+            if value.get("status") == "ok" and isinstance(text, str) and len(text) <= MAX_EXPRESSION_CHARS:
+                result.expressions[name] = text
         if crashed:
             result.status, result.state_lost = CellStatus.CRASHED, True
             result.error_name = result.error_name or "KernelDied"

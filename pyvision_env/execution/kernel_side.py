@@ -80,4 +80,135 @@ def _pyvision_load_inputs(images_json, values_json):
         with _PyvisionImage.open(path) as image:
             image.load()
             namespace[name] = image.copy() if image.mode in ("RGB", "RGBA", "L") else image.convert("RGB")
+        if name.startswith("image_clue_") and name[11:].isdigit():
+            _pyvision_tag_input(namespace[name], int(name[11:]))
     namespace.update(_pyvision_json.loads(values_json))
+
+
+def _pyvision_install_operation_trace():
+    """Record the image operations cells perform on PIL images, with crop boxes in input-image pixels.
+
+    Input images carry ``_pyvision_origin = (index, affine)``: the affine ``(a, b, c, d, e, f)`` maps a pixel
+    ``(x, y)`` of the image to ``(a*x + b*y + c, d*x + e*y + f)`` in input image ``index``. Crops, resizes,
+    copies, conversions, point maps and the 90-degree transposes pass it on, so a crop of a rotated, zoomed
+    crop is still known in the original's pixels. ``_pyvision_operations()`` returns the records of the last
+    non-silent cell as JSON (the engine reads it as a ``user_expressions`` entry after the cell).
+    """
+    import functools
+    import json
+
+    from PIL import Image, ImageEnhance, ImageOps
+
+    records = []
+    limit = 256
+    identity = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+    def record(entry):
+        if len(records) < limit:
+            records.append(entry)
+
+    def origin(image):
+        return getattr(image, "_pyvision_origin", None) if isinstance(image, Image.Image) else None
+
+    def tag(image, value):
+        if isinstance(image, Image.Image) and value is not None:
+            image._pyvision_origin = value
+
+    def compose(value, local):
+        """The origin of an image whose pixel (x, y) is pixel ``local(x, y)`` of an image with ``value``."""
+        if value is None or local is None:
+            return None
+        index, (a, b, c, d, e, f) = value
+        la, lb, lc, ld, le, lf = local
+        return index, (a * la + b * ld, a * lb + b * le, a * lc + b * lf + c,
+                       d * la + e * ld, d * lb + e * le, d * lc + e * lf + f)
+
+    def box_in_input(value, box):
+        index, (a, b, c, d, e, f) = value
+        corners = [(a * x + b * y + c, d * x + e * y + f) for x in (box[0], box[2]) for y in (box[1], box[3])]
+        xs, ys = [p[0] for p in corners], [p[1] for p in corners]
+        return index, [min(xs), min(ys), max(xs), max(ys)]
+
+    def patch(owner, name, after):
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def traced(*args, **kwargs):
+            before = args[0].size if args and isinstance(args[0], Image.Image) else None
+            result = original(*args, **kwargs)
+            try:
+                after(result, before, *args, **kwargs)
+            except Exception:  # noqa: BLE001  (tracing never changes what the code does)
+                pass
+            return result
+
+        setattr(owner, name, traced)
+
+    def same_geometry(result, before, image, *args, **kwargs):
+        if result is not image:
+            tag(result, origin(image))
+
+    def crop(result, before, image, box=None):
+        box = tuple(float(v) for v in (box if box is not None else (0, 0, *image.size)))
+        value = origin(image)
+        if value is None:
+            record({"op": "crop"})
+            return
+        index, input_box = box_in_input(value, box)
+        record({"op": "crop", "image": index, "box": input_box})
+        tag(result, compose(value, (1.0, 0.0, box[0], 0.0, 1.0, box[1])))
+
+    def resize(result, before, image, size, resample=None, box=None, reducing_gap=None):
+        record({"op": "resize"})
+        x0, y0, x1, y1 = box if box is not None else (0, 0, *image.size)
+        tag(result, compose(origin(image), ((x1 - x0) / size[0], 0.0, x0, 0.0, (y1 - y0) / size[1], y0)))
+
+    def thumbnail(result, before, image, *args, **kwargs):
+        record({"op": "resize"})
+        value = origin(image)
+        if value is not None and image.size != before:
+            image._pyvision_origin = compose(
+                value, (before[0] / image.size[0], 0.0, 0.0, 0.0, before[1] / image.size[1], 0.0))
+
+    def transpose(result, before, image, method):
+        width, height = image.size
+        method = int(method)
+        local = {0: (-1.0, 0.0, width, 0.0, 1.0, 0.0), 1: (1.0, 0.0, 0.0, 0.0, -1.0, height),
+                 2: (0.0, -1.0, width, 1.0, 0.0, 0.0), 3: (-1.0, 0.0, width, 0.0, -1.0, height),
+                 4: (0.0, 1.0, 0.0, -1.0, 0.0, height), 5: (0.0, 1.0, 0.0, 1.0, 0.0, 0.0),
+                 6: (0.0, -1.0, width, -1.0, 0.0, height)}.get(method)
+        record({"op": "rotate" if method in (2, 3, 4) else "flip"})
+        tag(result, compose(origin(image), local))
+
+    def rotate(result, before, image, angle, *args, **kwargs):
+        if float(angle) % 360:
+            record({"op": "rotate"})
+        else:
+            tag(result, origin(image))
+
+    def enhance(result, before, image, *args, **kwargs):
+        record({"op": "enhance"})
+        tag(result, origin(image))
+
+    def enhancer(result, before, self, factor):
+        record({"op": "enhance"})
+        tag(result, origin(getattr(self, "image", None)))
+
+    for name in ("copy", "convert", "point", "filter"):
+        patch(Image.Image, name, same_geometry)
+    patch(Image.Image, "crop", crop)
+    patch(Image.Image, "resize", resize)
+    patch(Image.Image, "thumbnail", thumbnail)
+    patch(Image.Image, "transpose", transpose)
+    patch(Image.Image, "rotate", rotate)
+    for name in ("autocontrast", "equalize", "invert", "posterize", "solarize"):
+        patch(ImageOps, name, enhance)
+    patch(ImageEnhance._Enhance, "enhance", enhancer)
+
+    get_ipython().events.register("pre_run_cell", lambda *info: records.clear())
+    get_ipython().user_ns["_pyvision_operations"] = lambda: json.dumps(records)
+    get_ipython().user_ns["_pyvision_tag_input"] = lambda image, index: tag(image, (index, identity))
+
+
+_pyvision_install_operation_trace()
+del _pyvision_install_operation_trace
