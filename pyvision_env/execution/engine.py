@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import dataclasses
 import json
 import keyword
 import logging
@@ -40,11 +41,16 @@ from typing import Any, TypeVar
 import zmq.asyncio
 from PIL import Image
 
+from ..video import reader as video_reader
+from ..video.reader import VideoOptions
 from .kernel import Kernel, KernelDiedError
 from .limits import ExecutionLimits, SandboxConfig
 from .pool import KernelPool
 from .records import CellResult, CellStatus, EngineStatus
 from .sandbox import CgroupManager, SandboxUnavailableError, pid_exists, probe_bubblewrap
+
+VIDEO_READER_SOURCE = Path(video_reader.__file__).read_text()
+"""Sent into kernels that hold videos, where it becomes the module ``pyvision_video``."""
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -171,15 +177,22 @@ class AsyncEngine:
     # --- sessions --------------------------------------------------------------------------------
 
     def session(self, images: Mapping[str, str | os.PathLike | Image.Image] | None = None,
-                values: Mapping[str, Any] | None = None, limits: ExecutionLimits | None = None) -> AsyncSession:
-        """A new episode (started on ``async with`` or :meth:`AsyncSession.start`). Inputs are checked now."""
-        return AsyncSession(self, images or {}, values or {}, limits or self.limits)
+                values: Mapping[str, Any] | None = None, limits: ExecutionLimits | None = None,
+                videos: Mapping[str, str | os.PathLike] | None = None,
+                video_options: VideoOptions | None = None) -> AsyncSession:
+        """A new episode (started on ``async with`` or :meth:`AsyncSession.start`). Inputs are checked now.
+
+        ``videos`` are bound as decord-style readers (see :mod:`pyvision_env.video.reader`), opened as
+        ``video_options`` say, with the helpers ``get_frames`` and ``show_frames``."""
+        return AsyncSession(self, images or {}, values or {}, limits or self.limits, videos or {},
+                            video_options or VideoOptions())
 
     async def open_session(self, images: Mapping[str, str | os.PathLike | Image.Image] | None = None,
-                           values: Mapping[str, Any] | None = None,
-                           limits: ExecutionLimits | None = None) -> AsyncSession:
+                           values: Mapping[str, Any] | None = None, limits: ExecutionLimits | None = None,
+                           videos: Mapping[str, str | os.PathLike] | None = None,
+                           video_options: VideoOptions | None = None) -> AsyncSession:
         """Like :meth:`session`, already started."""
-        return await self.session(images, values, limits).start()
+        return await self.session(images, values, limits, videos, video_options).start()
 
     def _running_pool(self) -> KernelPool:
         if self._pool is None:
@@ -195,11 +208,14 @@ class AsyncSession:
     """
 
     def __init__(self, engine: AsyncEngine, images: Mapping[str, Any], values: Mapping[str, Any],
-                 limits: ExecutionLimits) -> None:
+                 limits: ExecutionLimits, videos: Mapping[str, Any] | None = None,
+                 video_options: VideoOptions | None = None) -> None:
         self.engine = engine
         self.limits = limits
         self._images = dict(images)
-        self._values_json = _check_inputs(self._images, dict(values))
+        self._videos = dict(videos or {})
+        self._video_options = video_options or VideoOptions()
+        self._values_json = _check_inputs(self._images, dict(values), self._videos)
         self._kernel: Kernel | None = None
         self._closed = False
         self._lost_since_last_cell = False
@@ -224,10 +240,15 @@ class AsyncSession:
         self._kernel = kernel
 
     async def _load_inputs(self, kernel: Kernel) -> None:
-        if not self._images and self._values_json == "{}":
+        if not self._images and not self._videos and self._values_json == "{}":
             return
-        paths = await asyncio.to_thread(_stage_images, self._images, kernel.inputs_dir)
+        paths = await asyncio.to_thread(_stage_inputs, self._images, kernel.inputs_dir)
         code = f"_pyvision_load_inputs({json.dumps(json.dumps(paths))}, {json.dumps(self._values_json)})"
+        if self._videos:
+            videos = await asyncio.to_thread(_stage_inputs, self._videos, kernel.inputs_dir)
+            options = json.dumps(dataclasses.asdict(self._video_options))
+            code += (f"\n_pyvision_load_videos({json.dumps(json.dumps(videos))}, {json.dumps(VIDEO_READER_SOURCE)}, "
+                     f"{json.dumps(options)})")
         outcome = await kernel.execute(code, self.limits, silent=True)
         if not outcome.result.ok:
             raise InputError(f"could not load the inputs into the kernel: {outcome.result.error_name}: "
@@ -387,9 +408,12 @@ class Engine:
         self._call(self._async.warm_up(count))
 
     def session(self, images: Mapping[str, str | os.PathLike | Image.Image] | None = None,
-                values: Mapping[str, Any] | None = None, limits: ExecutionLimits | None = None) -> Session:
-        """Start an episode with a fresh kernel and its inputs; use as a context manager."""
-        return Session(self, self._call(self._async.open_session(images, values, limits)))
+                values: Mapping[str, Any] | None = None, limits: ExecutionLimits | None = None,
+                videos: Mapping[str, str | os.PathLike] | None = None,
+                video_options: VideoOptions | None = None) -> Session:
+        """Start an episode with a fresh kernel and its inputs; use as a context manager (see
+        :meth:`AsyncEngine.session`)."""
+        return Session(self, self._call(self._async.open_session(images, values, limits, videos, video_options)))
 
     def close(self) -> None:
         if self._loop.is_closed() or os.getpid() != self._owner:
@@ -445,16 +469,19 @@ class Session:
 
 # --- helpers ----------------------------------------------------------------------------------------
 
-def _check_inputs(images: dict[str, Any], values: dict[str, Any]) -> str:
+def _check_inputs(images: dict[str, Any], values: dict[str, Any], videos: dict[str, Any]) -> str:
     """Validate input names and values now, in the caller's thread; returns the values as JSON."""
-    for name in list(images) + list(values):
+    for name in list(images) + list(values) + list(videos):
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
             raise InputError(f"input name {name!r} is not a valid Python identifier")
         if name.startswith(RESERVED_PREFIX):
             raise InputError(f"input name {name!r} uses the reserved prefix {RESERVED_PREFIX!r}")
-    clash = set(images) & set(values)
+    clash = (set(images) & set(values)) | (set(videos) & (set(images) | set(values)))
     if clash:
-        raise InputError(f"names used both for an image and a value: {sorted(clash)}")
+        raise InputError(f"names used for more than one input: {sorted(clash)}")
+    for name, video in videos.items():
+        if not Path(video).is_file():
+            raise InputError(f"video input {name!r}: no such file {str(video)!r}")
     for name, image in images.items():
         if isinstance(image, Image.Image):
             continue
@@ -477,8 +504,9 @@ def _check_inputs(images: dict[str, Any], values: dict[str, Any]) -> str:
     return encoded
 
 
-def _stage_images(images: dict[str, Any], inputs_dir: Path) -> dict[str, str]:
-    """Expose image files in the kernel's read-only inputs directory (hard link, else copy)."""
+def _stage_inputs(images: dict[str, Any], inputs_dir: Path) -> dict[str, str]:
+    """Expose input files (and in-memory images, as PNG) in the kernel's read-only inputs directory (hard
+    link, else copy)."""
     staged = {}
     for name, image in images.items():
         if isinstance(image, Image.Image):

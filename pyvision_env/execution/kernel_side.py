@@ -212,3 +212,28 @@ def _pyvision_install_operation_trace():
 
 _pyvision_install_operation_trace()
 del _pyvision_install_operation_trace
+
+
+def _pyvision_load_videos(videos_json, reader_source, options_json):
+    """Open videos as decord-style readers (module ``pyvision_video``, sent as source) and bind the helpers."""
+    import sys
+    import types
+
+    module = sys.modules.get("pyvision_video")
+    if module is None:
+        module = types.ModuleType("pyvision_video")
+        sys.modules["pyvision_video"] = module
+        exec(compile(reader_source, "pyvision_video.py", "exec"), module.__dict__)
+    options = _pyvision_json.loads(options_json)
+    budget = module.FrameBudget(options.pop("max_frames"))
+    namespace = get_ipython().user_ns
+    for name, path in _pyvision_json.loads(videos_json).items():
+        namespace[name] = module.open_video(path, budget=budget, **options)
+    namespace.update(get_frames=module.get_frames, show_frames=module.show_frames)
+    try:
+        from decord import VideoReader, cpu
+
+        namespace.update(VideoReader=VideoReader, cpu=cpu)
+    except ImportError:
+        pass
+    namespace["_pyvision_frames_fetched"] = lambda: budget.used
