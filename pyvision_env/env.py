@@ -43,9 +43,10 @@ from .execution import (
     read_operations,
 )
 from .messages import Message
-from .protocols import Action, EpisodeInputs, Protocol, ToolOutput, get_protocol
+from .protocols import Action, EpisodeInputs, Protocol, ToolOutput, VideoView, get_protocol
 from .spaces import MessagesSpace, ResponseSpace
 from .tasks import Task, TaskSet
+from .video import PyAVVideoReader, VideoOptions, VideoReadError
 from .visual_tokens import VisualTokenRule
 
 DEFAULT_MAX_PIXELS = 1024 * 28 * 28
@@ -106,6 +107,7 @@ class _Episode:
     last_text: list[str] = field(default_factory=list)
     operations: list[dict[str, Any]] = field(default_factory=list)
     """The image operations of this step's successful calls (when tracing)."""
+    frames_fetched: int = 0
 
 
 class PyVisionEnv(gym.Env[list, str]):
@@ -129,6 +131,16 @@ class PyVisionEnv(gym.Env[list, str]):
             family default.
         resize_images: give observation images at the size the model's processor would use (the kernel always
             holds the originals).
+        video_context: how a video task starts: ``"on-demand"`` (metadata only, plus ``video_thumbnails``
+            frames; the code fetches frames from ``video_clue_i``) or ``"uniform"`` (``video_frames`` frames, or
+            ``video_fps`` per second, sampled uniformly and shown up front: the baseline).
+        video_frames: frames given up front in the uniform mode (None: ``video_fps`` per second of video).
+        video_fps: frames per second given up front in the uniform mode when ``video_frames`` is None.
+        video_thumbnails: frames given up front in the on-demand mode (0 by default, as PyVision-Video).
+        video_backend: reader of ``video_clue_i`` in the kernel: ``"auto"`` (per video: decord, the API
+            PyVision-Video was trained with, for long keyframe intervals; PyAV otherwise), ``"decord"``,
+            ``"pyav"``.
+        max_frames: frames the code may fetch per episode; past it the reader raises a clear error.
         trace_operations: put the image operations each step's successful cells ran in ``info["operations"]``
             (see :func:`~pyvision_env.execution.read_operations`: crops with their boxes in input pixels,
             resizes, rotations, flips, enhancements); ``None`` there when off. The CodeVision reward turns it on.
@@ -145,7 +157,9 @@ class PyVisionEnv(gym.Env[list, str]):
                  max_visual_tokens: int | None = None, episode_timeout: float | None = 300.0,
                  on_tool_error: str = "continue", on_format_error: str = "continue",
                  visual_tokens: str | VisualTokenRule = "qwen2.5-vl", max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 resize_images: bool = True, trace_operations: bool = False, limits: ExecutionLimits | None = None,
+                 resize_images: bool = True, video_context: str = "on-demand", video_frames: int | None = None,
+                 video_fps: float = 1.0, video_thumbnails: int = 0, video_backend: str = "auto",
+                 max_frames: int | None = None, trace_operations: bool = False, limits: ExecutionLimits | None = None,
                  engine: Engine | None = None, render_mode: str | None = None) -> None:
         self.tasks = _resolve_tasks(suite, split)
         options = dict(protocol_options or {})
@@ -170,6 +184,22 @@ class PyVisionEnv(gym.Env[list, str]):
         self.token_rule = rule if max_pixels is None else VisualTokenRule(**{**rule.__dict__,
                                                                              "max_pixels": max_pixels})
         self.resize_images = resize_images
+        if video_context not in ("on-demand", "uniform"):
+            raise ValueError(f"video_context must be 'on-demand' or 'uniform', got {video_context!r}")
+        if (video_frames is not None and video_frames < 1) or not video_fps > 0 or video_thumbnails < 0 \
+                or (max_frames is not None and max_frames < 0):
+            raise ValueError("video_frames must be None or >= 1, video_fps > 0, video_thumbnails >= 0 and "
+                             f"max_frames None or >= 0; got {video_frames}, {video_fps}, {video_thumbnails}, "
+                             f"{max_frames}")
+        if video_backend not in ("auto", "pyav", "decord"):
+            raise ValueError(f"video_backend must be 'auto', 'pyav' or 'decord', got {video_backend!r}")
+        video_tasks = sum(1 for task in self.tasks if task.videos)
+        if video_tasks and not self.protocol.supports_video:
+            raise ValueError(f"protocol {self.protocol.name!r} does not support video, and {video_tasks} tasks of "
+                             f"{self.tasks.name!r} have videos; use 'pyvision' or 'openai-tools'")
+        self.video_context, self.video_frames, self.video_fps = video_context, video_frames, video_fps
+        self.video_thumbnails, self.max_frames = video_thumbnails, max_frames
+        self.video_options = VideoOptions(backend=video_backend, max_frames=max_frames)
         self.trace_operations = trace_operations
         self.limits = limits
         self.render_mode = render_mode
@@ -218,16 +248,20 @@ class PyVisionEnv(gym.Env[list, str]):
         # The kernel loads the originals in the background while this process prepares the first view; the
         # first step waits for the kernel (by then a model has usually spent longer generating).
         opening = asyncio.ensure_future(self.engine.core.open_session(
-            images={f"image_clue_{i}": media for i, media in enumerate(task.images)}, limits=self.limits))
+            images={f"image_clue_{i}": media for i, media in enumerate(task.images)}, limits=self.limits,
+            videos={f"video_clue_{i}": media for i, media in enumerate(task.videos)},
+            video_options=self.video_options))
         try:
             images, sizes = await asyncio.to_thread(self._first_view, task)
+            videos = [await asyncio.to_thread(self._video_view, task, media) for media in task.videos]
         except BaseException:
             await _discard_session(opening)
             raise
         episode = _Episode(task, opening, started=started, next_image_index=len(images))
         self._episode = episode
-        episode.visual_tokens = sum(self.token_rule.count(*image.size) for image in images)
-        observation = self.protocol.initial_messages(EpisodeInputs(task, images, sizes))
+        episode.visual_tokens = sum(self.token_rule.count(*image.size)
+                                    for image in [*images, *(frame for view in videos for frame in view.frames)])
+        observation = self.protocol.initial_messages(EpisodeInputs(task, images, sizes, videos))
         timings = Timings({"total_ms": (time.perf_counter() - started) * 1e3})
         return observation, self._info(episode, timings, None)
 
@@ -287,7 +321,9 @@ class PyVisionEnv(gym.Env[list, str]):
     async def _run_calls(self, episode: _Episode, action: Action) -> list[Message]:
         outputs: list[ToolOutput] = []
         episode.last_text = []
-        expressions = {"operations": OPERATIONS_EXPRESSION} if self.trace_operations else None
+        expressions = {"operations": OPERATIONS_EXPRESSION} if self.trace_operations else {}
+        if episode.task.videos:
+            expressions["frames"] = "_pyvision_frames_fetched()"
         session = await episode.opening
         for call in action.calls:
             remaining = None
@@ -305,6 +341,8 @@ class PyVisionEnv(gym.Env[list, str]):
                 break
             episode.tool_calls += 1
             episode.operations += read_operations(result.expressions.get("operations"))
+            if result.expressions.get("frames", "").isdigit():
+                episode.frames_fetched = int(result.expressions["frames"])
             if result.status is not CellStatus.OK:
                 episode.tool_errors += 1
                 if result.status is CellStatus.TIMEOUT and remaining is not None \
@@ -397,6 +435,37 @@ class PyVisionEnv(gym.Env[list, str]):
             image = image.convert("RGB")
         return self._as_seen(image), image.size
 
+    def _video_view(self, task: Task, media: str | os.PathLike) -> VideoView:
+        """A video's metadata and the frames given up front (cached per file and setting)."""
+        try:
+            stat = os.stat(media)
+        except OSError as error:
+            raise ValueError(f"task {task.id}: cannot load video {os.fspath(media)}: {error}") from error
+        key = ("video", os.fspath(media), stat.st_mtime_ns, stat.st_size, self.video_context, self.video_frames,
+               self.video_fps, self.video_thumbnails, self.token_rule, self.resize_images)
+        if (cached := _FIRST_VIEWS.get(key)) is not None:
+            return cached
+        try:
+            reader = PyAVVideoReader(os.fspath(media))
+        except VideoReadError as error:
+            raise ValueError(f"task {task.id}: cannot load video: {error}") from error
+        try:
+            info = reader.info()
+            if self.video_context == "uniform":
+                count = self.video_frames or max(1, round(info.duration * self.video_fps))
+            else:
+                count = self.video_thumbnails
+            indices = sorted({int(k * info.frames / count) for k in range(min(count, info.frames))})
+            frames = [Image.fromarray(reader.get_batch([index]).asnumpy()[0]) for index in indices]
+            times = reader.get_frame_timestamp(indices)[:, 0].tolist() if indices else []
+        except VideoReadError as error:
+            raise ValueError(f"task {task.id}: cannot read video: {error}") from error
+        finally:
+            reader.close()
+        view = VideoView(info, [self._as_seen(frame) for frame in frames], times)
+        _FIRST_VIEWS.put(key, view)
+        return view
+
     async def _end_episode(self) -> None:
         episode, self._episode = self._episode, None
         if episode is not None:
@@ -412,6 +481,7 @@ class PyVisionEnv(gym.Env[list, str]):
             "format_error": action.error if action else None, "end_reason": episode.end_reason,
             "correct": episode.correct, "score": episode.score,
             "operations": list(episode.operations) if self.trace_operations else None,
+            "frames_fetched": episode.frames_fetched,
         }
 
 

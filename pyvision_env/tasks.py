@@ -6,7 +6,8 @@ A JSONL line looks like::
     {"id": "q1", "question": "What number is on the sign?", "answer": "42", "images": ["img/q1.png"],
      "grader": "numeric", "choices": null, "regions": [{"box": [10, 20, 60, 50]}], "split": "train"}
 
-Relative image paths are resolved against the JSONL file's folder (or ``image_root``).
+A video task has ``"videos": ["clips/q2.mp4"]`` (or ``"video"``) instead of, or as well as, images.
+Relative media paths are resolved against the JSONL file's folder (or ``image_root``).
 
 Example:
     >>> task = Task(id="t1", question="2+2?", answer="4", grader="numeric")
@@ -61,7 +62,7 @@ class Region:
 class Task:
     """One visual question.
 
-    ``images`` are files (or in-memory PIL images); ``grader`` is a grader name, a
+    ``images`` are files (or in-memory PIL images); ``videos`` are video files; ``grader`` is a grader name, a
     ``{"name": ..., **params}`` mapping or a callable (see :mod:`pyvision_env.graders`); ``choices`` makes it
     multiple choice (answer is a letter); ``regions`` are ground-truth boxes for shaped rewards.
     """
@@ -75,6 +76,7 @@ class Task:
     regions: tuple[Region, ...] = ()
     split: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    videos: tuple[str | os.PathLike, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -83,6 +85,9 @@ class Task:
             raise ValueError(f"task {self.id}: question must be a string")
         object.__setattr__(self, "answer", str(self.answer))
         object.__setattr__(self, "images", tuple(self.images))
+        object.__setattr__(self, "videos", tuple(self.videos))
+        if any(not isinstance(v, (str, os.PathLike)) for v in self.videos):
+            raise ValueError(f"task {self.id}: videos must be file paths")
         if self.choices is not None:
             object.__setattr__(self, "choices", tuple(str(c) for c in self.choices))
         object.__setattr__(self, "regions", tuple(r if isinstance(r, Region) else Region(**r)
@@ -104,22 +109,25 @@ class Task:
                 "images": [os.fspath(m) for m in self.images], "grader": self.grader,
                 "choices": list(self.choices) if self.choices is not None else None,
                 "regions": [{"box": list(r.box), "image": r.image, "label": r.label} for r in self.regions],
-                "split": self.split, "metadata": dict(self.metadata)}
+                "split": self.split, "metadata": dict(self.metadata),
+                "videos": [os.fspath(v) for v in self.videos]}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], root: Path | None = None) -> Task:
-        unknown = set(data) - {"id", "question", "answer", "images", "image", "grader", "choices", "regions",
-                               "split", "metadata"}
+        unknown = set(data) - {"id", "question", "answer", "images", "image", "videos", "video", "grader",
+                               "choices", "regions", "split", "metadata"}
         if unknown:
             raise ValueError(f"unknown fields {sorted(unknown)}")
         missing = {"id", "question", "answer"} - set(data)
         if missing:
             raise ValueError(f"missing required fields {sorted(missing)}")
-        images = data.get("images", [data["image"]] if "image" in data else [])
-        if isinstance(images, str):
-            images = [images]
-        resolved = tuple(str(root / p) if root is not None and not os.path.isabs(p) else str(p) for p in images)
-        return cls(id=str(data["id"]), question=data["question"], answer=data["answer"], images=resolved,
+        def resolve(plural: str, singular: str) -> tuple[str, ...]:
+            paths = data.get(plural, [data[singular]] if singular in data else [])
+            paths = [paths] if isinstance(paths, str) else paths
+            return tuple(str(root / p) if root is not None and not os.path.isabs(p) else str(p) for p in paths)
+
+        return cls(id=str(data["id"]), question=data["question"], answer=data["answer"],
+                   images=resolve("images", "image"), videos=resolve("videos", "video"),
                    grader=data.get("grader", "exact"), choices=data.get("choices"),
                    regions=tuple(data.get("regions") or ()), split=data.get("split"),
                    metadata=dict(data.get("metadata") or {}))
@@ -267,9 +275,9 @@ def from_hf_dataset(dataset: Any, name: str, *, question: str = "question", answ
 
 
 def _check_files(tasks: Sequence[Task], source: str) -> None:
-    missing = [(t.id, os.fspath(m)) for t in tasks for m in t.images
+    missing = [(t.id, os.fspath(m)) for t in tasks for m in (*t.images, *t.videos)
                if not isinstance(m, Image.Image) and not os.path.isfile(m)]
     if missing:
         listed = "; ".join(f"{task_id}: {path}" for task_id, path in missing[:5])
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise FileNotFoundError(f"{source}: {len(missing)} image files are missing — {listed}{more}")
+        raise FileNotFoundError(f"{source}: {len(missing)} media files are missing — {listed}{more}")

@@ -12,7 +12,7 @@ from pyvision_env.messages import from_hf, from_openai, to_hf, to_openai
 
 INFO_KEYS = {"task_id", "turn", "tool_calls", "tool_errors", "format_errors", "images_shown", "visual_tokens",
              "timings", "action_kind", "code", "answer", "format_error", "end_reason", "correct", "score",
-             "operations"}
+             "operations", "frames_fetched"}
 SHOW = "plt.figure(figsize=(2, 1)); plt.plot([0, 1]); plt.show()"
 
 

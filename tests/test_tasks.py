@@ -56,7 +56,7 @@ def test_malformed_jsonl_names_the_line(tmp_path, line, message):
 def test_missing_files_are_listed(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text(json.dumps({"id": "x", "question": "q", "answer": "a", "images": ["gone.png"]}))
-    with pytest.raises(FileNotFoundError, match=r"1 image files are missing — x: .*gone\.png"):
+    with pytest.raises(FileNotFoundError, match=r"1 media files are missing — x: .*gone\.png"):
         load_jsonl(path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_jsonl(tmp_path / "nothing.jsonl")

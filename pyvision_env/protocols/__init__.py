@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Action, EpisodeInputs, Protocol, ToolCall, ToolOutput
+from .base import Action, EpisodeInputs, Protocol, ToolCall, ToolOutput, VideoView
 from .codevision import CodeVisionProtocol
 from .openai_tools import OpenAIToolsProtocol
 from .pyvision import PyVisionProtocol
@@ -37,4 +37,4 @@ def get_protocol(spec: str | Protocol, **kwargs: Any) -> Protocol:
 
 
 __all__ = ["PROTOCOLS", "Action", "CodeVisionProtocol", "EpisodeInputs", "OpenAIToolsProtocol", "Protocol",
-           "PyVisionProtocol", "ToolCall", "ToolOutput", "get_protocol"]
+           "PyVisionProtocol", "ToolCall", "ToolOutput", "VideoView", "get_protocol"]

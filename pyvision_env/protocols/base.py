@@ -15,6 +15,7 @@ from PIL import Image
 from ..execution import CellResult, CellStatus
 from ..messages import ImagePart, Message, Part, TextPart
 from ..tasks import Task
+from ..video import VideoInfo
 
 MAX_RESPONSE_CHARS = 65536
 
@@ -57,13 +58,25 @@ class ToolOutput:
 
 
 @dataclass(frozen=True)
+class VideoView:
+    """What the first message shows of one video: its metadata and the frames given up front (none in the
+    on-demand mode unless thumbnails are asked for; N uniformly sampled ones in the uniform mode)."""
+
+    info: VideoInfo
+    frames: Sequence[Image.Image] = ()
+    times: Sequence[float] = ()
+    """Seconds of each frame from the video's start."""
+
+
+@dataclass(frozen=True)
 class EpisodeInputs:
     """What the first user message shows: the task, its images as the model sees them, and their original
-    sizes (the kernel holds the originals)."""
+    sizes (the kernel holds the originals), and its videos."""
 
     task: Task
     images: Sequence[Image.Image]
     original_sizes: Sequence[tuple[int, int]]
+    videos: Sequence[VideoView] = ()
 
 
 class Protocol(ABC):
@@ -168,6 +181,28 @@ def boxed_answer(thought: str, answer: str) -> str:
 def labelled_image(index: int, image: Image.Image) -> list[Part]:
     """``<image_clue_k>`` image ``</image_clue_k>`` — how PyVision-style prompts name an image."""
     return [TextPart(f"<image_clue_{index}>"), ImagePart(image), TextPart(f"</image_clue_{index}>")]
+
+
+VIDEO_HELP = """\
+The video `video_clue_{index}` ({description}) is open in the kernel as a decord-style VideoReader; no frame
+is shown until your code shows it. `len(video_clue_{index})` frames, `video_clue_{index}.get_avg_fps()`,
+`video_clue_{index}.get_batch([i, j, ...]).asnumpy()` -> uint8 array (n, height, width, 3),
+`video_clue_{index}[i]`, `video_clue_{index}.get_frame_timestamp(i)` -> [[start, end]] seconds. Helpers:
+`get_frames(video, indices=None, times=None)` -> PIL images; `show_frames(frames, titles=None, columns=4)`
+shows them as one grid image. Fetch only the frames you need (analyse them with numpy, show few).
+"""
+
+
+def video_parts(videos: Sequence[VideoView]) -> list[Part]:
+    """The first message's text and frames for each video (shared by the protocols that support video)."""
+    parts: list[Part] = []
+    for index, view in enumerate(videos):
+        parts.append(TextPart(VIDEO_HELP.format(index=index, description=view.info.describe())))
+        if view.frames:
+            parts.append(TextPart(f"{len(view.frames)} frames of it, sampled uniformly:\n"))
+        for seconds, frame in zip(view.times, view.frames):
+            parts += [TextPart(f"[{seconds:.1f} s] "), ImagePart(frame), TextPart("\n")]
+    return parts
 
 
 def choices_text(task: Task) -> str:

@@ -22,7 +22,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..messages import ImagePart, Message, Part, TextPart
-from .base import Action, EpisodeInputs, Protocol, ToolCall, ToolOutput, choices_text, merge_text
+from .base import (
+    Action,
+    EpisodeInputs,
+    Protocol,
+    ToolCall,
+    ToolOutput,
+    choices_text,
+    merge_text,
+    video_parts,
+)
 
 TOOL_NAME = "python"
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
@@ -50,6 +59,7 @@ When you are sure, reply without a tool call and put the short final answer in \
 
 class OpenAIToolsProtocol(Protocol):
     name = "openai-tools"
+    supports_video = True
     default_system_prompt = SYSTEM_PROMPT
     tools = TOOLS
     format_reminder = "Call the `python` tool with a 'code' argument, or reply with the final answer in \\boxed{...}."
@@ -102,6 +112,7 @@ class OpenAIToolsProtocol(Protocol):
         for index, (image, (width, height)) in enumerate(zip(inputs.images, inputs.original_sizes)):
             parts += [TextPart(f"image_clue_{index} ({width}x{height} pixels):\n"), ImagePart(image),
                       TextPart("\n")]
+        parts += video_parts(inputs.videos)
         parts.append(TextPart(inputs.task.question + choices_text(inputs.task)))
         return parts
 

@@ -29,6 +29,7 @@ from .base import (
     choices_text,
     labelled_image,
     merge_text,
+    video_parts,
 )
 
 _TAGGED = re.compile(r"<code>\s*```(?:python|py)?[ \t]*\n(.*?)```\s*</code>", re.S)
@@ -98,6 +99,7 @@ class PyVisionProtocol(Protocol):
             parts += labelled_image(index, image)
             parts.append(TextPart(f"\nImage width: {width}, height: {height} (the variable `image_clue_{index}` "
                                   "holds it at this full size)\n"))
+        parts += video_parts(inputs.videos)
         parts.append(TextPart(inputs.task.question + choices_text(inputs.task)))
         return parts
 

@@ -18,5 +18,5 @@ from .reader import (
 )
 from .writer import write_video
 
-__all__ = ["FrameBudget", "PyAVVideoReader", "VideoOptions", "VideoFrames", "VideoInfo", "VideoReadError", "available_backends",
-           "choose_backend", "get_frames", "open_video", "show_frames", "write_video"]
+__all__ = ["FrameBudget", "PyAVVideoReader", "VideoFrames", "VideoInfo", "VideoOptions", "VideoReadError",
+           "available_backends", "choose_backend", "get_frames", "open_video", "show_frames", "write_video"]
