@@ -7,7 +7,10 @@
 ``contrast``     ``PyVision/Contrast-v0``     a code printed in ink barely darker than its paper
 ===============  ===========================  ======================================================
 
-Each registered suite holds 100 tasks of seed 0, split 80/20 into ``train`` and ``held-out`` by index. They
+The video suites (``video-event``, ``video-count``, ``video-measure``, ``video-needle``; see
+:mod:`.video`) are registered the same way, as ``PyVision/VideoEvent-v0`` and so on.
+
+Each registered image suite holds 100 tasks of seed 0, split 80/20 into ``train`` and ``held-out`` by index. They
 are generated on first use into ``$PYVISION_CACHE`` (default ``~/.cache/pyvision``) under
 ``suites/<name>/v<version>/seed<seed>-n<count>/`` with a ``tasks.jsonl`` that
 :func:`~pyvision_env.tasks.load_jsonl` reads. Every task has ground-truth ``regions`` and
@@ -28,6 +31,7 @@ import functools
 from .. import registry
 from . import contrast, count, orientation, zoom
 from .common import CACHE_ENV, SyntheticSuite, cache_root
+from .video import VIDEO_SUITES
 
 SUITES: dict[str, SyntheticSuite] = {suite.name: suite for suite in (zoom.SUITE, orientation.SUITE,
                                                                      count.SUITE, contrast.SUITE)}
@@ -38,12 +42,20 @@ DEFAULT_SEED = 0
 def register_builtin_suites() -> list[str]:
     """Register the built-in suites not registered yet (re-import safe); returns all their Gymnasium ids."""
     registered = {suite.name for suite in registry.list_suites()}
-    for name, suite in SUITES.items():
+    for name, suite in {**SUITES, **VIDEO_SUITES}.items():
         if name not in registered:
-            registry.register_suite(name, functools.partial(suite.load, DEFAULT_COUNT, DEFAULT_SEED),
+            registry.register_suite(name, functools.partial(suite.load, suite.default_count, DEFAULT_SEED),
                                     description=suite.description, tags=suite.tags)
-    return [registry.env_id_for(name) for name in SUITES]
+    return [registry.env_id_for(name) for name in (*SUITES, *VIDEO_SUITES)]
 
 
-__all__ = ["CACHE_ENV", "DEFAULT_COUNT", "DEFAULT_SEED", "SUITES", "SyntheticSuite", "cache_root",
-           "register_builtin_suites"]
+__all__ = [
+    "CACHE_ENV",
+    "DEFAULT_COUNT",
+    "DEFAULT_SEED",
+    "SUITES",
+    "VIDEO_SUITES",
+    "SyntheticSuite",
+    "cache_root",
+    "register_builtin_suites",
+]

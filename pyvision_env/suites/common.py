@@ -1,9 +1,9 @@
 """Shared pieces of the built-in synthetic suites: the font, drawing helpers and the on-disk cache.
 
-A suite is a :class:`SyntheticSuite`: a name, a version and ``make_task(rng, index) -> Task`` returning a
-task with one in-memory image. :meth:`SyntheticSuite.load` generates the tasks once (per-task RNGs seeded by
-``(seed, index)``, as :func:`~pyvision_env.tasks.from_generator`), writes them as PNG files and a
-``tasks.jsonl`` into the cache, and afterwards only reads that folder.
+A suite is a :class:`SyntheticSuite`: a name, a version and ``make_task(rng, index)`` returning a task with
+one in-memory image, or a ``(task, Clip)`` pair for a video task. :meth:`SyntheticSuite.load` generates the
+tasks once (per-task RNGs seeded by ``(seed, index)``, as :func:`~pyvision_env.tasks.from_generator`), writes
+them as PNG or MP4 files and a ``tasks.jsonl`` into the cache, and afterwards only reads that folder.
 
 Example::
 
@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..tasks import Region, Task, TaskSet, from_generator, load_jsonl
+from ..video import write_video
 
 CACHE_ENV = "PYVISION_CACHE"
 """Environment variable naming the cache folder (default ``~/.cache/pyvision``)."""
@@ -140,23 +141,38 @@ def region(box: Sequence[float], label: str | None = None) -> Region:
 
 
 @dataclasses.dataclass(frozen=True)
+class Clip:
+    """A video to encode for a task: RGB frames (even width and height), their rate and the keyframe interval
+    (short, so that random access is cheap)."""
+
+    frames: Iterable[np.ndarray]
+    fps: float
+    keyframe_interval: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
 class SyntheticSuite:
-    """A generated suite: ``make_task(rng, index)`` returns a task whose one image is in memory.
+    """A generated suite: ``make_task(rng, index)`` returns a task whose one image is in memory, or a
+    ``(task, Clip)`` pair for a video task.
 
     Bump ``version`` whenever generation changes: it is part of the cache folder's name.
     """
 
     name: str
     version: int
-    make_task: Callable[[np.random.Generator, int], Task]
+    make_task: Callable[[np.random.Generator, int], Task | tuple[Task, Clip]]
     description: str
     tags: tuple[str, ...] = ()
+    default_count: int = 100
+    """How many tasks the registered suite holds."""
 
     def folder(self, count: int, seed: int) -> Path:
         return cache_root() / "suites" / self.name / f"v{self.version}" / f"seed{seed}-n{count}"
 
-    def load(self, count: int = 100, seed: int = 0) -> TaskSet:
-        """The suite's ``count`` tasks for ``seed``, generated into the cache on first use."""
+    def load(self, count: int | None = None, seed: int = 0) -> TaskSet:
+        """The suite's ``count`` tasks (default :attr:`default_count`) for ``seed``, generated into the cache
+        on first use."""
+        count = self.default_count if count is None else count
         folder = self.folder(count, seed)
         if not (folder / "tasks.jsonl").is_file():
             self._generate(folder, count, seed)
@@ -170,11 +186,15 @@ class SyntheticSuite:
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         try:
             def make_and_save(rng: np.random.Generator, index: int) -> Task:
-                task = self.make_task(rng, index)
-                (image,) = task.images
-                name = f"{task.id}.png"
-                image.save(staging / name, format="PNG", compress_level=1)
-                return dataclasses.replace(task, images=(name,), split=split_of(index))
+                made = self.make_task(rng, index)
+                if isinstance(made, Task):
+                    (image,) = made.images
+                    image.save(staging / f"{made.id}.png", format="PNG", compress_level=1)
+                    return dataclasses.replace(made, images=(f"{made.id}.png",), split=split_of(index))
+                task, clip = made
+                write_video(staging / f"{task.id}.mp4", clip.frames, fps=clip.fps,
+                            keyframe_interval=clip.keyframe_interval)
+                return dataclasses.replace(task, videos=(f"{task.id}.mp4",), split=split_of(index))
 
             tasks = from_generator(make_and_save, count, seed, self.name)
             with (staging / "tasks.jsonl").open("w", encoding="utf-8") as handle:
