@@ -111,7 +111,7 @@ class EventScriptedPolicy(VideoScriptedPolicy):
             "while high - low > 1:\n"
             "    middle = (low + high) // 2\n"
             f"    low, high = (low, middle) if lit(video_clue_0[middle].asnumpy(), {GREEN}) else (middle, high)\n"
-            "start = float(video_clue_0.get_frame_timestamp(high)[0][0])\n"
+            "start = float(video_clue_0.get_frame_timestamp(high)[0])\n"
             "print(f'first green frame {high} at {start:.3f} s')\n"
             "display(get_frames(video_clue_0, indices=[high])[0])",
             "Now I will binary-search the frames between those two for the first green one.")

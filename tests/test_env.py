@@ -203,7 +203,7 @@ def as_default_engine(engine):
 
 
 @pytest.mark.parametrize("env_id", ["PyVision/Zoom-v0", "PyVision/Orientation-v0", "PyVision/Count-v0",
-                                    "PyVision/Contrast-v0", "PyVision/TestEnvCheck-v0"])
+                                    "PyVision/Contrast-v0", "PyVision/VideoMeasure-v0", "PyVision/TestEnvCheck-v0"])
 def test_gymnasium_check_env_passes_for_registered_envs(as_default_engine, tasks, env_id):
     register_suite("test-env-check", tasks, replace=True, max_turns=4)
     env = gym.make(env_id)

@@ -187,7 +187,7 @@ VIDEO_HELP = """\
 The video `video_clue_{index}` ({description}) is open in the kernel as a decord-style VideoReader; no frame
 is shown until your code shows it. `len(video_clue_{index})` frames, `video_clue_{index}.get_avg_fps()`,
 `video_clue_{index}.get_batch([i, j, ...]).asnumpy()` -> uint8 array (n, height, width, 3),
-`video_clue_{index}[i]`, `video_clue_{index}.get_frame_timestamp(i)` -> [[start, end]] seconds. Helpers:
+`video_clue_{index}[i]`, `video_clue_{index}.get_frame_timestamp(i)` -> [start, end] seconds. Helpers:
 `get_frames(video, indices=None, times=None)` -> PIL images; `show_frames(frames, titles=None, columns=4)`
 shows them as one grid image. Fetch only the frames you need (analyse them with numpy, show few).
 """

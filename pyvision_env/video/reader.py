@@ -160,9 +160,10 @@ class PyAVVideoReader:
         return self.info().fps
 
     def get_frame_timestamp(self, indices: int | list[int]) -> np.ndarray:
-        """``[[start, end], ...]`` in seconds for each index (decord's layout)."""
+        """``[start, end]`` in seconds of one index, ``[[start, end], ...]`` of a list (decord's layout)."""
         wanted = [self._check(i) for i in np.atleast_1d(indices).tolist()]
-        return np.array([[self._seconds[i], self._seconds[i] + self._frame_seconds] for i in wanted])
+        rows = np.array([[self._seconds[i], self._seconds[i] + self._frame_seconds] for i in wanted])
+        return rows[0] if np.ndim(indices) == 0 else rows
 
     def get_key_indices(self) -> list[int]:
         return [self._position[pts] for pts in self._key_pts if pts in self._position]
@@ -300,10 +301,16 @@ def open_video(path: str, backend: str = "auto", max_batch_bytes: int = DEFAULT_
     reader = PyAVVideoReader(path, max_batch_bytes, budget)  # validates the file; gives the info to choose by
     if choose_backend(reader.info(), backend) == "pyav":
         return reader
-    reader.close()
     import decord
 
-    decord_reader = _decord_reader_class()(path, ctx=decord.cpu(0), num_threads=1)
+    try:
+        decord_reader = _decord_reader_class()(path, ctx=decord.cpu(0), num_threads=1)
+    except Exception:  # noqa: BLE001  (decord fails on some files PyAV reads: keep PyAV's reader)
+        if backend == "decord":
+            reader.close()
+            raise
+        return reader
+    reader.close()
     decord_reader.width, decord_reader.height = reader.width, reader.height
     decord_reader.max_batch_bytes, decord_reader.budget = max_batch_bytes, reader.budget
     return decord_reader
