@@ -101,7 +101,7 @@ def test_registered_video_env_with_reward_and_frame_budget(video_tasks, engine):
         assert info["tool_errors"] == 1 and info["frames_fetched"] == 0
         observation, _, _, _, info = env.step(protocol.render_action(code="print(video_clue_0[3].shape)"))
         assert "(96, 128, 3)" in observation[0].plain_text and info["frames_fetched"] == 1
-        _, reward, terminated, _, info = env.step(protocol.render_action(answer="0"))
+        _, _, terminated, _, info = env.step(protocol.render_action(answer="0"))
         assert terminated and info["episode"]["components"]["tool_turns"] == 2.0
     finally:
         env.close()

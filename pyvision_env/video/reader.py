@@ -305,7 +305,7 @@ def open_video(path: str, backend: str = "auto", max_batch_bytes: int = DEFAULT_
 
     try:
         decord_reader = _decord_reader_class()(path, ctx=decord.cpu(0), num_threads=1)
-    except Exception:  # noqa: BLE001  (decord fails on some files PyAV reads: keep PyAV's reader)
+    except Exception:  # decord fails on some files PyAV reads: keep PyAV's reader
         if backend == "decord":
             reader.close()
             raise
