@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--suite", required=True, help="suite name (see `pyvision tasks`)")
     run.add_argument("--policy", default="scripted", choices=POLICIES,
                      help="scripted: the suite's tool-using solver; direct: answers from the first view without "
-                          "tools; random: random responses (default: %(default)s)")
+                          "tools; uniform: video suites, answers from frames sampled at 1 fps (the "
+                          "baseline of on-demand video); random: random responses (default: %(default)s)")
     run.add_argument("--protocol", default="pyvision", choices=["pyvision", "codevision", "openai-tools"],
                      help="action/observation format (default: %(default)s)")
     run.add_argument("--episodes", type=int, default=20, help="number of episodes (default: %(default)s)")
@@ -172,7 +173,7 @@ def run_doctor(args: argparse.Namespace) -> int:
     return 0 if probe.ok and not status.weak else 1
 
 
-POLICIES = ("scripted", "direct", "random")
+POLICIES = ("scripted", "direct", "uniform", "random")
 
 
 def run_tasks(args: argparse.Namespace) -> int:
@@ -220,7 +221,7 @@ def run_policy(args: argparse.Namespace) -> int:
     try:
         try:
             env = PyVisionEnv(args.suite, protocol=args.protocol, split=args.split, max_turns=args.max_turns,
-                              engine=engine)
+                              engine=engine, video_context="uniform" if args.policy == "uniform" else "on-demand")
         except (KeyError, ValueError, OSError) as error:
             raise SystemExit(f"pyvision run: {error}") from None
         if out is not None:
@@ -245,11 +246,18 @@ def make_policy(name: str, suite: str, protocol, seed: int = 0):
     """A built-in policy by name for a suite, speaking ``protocol``."""
     if name == "scripted":
         from agents.scripted import SCRIPTED_POLICIES, scripted_policy
+        from agents.video_policies import VIDEO_POLICIES, video_policy
 
+        if suite in VIDEO_POLICIES:
+            return video_policy(suite, protocol)
         if suite not in SCRIPTED_POLICIES:
             raise SystemExit(f"no scripted policy for suite {suite!r}; scripted suites: "
-                             f"{', '.join(sorted(SCRIPTED_POLICIES))}")
+                             f"{', '.join(sorted([*SCRIPTED_POLICIES, *VIDEO_POLICIES]))}")
         return scripted_policy(suite, protocol)
+    if name == "uniform":
+        from agents.video_policies import UniformVideoPolicy
+
+        return UniformVideoPolicy(protocol)
     from agents.baselines import DirectAnswerPolicy, RandomPolicy
 
     if name == "direct":

@@ -64,7 +64,8 @@ def test_demo_runs_end_to_end(tmp_path):
 def test_tasks_lists_the_builtin_suites():
     done = run_cli("tasks")
     assert done.returncode == 0
-    for env_id in ("PyVision/Zoom-v0", "PyVision/Orientation-v0", "PyVision/Count-v0", "PyVision/Contrast-v0"):
+    for env_id in ("PyVision/Zoom-v0", "PyVision/Orientation-v0", "PyVision/Count-v0", "PyVision/Contrast-v0",
+                   "PyVision/VideoEvent-v0", "PyVision/VideoNeedle-v0"):
         assert env_id in done.stdout
 
 
@@ -79,3 +80,13 @@ def test_run_prints_the_summary_and_records_the_episodes(tmp_path):
     assert (out / "episodes.html").stat().st_size > 0
     bad = run_cli("run", "--suite", "nope", "--episodes", "1", "--no-record")
     assert bad.returncode != 0 and "unknown suite 'nope'" in bad.stderr
+
+
+def test_run_video_suite_on_demand_and_uniform(tmp_path):
+    for policy, row in (("scripted", "| video-measure | scripted-video-measure | pyvision | 1 | 100.0% |"),
+                        ("uniform", "| video-measure | uniform-video | pyvision | 1 |")):
+        out = tmp_path / policy
+        done = run_cli("run", "--suite", "video-measure", "--policy", policy, "--episodes", "1", "--out", str(out))
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert row in done.stdout
+        assert json.loads((out / "summary.json").read_text())["episodes"] == 1
