@@ -13,7 +13,7 @@ from PIL import Image
 import pyvision_env
 from pyvision_env import load_jsonl
 from pyvision_env.registry import env_id_for
-from pyvision_env.suites import CACHE_ENV, SUITES, register_builtin_suites
+from pyvision_env.suites import CACHE_ENV, SUITES, VIDEO_SUITES, register_builtin_suites
 from pyvision_env.suites.common import split_of
 
 COUNT = 5
@@ -112,10 +112,13 @@ def test_concurrent_generation_yields_one_complete_folder(cache):
 
 def test_builtin_suites_are_registered_once():
     ids = register_builtin_suites()
-    assert ids == ["PyVision/Zoom-v0", "PyVision/Orientation-v0", "PyVision/Count-v0", "PyVision/Contrast-v0"]
+    assert ids == ["PyVision/Zoom-v0", "PyVision/Orientation-v0", "PyVision/Count-v0", "PyVision/Contrast-v0",
+                   "PyVision/VideoEvent-v0", "PyVision/VideoCount-v0", "PyVision/VideoMeasure-v0",
+                   "PyVision/VideoNeedle-v0"]
     assert register_builtin_suites() == ids
-    for name, env_id in zip(SUITES, ids):
+    for name, env_id in zip([*SUITES, *VIDEO_SUITES], ids):
         assert env_id_for(name) == env_id and gym.spec(env_id).kwargs["suite"] == name
     registered = {suite.name: suite for suite in pyvision_env.list_suites()}
     assert registered["zoom"].description == SUITES["zoom"].description
     assert set(registered["count"].tags) >= {"synthetic", "count"}
+    assert set(registered["video-needle"].tags) >= {"video", "long-video"}
