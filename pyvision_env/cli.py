@@ -80,10 +80,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-record", action="store_true", help="do not record episodes")
     run.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
 
+    tiny = commands.add_parser(
+        "make-tiny-model", help="build a tiny random Qwen2.5-VL (no download) for tests and CPU demos",
+        description="Build a tiny random Qwen2.5-VL into OUT: byte-level BPE tokenizer with the Qwen special tokens "
+                    "and chat template, ~0.2 M parameters, PIL image processor; it loads with from_pretrained.")
+    tiny.add_argument("out", type=Path, help="folder to write (created)")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: %(default)s)")
+
     from .viewer import add_view_parser
 
     add_view_parser(commands)
     return parser
+
+
+def run_make_tiny_model(args: argparse.Namespace) -> int:
+    from agents.tiny_model import make_tiny_model
+
+    try:
+        path = make_tiny_model(args.out, seed=args.seed)
+    except ImportError as error:
+        raise SystemExit(f"pyvision make-tiny-model needs torch and transformers ({error}); "
+                         "pip install 'pyvision-rl[train]'") from None
+    print(f"tiny Qwen2.5-VL written to {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .viewer import run_view
 
     handlers = {"demo": demo.run_demo, "exec": run_exec, "doctor": run_doctor, "tasks": run_tasks,
-                "run": run_policy, "view": run_view}
+                "run": run_policy, "view": run_view, "make-tiny-model": run_make_tiny_model}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

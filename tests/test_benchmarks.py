@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -62,10 +63,10 @@ def _check_report(out: Path, name: str, value_key: str, header: list[str], expec
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)
 def test_quick_benchmark_writes_complete_reports(tmp_path):
     done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=220)
+                          capture_output=True, text=True, timeout=460)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for name in ("engine.md", "engine.json", "engine_latency.png", "engine_throughput.png", "env.md", "env.json",
                  "env.png"):
@@ -104,3 +105,24 @@ def test_ofr_simulation_report(tmp_path):
         assert len(report["series"][key]) == updates, key
         assert all(math.isfinite(v) for v in report["series"][key]), key
     assert all(0 <= v <= 1 for v in report["series"]["plain_nonzero"] + report["series"]["ofr_nonzero"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_video_benchmark_report(tmp_path):
+    env = {**os.environ, "PYVISION_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "video", "--quick", "--out",
+                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=280, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for name in ("video.md", "video.json", "video.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    report = json.loads((tmp_path / "video.json").read_text())
+    assert set(report["results"]) == {"video-event", "video-count", "video-measure", "video-needle"}
+    for suite, modes in report["results"].items():
+        assert set(modes) == {"on-demand", "uniform 1 fps"}, suite
+        assert all(row["episodes"] == report["tasks_per_suite"] and 0 <= row["accuracy"] <= 1
+                   for row in modes.values()), suite
+        assert modes["uniform 1 fps"]["frames_decoded"] == 0 and modes["on-demand"]["frames_decoded"] >= 1
+    assert {row["backend"] for row in report["fetch_latency"]} >= {"pyav"}
+    assert all(row["median_ms"] > 0 for row in report["fetch_latency"])
+    assert "| suite | token reduction |" in done.stdout
