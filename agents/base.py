@@ -16,11 +16,16 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from pyvision_env.messages import Message
+from PIL import Image
+
+from pyvision_env.messages import ImagePart, Message, TextPart
+from pyvision_env.protocols.base import merge_text
+from pyvision_env.visual_tokens import VisualTokenRule
 
 
 class Policy(ABC):
@@ -44,9 +49,28 @@ class Policy(ABC):
 
 
 class Conversation:
-    """The messages of one episode so far (observations and the policy's own responses)."""
+    """The messages of one episode so far (observations and the policy's own responses), and the view of them
+    a model gets under an image budget.
 
-    def __init__(self) -> None:
+    ``max_images`` / ``max_visual_tokens`` (with ``token_rule``, a :class:`VisualTokenRule`) bound the images
+    :meth:`visible` keeps: the oldest images are replaced, each with its placeholder tokens (they are rendered
+    from the image part, so they leave together), by a short text saying an image was omitted. The history
+    itself is never changed.
+
+    >>> conversation = Conversation(max_images=1)
+    >>> conversation.observe([Message("user", (ImagePart(Image.new("RGB", (8, 8))), TextPart("a")))], {"turn": 0})
+    >>> conversation.observe([Message("user", (ImagePart(Image.new("RGB", (8, 8))), TextPart("b")))], {"turn": 1})
+    >>> [len(m.images) for m in conversation.visible()], conversation.visible()[0].plain_text
+    ([0, 1], '[an earlier image was omitted to fit the context]a')
+    """
+
+    OMITTED = "[an earlier image was omitted to fit the context]"
+
+    def __init__(self, max_images: int | None = None, max_visual_tokens: int | None = None,
+                 token_rule: VisualTokenRule | None = None) -> None:
+        if max_visual_tokens is not None and token_rule is None:
+            token_rule = VisualTokenRule.for_family("qwen2.5-vl")
+        self.max_images, self.max_visual_tokens, self.token_rule = max_images, max_visual_tokens, token_rule
         self.messages: list[Message] = []
 
     def observe(self, observation: list[Message], info: dict[str, Any]) -> None:
@@ -57,6 +81,24 @@ class Conversation:
 
     def respond(self, message: Message) -> None:
         self.messages.append(message)
+
+    def visible(self) -> list[Message]:
+        """The messages with the oldest images omitted until the newest ones fit the budget."""
+        images = [(i, j, part.image) for i, message in enumerate(self.messages)
+                  for j, part in enumerate(message.content) if isinstance(part, ImagePart)]
+        kept, tokens = 0, 0
+        for _, _, image in reversed(images):
+            cost = self.token_rule.count(*image.size) if self.token_rule is not None else 0
+            if (self.max_images is not None and kept + 1 > self.max_images) or \
+                    (self.max_visual_tokens is not None and tokens + cost > self.max_visual_tokens):
+                break
+            kept, tokens = kept + 1, tokens + cost
+        dropped = {(i, j) for i, j, _ in images[:len(images) - kept]}
+        if not dropped:
+            return list(self.messages)
+        return [dataclasses.replace(message, content=tuple(merge_text(
+                    [TextPart(self.OMITTED) if (i, j) in dropped else part for j, part in enumerate(message.content)])))
+                for i, message in enumerate(self.messages)]
 
     @property
     def last_text(self) -> str:

@@ -1,0 +1,123 @@
+"""The Hugging Face policy with the tiny offline Qwen2.5-VL: rendering against the model's own template,
+batched generation equal to one-by-one, the image budget, and whole episodes in the environment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from PIL import Image  # noqa: E402
+
+from agents.base import Conversation  # noqa: E402
+from agents.hf import HFChatModel, HFPolicy, ModelLoadError, Sampling  # noqa: E402
+from agents.tiny_model import make_tiny_model  # noqa: E402
+from pyvision_env import PyVisionEnv  # noqa: E402
+from pyvision_env.messages import ImagePart, Message, TextPart  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return HFChatModel(make_tiny_model(tmp_path_factory.mktemp("tiny")), device="cpu", seed=0)
+
+
+def picture(seed: int, size=(120, 90)) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def multi_turn() -> list[Message]:
+    return [Message.text("system", "Answer with code."),
+            Message("user", (TextPart("<image_clue_0>"), ImagePart(picture(0)), TextPart("</image_clue_0>\nWhat?"))),
+            Message.text("assistant", "<code>\n```python\nprint(1)\n```\n</code>"),
+            Message("user", (TextPart("Image Result:\n"), ImagePart(picture(1, (60, 200))), TextPart("done"))),
+            Message.text("assistant", "<answer>\\boxed{3}</answer>"),
+            Message.text("user", "Are you sure?")]
+
+
+def qwen_processor(model):
+    from transformers import Qwen2_5_VLProcessor
+
+    try:
+        return Qwen2_5_VLProcessor(image_processor=model.image_processor, tokenizer=model.tokenizer,
+                                   chat_template=model.tokenizer.chat_template)
+    except (AttributeError, ImportError, TypeError, ValueError) as error:
+        pytest.skip(f"Qwen2_5_VLProcessor cannot be built here (no torchvision video processor): {error}")
+
+
+def test_rendering_matches_the_model_processor_token_for_token(model):
+    messages = multi_turn()
+    ours = model.inputs([messages])
+    processor = qwen_processor(model)
+    theirs = processor.apply_chat_template(model.template_messages_with_images(messages), tokenize=True,
+                                           return_dict=True, add_generation_prompt=True, return_tensors="pt")
+    assert ours["input_ids"].tolist() == theirs["input_ids"].tolist()
+    assert torch.equal(ours["image_grid_thw"], theirs["image_grid_thw"])
+
+
+def test_rendering_follows_the_chat_template(model):
+    messages = multi_turn()
+    text, images = model.render(messages)
+    assert len(images) == 2
+    template = model.tokenizer.apply_chat_template(model.template_messages(messages), tokenize=False,
+                                                   add_generation_prompt=True)
+    grids = model.image_processor(images=images, return_tensors="pt")["image_grid_thw"]
+    counts = (grids.prod(dim=1) // 4).tolist()
+    assert text.count("<|image_pad|>") == sum(counts)
+    assert text.replace("<|image_pad|>", "") == template.replace("<|image_pad|>", "")  # the same text around
+    assert text.endswith("<|im_start|>user\nAre you sure?<|im_end|>\n<|im_start|>assistant\n")
+    ids = model.inputs([messages])["input_ids"][0].tolist()
+    assert ids.count(model.config.image_token_id) == sum(counts)
+    assert ids == model.tokenizer(text)["input_ids"]
+
+
+def test_batched_generation_equals_one_by_one(model):
+    conversations = [multi_turn()[:2], [Message.text("user", "Hello there, a longer question without images")],
+                     multi_turn()]
+    greedy = Sampling(max_new_tokens=8, temperature=0.0)
+    batched = model.generate(conversations, greedy)
+    single = [model.generate([conversation], greedy)[0] for conversation in conversations]
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert [g.prompt_tokens for g in batched] == [g.prompt_tokens for g in single]
+    assert all(g.finish_reason in ("stop", "length") and g.completion_tokens <= 9 for g in batched)
+
+
+def test_image_budget_drops_old_images_with_their_tokens(model):
+    conversation = Conversation(max_images=1)
+    conversation.observe(multi_turn()[:2], {"turn": 0})
+    conversation.respond(Message.text("assistant", "<code>x</code>"))
+    conversation.observe([multi_turn()[3]], {"turn": 1})
+    visible = conversation.visible()
+    assert sum(len(m.images) for m in visible) == 1 and Conversation.OMITTED in visible[1].plain_text
+    text, images = model.render(visible)
+    assert len(images) == 1 and images[0].size == (60, 200)
+    full_text, _ = model.render(conversation.messages)
+    assert text.count("<|image_pad|>") < full_text.count("<|image_pad|>")
+    assert text.count("<|vision_start|>") == 1  # the dropped image's markers left with it
+    by_tokens = Conversation(max_visual_tokens=20)  # the images cost 12 and 14 tokens (Qwen2.5-VL rule)
+    by_tokens.observe(multi_turn()[:4], {"turn": 0})
+    assert sum(len(m.images) for m in by_tokens.visible()) == 1
+
+
+def test_context_overflow_and_bad_model_paths_are_clear(model, tmp_path):
+    small = HFChatModel.__new__(HFChatModel)
+    small.__dict__.update(model.__dict__, max_context=10)
+    with pytest.raises(ValueError, match="context holds 10"):
+        small.inputs([multi_turn()])
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        HFChatModel(tmp_path / "missing")
+
+
+def test_policy_plays_episodes_in_the_env(model, engine):
+    policy = HFPolicy(model, max_new_tokens=16, temperature=1.0)
+    env = PyVisionEnv("count", engine=engine, max_turns=2)
+    observation, info = env.reset(seed=0)
+    done = False
+    while not done:
+        observation, _, terminated, truncated, info = env.step(policy.act(observation, info))
+        done = terminated or truncated
+    assert info["turn"] >= 1 and info["end_reason"] is not None
+    assert len(policy.usage) == info["turn"] and all(u["completion_tokens"] >= 1 for u in policy.usage)
+    assert policy.usage[-1]["prompt_tokens"] > policy.usage[0]["prompt_tokens"]  # the context grew
+    env.close()
