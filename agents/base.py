@@ -21,8 +21,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from PIL import Image
-
 from pyvision_env.messages import ImagePart, Message, TextPart
 from pyvision_env.protocols.base import merge_text
 from pyvision_env.visual_tokens import VisualTokenRule
@@ -57,6 +55,7 @@ class Conversation:
     from the image part, so they leave together), by a short text saying an image was omitted. The history
     itself is never changed.
 
+    >>> from PIL import Image
     >>> conversation = Conversation(max_images=1)
     >>> conversation.observe([Message("user", (ImagePart(Image.new("RGB", (8, 8))), TextPart("a")))], {"turn": 0})
     >>> conversation.observe([Message("user", (ImagePart(Image.new("RGB", (8, 8))), TextPart("b")))], {"turn": 1})

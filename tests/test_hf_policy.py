@@ -105,7 +105,7 @@ def test_context_overflow_and_bad_model_paths_are_clear(model, tmp_path):
     small.__dict__.update(model.__dict__, max_context=10)
     with pytest.raises(ValueError, match="context holds 10"):
         small.inputs([multi_turn()])
-    with pytest.raises(ModelLoadError, match="no config.json"):
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
         HFChatModel(tmp_path / "missing")
 
 
