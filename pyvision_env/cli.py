@@ -80,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-record", action="store_true", help="do not record episodes")
     run.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
 
+    serve = commands.add_parser(
+        "serve", help="serve a local Hugging Face VLM behind an OpenAI-compatible chat endpoint",
+        description="Serve MODEL (a folder) at http://HOST:PORT/v1 (/v1/models, /v1/chat/completions); "
+                    "concurrent requests are batched.")
+    serve.add_argument("model", type=Path, help="model folder (e.g. from `pyvision make-tiny-model`)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0 picks a free one)")
+    serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    serve.add_argument("--max-batch", type=int, default=8, help="requests generated together (default: %(default)s)")
+
     tiny = commands.add_parser(
         "make-tiny-model", help="build a tiny random Qwen2.5-VL (no download) for tests and CPU demos",
         description="Build a tiny random Qwen2.5-VL into OUT: byte-level BPE tokenizer with the Qwen special tokens "
@@ -91,6 +101,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_view_parser(commands)
     return parser
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from agents.hf import HFChatModel, ModelLoadError
+    from agents.serve import make_server
+
+    try:
+        model = HFChatModel(args.model, device=args.device)
+    except (ModelLoadError, ImportError) as error:
+        raise SystemExit(f"pyvision serve: {error}") from None
+    server = make_server(model, args.host, args.port, max_batch=args.max_batch)
+    host, port = server.server_address[:2]
+    print(f"serving {model.name} at http://{host}:{port}/v1 (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
 
 
 def run_make_tiny_model(args: argparse.Namespace) -> int:
@@ -115,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .viewer import run_view
 
     handlers = {"demo": demo.run_demo, "exec": run_exec, "doctor": run_doctor, "tasks": run_tasks,
-                "run": run_policy, "view": run_view, "make-tiny-model": run_make_tiny_model}
+                "run": run_policy, "view": run_view, "make-tiny-model": run_make_tiny_model,
+                "serve": run_serve}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
