@@ -14,14 +14,14 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from agents.hf import HFChatModel  # noqa: E402
-from agents.openai_policy import OpenAIPolicy, PolicyError  # noqa: E402
-from agents.serve import make_server  # noqa: E402
-from agents.tiny_model import make_tiny_model  # noqa: E402
-from pyvision_env import PyVisionEnv  # noqa: E402
-from pyvision_env.messages import image_to_data_url  # noqa: E402
+from agents.hf import HFChatModel
+from agents.openai_policy import OpenAIPolicy, PolicyError
+from agents.serve import make_server
+from agents.tiny_model import make_tiny_model
+from pyvision_env import PyVisionEnv
+from pyvision_env.messages import image_to_data_url
 
 
 def start(server: ThreadingHTTPServer) -> str:
@@ -95,7 +95,7 @@ class Flaky(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         Flaky.seen.append(time.monotonic())
         status, body, headers = Flaky.plan.pop(0) if Flaky.plan else (200, None, {})
@@ -134,7 +134,7 @@ def test_transient_failures_are_retried_with_backoff(flaky):
     assert text == "<answer>\\boxed{1}</answer>" and usage["retries"] == 3 and usage["prompt_tokens"] == 5
     assert len(Flaky.seen) == 4
     Flaky.plan = [(500, error, {})] * 3
-    with pytest.raises(PolicyError, match="after 3 attempts.*overloaded"):
+    with pytest.raises(PolicyError, match=r"after 3 attempts.*overloaded"):
         ask(flaky, max_retries=2)
 
 
