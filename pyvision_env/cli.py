@@ -25,6 +25,25 @@ questions by writing Python that crops, zooms, rotates and enhances images, look
 and trying again. Model-written code runs in sandboxed, stateful Jupyter kernels."""
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, policies: Sequence[str]) -> None:
+    """The options `run` and `eval` share."""
+    parser.add_argument("--suite", required=True, help="suite name (see `pyvision tasks`)")
+    parser.add_argument("--policy", default="scripted", choices=policies,
+                        help="scripted: the suite's tool-using solver; direct: answers from the first view without "
+                             "tools; uniform: video suites, answers from frames sampled at 1 fps (the baseline of "
+                             "on-demand video); random: random responses (default: %(default)s)")
+    parser.add_argument("--protocol", default="pyvision", choices=["pyvision", "codevision", "openai-tools"],
+                        help="action/observation format (default: %(default)s)")
+    parser.add_argument("--episodes", type=int, default=20, help="number of episodes (default: %(default)s)")
+    parser.add_argument("--first-task", type=int, default=0, help="index of the first task (default: %(default)s)")
+    parser.add_argument("--split", help="use only this split of the suite (e.g. train, held-out)")
+    parser.add_argument("--max-turns", type=int, default=8, help="turns per episode (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random policies (default: %(default)s)")
+    parser.add_argument("--out", type=Path, help="recording folder (default: runs/<suite>-<policy>-<time>)")
+    parser.add_argument("--no-record", action="store_true", help="do not record episodes")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyvision", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,25 +79,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also load each suite and show its size and splits (generates built-in suites)")
 
     run = commands.add_parser(
-        "run", help="run a policy on a suite and print the summary table",
+        "run", help="run a built-in policy on a suite and print the summary table",
         description="Run --episodes episodes of a policy on a suite (tasks in order, cycling), with a progress "
                     "bar; print accuracy, turns, tool calls, tool errors, visual tokens and wall time; record "
                     "every episode (JSONL + images) and an HTML page of them under --out.")
-    run.add_argument("--suite", required=True, help="suite name (see `pyvision tasks`)")
-    run.add_argument("--policy", default="scripted", choices=POLICIES,
-                     help="scripted: the suite's tool-using solver; direct: answers from the first view without "
-                          "tools; uniform: video suites, answers from frames sampled at 1 fps (the "
-                          "baseline of on-demand video); random: random responses (default: %(default)s)")
-    run.add_argument("--protocol", default="pyvision", choices=["pyvision", "codevision", "openai-tools"],
-                     help="action/observation format (default: %(default)s)")
-    run.add_argument("--episodes", type=int, default=20, help="number of episodes (default: %(default)s)")
-    run.add_argument("--first-task", type=int, default=0, help="index of the first task (default: %(default)s)")
-    run.add_argument("--split", help="use only this split of the suite (e.g. train, held-out)")
-    run.add_argument("--max-turns", type=int, default=8, help="turns per episode (default: %(default)s)")
-    run.add_argument("--seed", type=int, default=0, help="seed of the random policy (default: %(default)s)")
-    run.add_argument("--out", type=Path, help="recording folder (default: runs/<suite>-<policy>-<time>)")
-    run.add_argument("--no-record", action="store_true", help="do not record episodes")
-    run.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    add_run_arguments(run, POLICIES)
+    evaluate = commands.add_parser(
+        "eval", help="evaluate any policy (scripted, served or local models) on a suite",
+        description="Like `pyvision run`, for model policies too: openai (any OpenAI-compatible endpoint), hf (a "
+                    "local Hugging Face VLM), vllm (vLLM's offline engine, GPU). An episode whose policy fails "
+                    "is recorded as failed and the run goes on.")
+    add_run_arguments(evaluate, (*POLICIES, *MODEL_POLICIES))
+    model = evaluate.add_argument_group("model policies")
+    model.add_argument("--model", help="hf/vllm: a model folder; openai: the served model's name")
+    model.add_argument("--base-url", help="openai: the API root, e.g. http://127.0.0.1:8000/v1 "
+                                          "(default: $OPENAI_BASE_URL)")
+    model.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
+    model.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: %(default)s)")
+    model.add_argument("--max-tokens", type=int, default=1024,
+                       help="tokens per response (default: %(default)s)")
+    model.add_argument("--device", default="auto", help="hf: cpu, cuda, cuda:N or auto (default: %(default)s)")
+    model.add_argument("--max-images", type=int, help="keep at most this many images in the model's context")
 
     serve = commands.add_parser(
         "serve", help="serve a local Hugging Face VLM behind an OpenAI-compatible chat endpoint",
@@ -143,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .viewer import run_view
 
     handlers = {"demo": demo.run_demo, "exec": run_exec, "doctor": run_doctor, "tasks": run_tasks,
-                "run": run_policy, "view": run_view, "make-tiny-model": run_make_tiny_model,
+                "run": run_policy, "eval": run_policy, "view": run_view, "make-tiny-model": run_make_tiny_model,
                 "serve": run_serve}
     try:
         return handlers[args.command](args)
@@ -222,6 +243,7 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 POLICIES = ("scripted", "direct", "uniform", "random")
+MODEL_POLICIES = ("openai", "hf", "vllm")
 
 
 def run_tasks(args: argparse.Namespace) -> int:
@@ -260,7 +282,7 @@ def run_policy(args: argparse.Namespace) -> int:
     from .viewer import render_html
 
     if args.episodes < 1:
-        raise SystemExit("pyvision run: --episodes must be at least 1")
+        raise SystemExit(f"pyvision {args.command}: --episodes must be at least 1")
     out = None if args.no_record else (args.out or Path("runs") / time.strftime(
         f"{args.suite}-{args.policy}-%Y%m%d-%H%M%S"))
     with warnings.catch_warnings():
@@ -271,10 +293,10 @@ def run_policy(args: argparse.Namespace) -> int:
             env = PyVisionEnv(args.suite, protocol=args.protocol, split=args.split, max_turns=args.max_turns,
                               engine=engine, video_context="uniform" if args.policy == "uniform" else "on-demand")
         except (KeyError, ValueError, OSError) as error:
-            raise SystemExit(f"pyvision run: {error}") from None
+            raise SystemExit(f"pyvision {args.command}: {error}") from None
         if out is not None:
             env = RecordEpisodes(env, out)
-        policy = make_policy(args.policy, args.suite, env.unwrapped.protocol, args.seed)
+        policy = make_policy(args.policy, args.suite, env.unwrapped.protocol, args.seed, args)
         summary = run_episodes(env, policy, args.episodes, suite=args.suite, first_task=args.first_task)
         env.close()
     finally:
@@ -283,6 +305,9 @@ def run_policy(args: argparse.Namespace) -> int:
         print(json.dumps(summary.row()))
     else:
         print(summary.table())
+    for episode in summary.episodes:
+        if episode.error is not None:
+            print(f"episode on task {episode.task_id} failed: {episode.error}", file=sys.stderr)
     if out is not None:
         (out / "summary.json").write_text(json.dumps(summary.to_json(), indent=2))
         page = render_html(out / "episodes.jsonl", out / "episodes.html")
@@ -290,8 +315,10 @@ def run_policy(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_policy(name: str, suite: str, protocol, seed: int = 0):
-    """A built-in policy by name for a suite, speaking ``protocol``."""
+def make_policy(name: str, suite: str, protocol, seed: int = 0, args: argparse.Namespace | None = None):
+    """A policy by name for a suite, speaking ``protocol`` (model policies read their options from ``args``)."""
+    if name in MODEL_POLICIES:
+        return make_model_policy(name, protocol, args)
     if name == "scripted":
         from agents.scripted import SCRIPTED_POLICIES, scripted_policy
         from agents.video_policies import VIDEO_POLICIES, video_policy
@@ -313,6 +340,32 @@ def make_policy(name: str, suite: str, protocol, seed: int = 0):
     if name == "random":
         return RandomPolicy(protocol, seed=seed)
     raise SystemExit(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+
+
+def make_model_policy(name: str, protocol, args: argparse.Namespace | None):
+    if args is None or not getattr(args, "model", None):
+        raise SystemExit(f"pyvision eval: --policy {name} needs --model")
+    sampling = {"temperature": args.temperature, "top_p": args.top_p, "max_images": args.max_images}
+    if name == "openai":
+        from agents.openai_policy import OpenAIPolicy
+
+        return OpenAIPolicy(args.model, base_url=args.base_url, protocol=protocol, max_tokens=args.max_tokens,
+                            **sampling)
+    try:
+        if name == "hf":
+            from agents.hf import HFPolicy
+
+            return HFPolicy(args.model, device=args.device, seed=args.seed, max_new_tokens=args.max_tokens,
+                            **sampling)
+        from agents.vllm_policy import VLLMPolicy
+
+        return VLLMPolicy(args.model, protocol=protocol, seed=args.seed, max_tokens=args.max_tokens, **sampling)
+    except ImportError as error:
+        raise SystemExit(f"pyvision eval: --policy {name} needs {error.name or error}: "
+                         f"{'pip install vllm (GPU machines)' if name == 'vllm' else 'pip install torch transformers'}") \
+            from None
+    except Exception as error:  # noqa: BLE001  (a model that cannot load is a clear message, not a traceback)
+        raise SystemExit(f"pyvision eval: cannot load {args.model}: {error}") from None
 
 
 def format_result(result) -> str:

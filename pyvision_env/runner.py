@@ -37,6 +37,8 @@ class EpisodeResult:
     visual_tokens: int
     end_reason: str
     wall_time: float
+    error: str | None = None
+    """Why the episode failed outside the environment (the policy raised), else None."""
 
 
 @dataclass
@@ -64,6 +66,7 @@ class RunSummary:
             "tool_calls": self._mean(lambda e: e.tool_calls), "tool_errors": self._mean(lambda e: e.tool_errors),
             "visual_tokens": self._mean(lambda e: e.visual_tokens),
             "episode_s": self._mean(lambda e: e.wall_time), "wall_s": self.wall_time,
+            "failed": sum(e.error is not None for e in self.episodes),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -78,7 +81,7 @@ COLUMNS = (("suite", "suite", "{}"), ("policy", "policy", "{}"), ("protocol", "p
            ("episodes", "episodes", "{}"), ("accuracy", "accuracy", "{:.1%}"), ("turns", "turns", "{:.2f}"),
            ("tool_calls", "tool calls", "{:.2f}"), ("tool_errors", "tool errors", "{:.2f}"),
            ("visual_tokens", "visual tokens", "{:.0f}"), ("episode_s", "s/episode", "{:.2f}"),
-           ("wall_s", "wall s", "{:.1f}"))
+           ("wall_s", "wall s", "{:.1f}"), ("failed", "failed", "{}"))
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -106,13 +109,23 @@ def run_episodes(env: gym.Env, policy: Policy, episodes: int, *, suite: str | No
     bar = tqdm(total=episodes, desc=f"{summary.suite} / {summary.policy}", unit="ep", disable=not progress)
     try:
         for number in range(episodes):
-            summary.episodes.append(_one_episode(env, policy, (first_task + number) % len(tasks)))
+            task_index = (first_task + number) % len(tasks)
+            try:
+                summary.episodes.append(_one_episode(env, policy, task_index))
+            except Exception as error:  # noqa: BLE001  (record what failed and carry on with the next episode)
+                summary.episodes.append(_failed_episode(tasks[task_index].id, error))
             bar.update()
             bar.set_postfix(accuracy=f"{summary.accuracy:.0%}")
     finally:
         bar.close()
         summary.wall_time = time.perf_counter() - started
     return summary
+
+
+def _failed_episode(task_id: str, error: Exception) -> EpisodeResult:
+    return EpisodeResult(task_id=task_id, correct=False, score=0.0, reward=0.0, turns=0, tool_calls=0, tool_errors=0,
+                         format_errors=0, images_shown=0, visual_tokens=0, end_reason="policy_error",
+                         wall_time=0.0, error=f"{type(error).__name__}: {error}")
 
 
 def _one_episode(env: gym.Env, policy: Policy, task_index: int) -> EpisodeResult:
