@@ -121,3 +121,16 @@ def test_policy_plays_episodes_in_the_env(model, engine):
     assert len(policy.usage) == info["turn"] and all(u["completion_tokens"] >= 1 for u in policy.usage)
     assert policy.usage[-1]["prompt_tokens"] > policy.usage[0]["prompt_tokens"]  # the context grew
     env.close()
+
+
+def test_model_without_a_chat_template_is_refused(tmp_path):
+    import json
+
+    folder = make_tiny_model(tmp_path / "no-template")
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("chat_template", None)
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="no chat template"):
+        HFChatModel(folder, device="cpu")

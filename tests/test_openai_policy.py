@@ -152,3 +152,20 @@ def test_unreachable_endpoint_is_a_clear_error():
         port = closed.server_address[1]
     with pytest.raises(PolicyError, match="cannot reach the endpoint"):
         ask(f"http://127.0.0.1:{port}/v1", max_retries=1)
+
+
+def test_server_reports_context_overflow_as_a_bad_request(served, tmp_path):
+    openai = pytest.importorskip("openai")
+    model = HFChatModel(make_tiny_model(tmp_path / "tiny"), device="cpu", max_context=40)
+    server = make_server(model, "127.0.0.1", 0)
+    url = start(server)
+    try:
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=60)
+        with pytest.raises(openai.BadRequestError, match="context holds 40") as raised:
+            client.chat.completions.create(model=model.name, messages=[{"role": "user", "content": "word " * 80}])
+        assert raised.value.code == "context_length_exceeded"
+        ok = client.chat.completions.create(model=model.name, max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+        assert ok.choices[0].finish_reason in ("stop", "length")  # the server goes on after a refused request
+    finally:
+        server.shutdown()
+        server.server_close()
