@@ -1,4 +1,4 @@
-"""A tiny random Qwen2.5-VL built offline, for tests and CPU demos (``pyvision make-tiny-model OUT``).
+"""A tiny random Qwen2.5-VL (or Qwen2-VL) built offline, for tests and CPU demos (``pyvision make-tiny-model OUT``).
 
 Everything is made here, nothing is downloaded:
 
@@ -61,17 +61,26 @@ def training_corpus() -> list[str]:
     return texts * 4
 
 
-def make_tiny_model(out: str | os.PathLike, *, seed: int = 0, vocab_size: int = 1024, hidden_size: int = 64,
-                    layers: int = 2, vision_depth: int = 2) -> Path:
-    """Build the tiny model, tokenizer and image processor into ``out`` (created); returns its path."""
+FAMILIES = ("qwen2.5-vl", "qwen2-vl")
+
+
+def make_tiny_model(out: str | os.PathLike, *, family: str = "qwen2.5-vl", seed: int = 0, vocab_size: int = 1024,
+                    hidden_size: int = 64, layers: int = 2, vision_depth: int = 2) -> Path:
+    """Build the tiny model (``family``: ``"qwen2.5-vl"`` or ``"qwen2-vl"``), its tokenizer and image processor
+    into ``out`` (created); returns its path."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2Tokenizer,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
         Qwen2VLImageProcessorPil,
     )
+
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,19 +96,25 @@ def make_tiny_model(out: str | os.PathLike, *, seed: int = 0, vocab_size: int = 
     tokenizer.chat_template = CHAT_TEMPLATE
     ids = dict(zip(SPECIAL_TOKENS, tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))))
     heads = max(2, hidden_size // 16)
-    config = Qwen2_5_VLConfig(
-        text_config={"vocab_size": len(tokenizer), "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
-                     "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": heads // 2,
-                     "max_position_embeddings": 32768, "tie_word_embeddings": True, "bos_token_id": None,
-                     "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
-                     "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}},
-        vision_config={"depth": vision_depth, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
-                       "out_hidden_size": hidden_size, "patch_size": 14, "spatial_merge_size": 2,
-                       "temporal_patch_size": 2, "window_size": 112, "fullatt_block_indexes": [vision_depth - 1]},
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    text = {"vocab_size": len(tokenizer), "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": heads // 2,
+            "max_position_embeddings": 32768, "tie_word_embeddings": True, "bos_token_id": None,
+            "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
+            "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}}
+    vision = {"depth": vision_depth, "num_heads": 2, "patch_size": 14, "spatial_merge_size": 2,
+              "temporal_patch_size": 2}
+    if family == "qwen2.5-vl":
+        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=hidden_size, window_size=112,
+                      fullatt_block_indexes=[vision_depth - 1])
+        config_class, model_class = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    else:
+        vision.update(embed_dim=32, hidden_size=hidden_size, mlp_ratio=2)
+        config_class, model_class = Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    config = config_class(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                          video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                          vision_end_token_id=ids["<|vision_end|>"])
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model = model_class(config).eval()
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out)
@@ -110,11 +125,11 @@ def make_tiny_model(out: str | os.PathLike, *, seed: int = 0, vocab_size: int = 
 
 def load_tiny_model(path: str | os.PathLike):
     """``(model, tokenizer, image_processor)`` of a folder made by :func:`make_tiny_model`."""
-    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
+    from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a model folder (no config.json); make one with "
                                 f"`pyvision make-tiny-model {path}`")
-    return (Qwen2_5_VLForConditionalGeneration.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path),
+    return (AutoModelForImageTextToText.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path),
             Qwen2VLImageProcessorPil.from_pretrained(path))

@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "and chat template, ~0.2 M parameters, PIL image processor; it loads with from_pretrained.")
     tiny.add_argument("out", type=Path, help="folder to write (created)")
     tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: %(default)s)")
+    tiny.add_argument("--family", default="qwen2.5-vl", choices=["qwen2.5-vl", "qwen2-vl"],
+                      help="model family (default: %(default)s)")
 
     from .viewer import add_view_parser
 
@@ -146,11 +148,11 @@ def run_make_tiny_model(args: argparse.Namespace) -> int:
     from agents.tiny_model import make_tiny_model
 
     try:
-        path = make_tiny_model(args.out, seed=args.seed)
+        path = make_tiny_model(args.out, seed=args.seed, family=args.family)
     except ImportError as error:
         raise SystemExit(f"pyvision make-tiny-model needs torch and transformers ({error}); "
                          "pip install 'pyvision-rl[train]'") from None
-    print(f"tiny Qwen2.5-VL written to {path}")
+    print(f"tiny {args.family} written to {path}")
     return 0
 
 

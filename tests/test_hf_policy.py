@@ -37,13 +37,29 @@ def multi_turn() -> list[Message]:
 
 
 def qwen_processor(model):
+    """Qwen2.5-VL's own processor. Without torchvision its video processor cannot be built, so then an
+    image-only subclass: the same ``__call__`` and chat-template code, minus the video attribute."""
     from transformers import Qwen2_5_VLProcessor
+    from transformers.processing_utils import ProcessorMixin
 
     try:
         return Qwen2_5_VLProcessor(image_processor=model.image_processor, tokenizer=model.tokenizer,
                                    chat_template=model.tokenizer.chat_template)
-    except (AttributeError, ImportError, TypeError, ValueError) as error:
-        pytest.skip(f"Qwen2_5_VLProcessor cannot be built here (no torchvision video processor): {error}")
+    except (AttributeError, ImportError, TypeError, ValueError):
+        pass
+
+    class ImageOnlyQwenProcessor(Qwen2_5_VLProcessor):
+        @classmethod
+        def get_attributes(cls):
+            return ["image_processor", "tokenizer"]
+
+        def __init__(self, image_processor, tokenizer, chat_template):
+            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+            self.image_token_id, self.video_token_id = tokenizer.convert_tokens_to_ids([self.image_token,
+                                                                                         self.video_token])
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    return ImageOnlyQwenProcessor(model.image_processor, model.tokenizer, model.tokenizer.chat_template)
 
 
 def test_rendering_matches_the_model_processor_token_for_token(model):
@@ -134,3 +150,17 @@ def test_model_without_a_chat_template_is_refused(tmp_path):
     config_path.write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="no chat template"):
         HFChatModel(folder, device="cpu")
+
+
+def test_qwen2_vl_family_plays_too(tmp_path, engine):
+    qwen2 = HFChatModel(make_tiny_model(tmp_path / "qwen2", family="qwen2-vl"), device="cpu")
+    assert type(qwen2.model).__name__ == "Qwen2VLForConditionalGeneration"
+    messages = multi_turn()
+    greedy = Sampling(max_new_tokens=6, temperature=0.0)
+    assert [g.text for g in qwen2.generate([messages, messages[:2]], greedy)] == \
+        [qwen2.generate([m], greedy)[0].text for m in (messages, messages[:2])]
+    env = PyVisionEnv("zoom", engine=engine, max_turns=1)
+    observation, info = env.reset(seed=0)
+    _, _, _, truncated, info = env.step(HFPolicy(qwen2, max_new_tokens=8).act(observation, info))
+    assert truncated and info["end_reason"] == "max_turns"
+    env.close()
