@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pyvision_env.messages import ImagePart, Message, TextPart
+from pyvision_env.protocols import Protocol, get_protocol
 from pyvision_env.protocols.base import merge_text
 from pyvision_env.visual_tokens import VisualTokenRule
 
@@ -106,3 +107,38 @@ class Conversation:
             if message.role != "assistant":
                 return message.plain_text
         return ""
+
+
+class ChatPolicy(Policy):
+    """Base of the model policies: one :class:`Conversation` per environment slot (with the image budget),
+    the model's replies added to it as the protocol renders them, usage recorded per step.
+
+    Subclasses implement :meth:`complete_batch`.
+    """
+
+    def __init__(self, protocol: Protocol | str = "pyvision", max_images: int | None = None,
+                 max_visual_tokens: int | None = None) -> None:
+        self.protocol = get_protocol(protocol)
+        self.budget = {"max_images": max_images, "max_visual_tokens": max_visual_tokens}
+        self.usage: list[dict[str, Any]] = []
+        """Per step: token counts, finish reason and whatever else the backend reports."""
+
+    @abstractmethod
+    def complete_batch(self, conversations: list[list[Message]]) -> list[tuple[str, dict[str, Any]]]:
+        """``(response text, usage record)`` for each conversation (the messages the model may see)."""
+
+    def act(self, observation: list[Message], info: dict[str, Any]) -> str:
+        return self.act_batch([observation], [info])[0]
+
+    def act_batch(self, observations: Sequence[list[Message]], infos: Sequence[dict[str, Any]]) -> list[str]:
+        slots = self.__dict__.setdefault("_conversations", [])
+        while len(slots) < len(observations):
+            slots.append(Conversation(**self.budget))
+        conversations = slots[:len(observations)]
+        for conversation, observation, info in zip(conversations, observations, infos):
+            conversation.observe(observation, info)
+        replies = self.complete_batch([conversation.visible() for conversation in conversations])
+        for conversation, (response, usage) in zip(conversations, replies):
+            conversation.respond(self.protocol.assistant_message(response))
+            self.usage.append(usage)
+        return [response for response, _ in replies]

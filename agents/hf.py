@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from pyvision_env.messages import ImagePart, Message, TextPart
+from pyvision_env.protocols import Protocol
 
-from .base import Conversation, Policy
+from .base import ChatPolicy
 
 
 class ModelLoadError(RuntimeError):
@@ -186,38 +187,26 @@ class HFChatModel:
         return results
 
 
-class HFPolicy(Policy):
-    """A local VLM answering in the environment's protocol; one conversation per environment slot.
+class HFPolicy(ChatPolicy):
+    """A local VLM answering in the environment's protocol; one conversation per environment slot, a batch of
+    slots in one ``generate`` call.
 
     Args:
         model: an :class:`HFChatModel` or a model folder.
+        protocol: the environment's protocol (how replies enter the conversation).
         max_images / max_visual_tokens: the conversation's image budget (see :class:`Conversation`).
         **sampling: fields of :class:`Sampling` (``max_new_tokens``, ``temperature``, ``top_p``, ``stop``).
     """
 
     name = "hf"
 
-    def __init__(self, model: HFChatModel | str | os.PathLike, *, device: str = "auto", seed: int | None = None,
-                 max_images: int | None = None, max_visual_tokens: int | None = None, **sampling: Any) -> None:
+    def __init__(self, model: HFChatModel | str | os.PathLike, *, protocol: Protocol | str = "pyvision",
+                 device: str = "auto", seed: int | None = None, max_images: int | None = None,
+                 max_visual_tokens: int | None = None, **sampling: Any) -> None:
+        super().__init__(protocol, max_images, max_visual_tokens)
         self.model = model if isinstance(model, HFChatModel) else HFChatModel(model, device=device, seed=seed)
         self.sampling = Sampling(**sampling)
-        self.budget = {"max_images": max_images, "max_visual_tokens": max_visual_tokens}
-        self.usage: list[dict[str, Any]] = []
-        """Per step: prompt and completion tokens and the finish reason."""
 
-    def act(self, observation: list[Message], info: dict[str, Any]) -> str:
-        return self.act_batch([observation], [info])[0]
-
-    def act_batch(self, observations: Sequence[list[Message]], infos: Sequence[dict[str, Any]]) -> list[str]:
-        slots = self.__dict__.setdefault("_conversations", [])
-        while len(slots) < len(observations):
-            slots.append(Conversation(**self.budget))
-        for conversation, observation, info in zip(slots, observations, infos):
-            conversation.observe(observation, info)
-        generations = self.model.generate([c.visible() for c in slots[:len(observations)]], self.sampling)
-        for conversation, generation in zip(slots, generations):
-            conversation.respond(Message.text("assistant", generation.text))
-            self.usage.append({"prompt_tokens": generation.prompt_tokens,
-                               "completion_tokens": generation.completion_tokens,
-                               "finish_reason": generation.finish_reason})
-        return [generation.text for generation in generations]
+    def complete_batch(self, conversations: list[list[Message]]) -> list[tuple[str, dict[str, Any]]]:
+        return [(g.text, {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
+                          "finish_reason": g.finish_reason}) for g in self.model.generate(conversations, self.sampling)]

@@ -29,9 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pyvision_env.messages import Message, to_openai
-from pyvision_env.protocols import Protocol, get_protocol
+from pyvision_env.protocols import Protocol
 
-from .base import Conversation, Policy
+from .base import ChatPolicy
 
 TRANSIENT_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -41,7 +41,7 @@ class PolicyError(RuntimeError):
     overflow) or kept failing after every retry."""
 
 
-class OpenAIPolicy(Policy):
+class OpenAIPolicy(ChatPolicy):
     """Chat completions from an OpenAI-compatible endpoint, one conversation per environment slot.
 
     Args:
@@ -64,42 +64,23 @@ class OpenAIPolicy(Policy):
                  timeout: float = 120.0, max_retries: int = 4, backoff: float = 0.5, max_concurrency: int = 8,
                  max_images: int | None = None, max_visual_tokens: int | None = None,
                  extra_body: dict[str, Any] | None = None) -> None:
+        super().__init__(protocol, max_images, max_visual_tokens)
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        self.protocol = get_protocol(protocol)
         self.sampling = {key: value for key, value in (("temperature", temperature), ("top_p", top_p),
                                                         ("max_tokens", max_tokens), ("stop", list(stop or []) or None))
                          if value is not None}
         self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
         self.max_concurrency = max_concurrency
-        self.budget = {"max_images": max_images, "max_visual_tokens": max_visual_tokens}
         self.extra_body = dict(extra_body or {})
-        self.usage: list[dict[str, Any]] = []
 
-    # --- Policy ---------------------------------------------------------------------------------------
-
-    def act(self, observation: list[Message], info: dict[str, Any]) -> str:
-        return self.act_batch([observation], [info])[0]
-
-    def act_batch(self, observations: Sequence[list[Message]], infos: Sequence[dict[str, Any]]) -> list[str]:
-        slots = self.__dict__.setdefault("_conversations", [])
-        while len(slots) < len(observations):
-            slots.append(Conversation(**self.budget))
-        for conversation, observation, info in zip(slots, observations, infos):
-            conversation.observe(observation, info)
-        conversations = slots[:len(observations)]
+    def complete_batch(self, conversations: list[list[Message]]) -> list[tuple[str, dict[str, Any]]]:
+        """One request per conversation, at most ``max_concurrency`` in flight."""
         if len(conversations) == 1:
-            replies = [self.complete(conversations[0].visible())]
-        else:
-            with ThreadPoolExecutor(min(self.max_concurrency, len(conversations))) as pool:
-                replies = list(pool.map(lambda c: self.complete(c.visible()), conversations))
-        responses = []
-        for conversation, (response, usage) in zip(conversations, replies):
-            conversation.respond(self.protocol.assistant_message(response))
-            self.usage.append(usage)
-            responses.append(response)
-        return responses
+            return [self.complete(conversations[0])]
+        with ThreadPoolExecutor(min(self.max_concurrency, len(conversations))) as pool:
+            return list(pool.map(self.complete, conversations))
 
     # --- requests -------------------------------------------------------------------------------------
 

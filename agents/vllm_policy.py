@@ -13,19 +13,18 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from pyvision_env.messages import Message, to_openai
-from pyvision_env.protocols import Protocol, get_protocol
+from pyvision_env.protocols import Protocol
 
-from .base import Conversation, Policy
+from .base import ChatPolicy
 
 STOP_STRINGS = {"pyvision": ("</code>",)}
 """Per protocol: where generation stops (included in the output)."""
 
 
-class VLLMPolicy(Policy):
+class VLLMPolicy(ChatPolicy):
     """Responses from ``vllm.LLM`` for a batch of conversations.
 
     Args:
@@ -43,32 +42,16 @@ class VLLMPolicy(Policy):
                  **engine_args: Any) -> None:
         from vllm import LLM, SamplingParams
 
-        self.protocol = get_protocol(protocol)
+        super().__init__(protocol, max_images)
         self.llm = LLM(model=model, seed=seed, limit_mm_per_prompt={"image": max_images or 16}, **engine_args)
         self.sampling = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
                                        stop=list(STOP_STRINGS.get(self.protocol.name, ())),
                                        include_stop_str_in_output=True)
-        self.max_images = max_images
-        self.usage: list[dict[str, Any]] = []
 
-    def act(self, observation: list[Message], info: dict[str, Any]) -> str:
-        return self.act_batch([observation], [info])[0]
-
-    def act_batch(self, observations: Sequence[list[Message]], infos: Sequence[dict[str, Any]]) -> list[str]:
-        slots = self.__dict__.setdefault("_conversations", [])
-        while len(slots) < len(observations):
-            slots.append(Conversation(max_images=self.max_images))
-        for conversation, observation, info in zip(slots, observations, infos):
-            conversation.observe(observation, info)
-        conversations = slots[:len(observations)]
+    def complete_batch(self, conversations: list[list[Message]]) -> list[tuple[str, dict[str, Any]]]:
         tools = getattr(self.protocol, "tools", None)
-        outputs = self.llm.chat([to_openai(c.visible()) for c in conversations], self.sampling, use_tqdm=False,
+        outputs = self.llm.chat([to_openai(messages) for messages in conversations], self.sampling, use_tqdm=False,
                                 tools=tools or None)
-        responses = []
-        for conversation, output in zip(conversations, outputs):
-            completion = output.outputs[0]
-            conversation.respond(self.protocol.assistant_message(completion.text))
-            self.usage.append({"prompt_tokens": len(output.prompt_token_ids or ()),
-                               "completion_tokens": len(completion.token_ids), "finish_reason": completion.finish_reason})
-            responses.append(completion.text)
-        return responses
+        return [(output.outputs[0].text, {"prompt_tokens": len(output.prompt_token_ids or ()),
+                                          "completion_tokens": len(output.outputs[0].token_ids),
+                                          "finish_reason": output.outputs[0].finish_reason}) for output in outputs]

@@ -357,8 +357,8 @@ def make_model_policy(name: str, protocol, args: argparse.Namespace | None):
         if name == "hf":
             from agents.hf import HFPolicy
 
-            return HFPolicy(args.model, device=args.device, seed=args.seed, max_new_tokens=args.max_tokens,
-                            **sampling)
+            return HFPolicy(args.model, protocol=protocol, device=args.device, seed=args.seed,
+                            max_new_tokens=args.max_tokens, **sampling)
         from agents.vllm_policy import VLLMPolicy
 
         return VLLMPolicy(args.model, protocol=protocol, seed=args.seed, max_tokens=args.max_tokens, **sampling)
