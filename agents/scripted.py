@@ -448,7 +448,11 @@ SCRIPTED_POLICIES: dict[str, type[ScriptedPolicy]] = {
 
 
 def scripted_policy(suite: str, protocol: Protocol | str = "pyvision") -> ScriptedPolicy:
-    """The scripted policy of a built-in suite, speaking ``protocol`` (a name or the env's instance)."""
-    if suite not in SCRIPTED_POLICIES:
-        raise KeyError(f"no scripted policy for suite {suite!r}; known: {sorted(SCRIPTED_POLICIES)}")
-    return SCRIPTED_POLICIES[suite](protocol)
+    """The scripted policy of a built-in suite (image or video), speaking ``protocol`` (a name or the env's
+    instance)."""
+    from .video_policies import VIDEO_POLICIES  # imported here: video_policies builds on this module
+
+    policies = {**SCRIPTED_POLICIES, **VIDEO_POLICIES}
+    if suite not in policies:
+        raise KeyError(f"no scripted policy for suite {suite!r}; known: {sorted(policies)}")
+    return policies[suite](protocol)

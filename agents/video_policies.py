@@ -12,7 +12,7 @@ Example::
 
     import gymnasium as gym, pyvision_env
     env = gym.make("PyVision/VideoEvent-v0")                       # on-demand: metadata only at reset
-    policy = video_policy("video-event", env.unwrapped.protocol)
+    policy = scripted_policy("video-event", env.unwrapped.protocol)    # from agents.scripted
     observation, info = env.reset(seed=0)
     ...                                                            # step until the episode ends
     baseline = gym.make("PyVision/VideoEvent-v0", video_context="uniform", video_fps=1.0)
@@ -192,13 +192,6 @@ VIDEO_POLICIES: dict[str, type[VideoScriptedPolicy]] = {
     "video-event": EventScriptedPolicy, "video-count": CountScriptedPolicy, "video-measure": MeasureScriptedPolicy,
     "video-needle": NeedleScriptedPolicy,
 }
-
-
-def video_policy(suite: str, protocol: Protocol | str = "pyvision") -> VideoScriptedPolicy:
-    """The on-demand scripted policy of a built-in video suite, speaking ``protocol``."""
-    if suite not in VIDEO_POLICIES:
-        raise KeyError(f"no scripted policy for video suite {suite!r}; known: {sorted(VIDEO_POLICIES)}")
-    return VIDEO_POLICIES[suite](protocol)
 
 
 # --- uniform-sampling baseline -------------------------------------------------------------------------------

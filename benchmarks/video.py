@@ -28,11 +28,12 @@ TARGET_REDUCTION = 0.80
 
 
 def run_suite(suite: str, tasks, context: str, engine) -> dict:
-    from agents.video_policies import UniformVideoPolicy, video_policy
+    from agents.scripted import scripted_policy
+    from agents.video_policies import UniformVideoPolicy
     from pyvision_env import PyVisionEnv
 
     env = PyVisionEnv(tasks, video_context=context, video_fps=1.0, engine=engine, max_turns=6)
-    policy = video_policy(suite, env.protocol) if context == "on-demand" else UniformVideoPolicy(env.protocol)
+    policy = scripted_policy(suite, env.protocol) if context == "on-demand" else UniformVideoPolicy(env.protocol)
     infos = []
     for index in range(len(tasks)):
         observation, info = env.reset(options={"task_index": index})

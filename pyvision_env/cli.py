@@ -322,15 +322,12 @@ def make_policy(name: str, suite: str, protocol, seed: int = 0, args: argparse.N
     if name in MODEL_POLICIES:
         return make_model_policy(name, protocol, args)
     if name == "scripted":
-        from agents.scripted import SCRIPTED_POLICIES, scripted_policy
-        from agents.video_policies import VIDEO_POLICIES, video_policy
+        from agents.scripted import scripted_policy
 
-        if suite in VIDEO_POLICIES:
-            return video_policy(suite, protocol)
-        if suite not in SCRIPTED_POLICIES:
-            raise SystemExit(f"no scripted policy for suite {suite!r}; scripted suites: "
-                             f"{', '.join(sorted([*SCRIPTED_POLICIES, *VIDEO_POLICIES]))}")
-        return scripted_policy(suite, protocol)
+        try:
+            return scripted_policy(suite, protocol)
+        except KeyError as error:
+            raise SystemExit(error.args[0]) from None
     if name == "uniform":
         from agents.video_policies import UniformVideoPolicy
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import pyvision_env  # noqa: F401  (registers the suites)
-from agents.video_policies import UniformVideoPolicy, sampled_frames, video_policy
+from agents.scripted import scripted_policy
+from agents.video_policies import UniformVideoPolicy, sampled_frames
 from pyvision_env import PyVisionEnv
 from pyvision_env.suites import CACHE_ENV, VIDEO_SUITES
 from pyvision_env.video import PyAVVideoReader
@@ -54,7 +55,7 @@ def test_generation_is_seeded_and_matches_the_metadata(video_tasks, tmp_path, mo
 def test_on_demand_policy_solves_its_suite_with_few_tokens(video_tasks, engine, suite):
     tasks = video_tasks[suite]
     on_demand = PyVisionEnv(tasks, engine=engine)
-    policy = video_policy(suite, on_demand.protocol)
+    policy = scripted_policy(suite, on_demand.protocol)
     infos = [play(on_demand, policy, index) for index in range(TASKS)]
     on_demand.close()
     assert all(info["correct"] and info["tool_errors"] == 0 for info in infos), infos
@@ -85,7 +86,7 @@ def test_uniform_view_gives_labelled_frames_at_one_per_second(video_tasks, engin
 
 def test_openai_tools_protocol_runs_video_episodes(video_tasks, engine):
     env = PyVisionEnv(video_tasks["video-measure"], engine=engine, protocol="openai-tools")
-    info = play(env, video_policy("video-measure", env.protocol), 0)
+    info = play(env, scripted_policy("video-measure", env.protocol), 0)
     assert info["correct"] and info["tool_calls"] == 1
     env.close()
     with pytest.raises(ValueError, match="does not support video"):
