@@ -1,5 +1,6 @@
 """Baselines without tools: :class:`DirectAnswerPolicy` (answers from the first view) and
-:class:`RandomPolicy` (random responses, seeded).
+:class:`RandomPolicy` (random responses, seeded); and :class:`GuessingMixture`, a tool-using policy that
+skips its tools and guesses in a share of the episodes (an imperfect cold-start teacher).
 
 The direct-answer policy runs the scripted policies' own analysis routines (:mod:`agents.scripted`), here, on
 the first image of the observation — the view the environment downscaled for the model — and never
@@ -19,8 +20,10 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import random
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from PIL import Image
@@ -135,3 +138,40 @@ class RandomPolicy(Policy):
         else:
             answer = "".join(self.rng.choice("ABCDEFGHJKLMNPRTUVWXY2345789") for _ in range(self.rng.randint(4, 6)))
         return self.protocol.render_action(answer=answer)
+
+
+class GuessingMixture(Policy):
+    """Follows ``policy``, except in a ``guess_rate`` share of the episodes, where it answers at once with a
+    random one of ``guesses`` — like cold-start data distilled from a model that often skips its tools.
+    One random stream (``seed``) serves all batch slots.
+
+    Example:
+        >>> from agents.scripted import scripted_policy
+        >>> from pyvision_env.messages import Message
+        >>> teacher = GuessingMixture(scripted_policy("tally"), guesses=["7"], guess_rate=1.0)
+        >>> teacher.act([Message.text("user", "How many red squares are in the image?")], {"turn": 0})
+        '<answer>\\\\boxed{7}</answer>'
+    """
+
+    name = "guessing-mixture"
+
+    def __init__(self, policy: Policy, guesses: Sequence[str], guess_rate: float = 0.5,
+                 seed: int | random.Random = 0) -> None:
+        if not 0.0 <= guess_rate <= 1.0 or not guesses:
+            raise ValueError(f"guess_rate must be in [0, 1] and guesses non-empty, got {guess_rate}, {guesses!r}")
+        self.policy, self.guesses, self.guess_rate = policy, list(guesses), guess_rate
+        self.rng = seed if isinstance(seed, random.Random) else random.Random(seed)
+        self.guessing = False
+
+    def act(self, observation: list[Message], info: dict[str, Any]) -> str:
+        if info.get("turn") == 0:
+            self.guessing = self.rng.random() < self.guess_rate
+        if self.guessing:
+            return self.policy.protocol.render_action(answer=self.rng.choice(self.guesses))
+        return self.policy.act(observation, info)
+
+    def act_batch(self, observations: Sequence[list[Message]], infos: Sequence[dict[str, Any]]) -> list[str]:
+        slots = self.__dict__.setdefault("_mixtures", [])
+        while len(slots) < len(observations):
+            slots.append(GuessingMixture(copy.deepcopy(self.policy), self.guesses, self.guess_rate, self.rng))
+        return [slot.act(obs, info) for slot, obs, info in zip(slots, observations, infos)]

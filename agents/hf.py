@@ -67,6 +67,20 @@ class Generation:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def template_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """Messages as Hugging Face chat-template input: text parts, an ``{"type": "image"}`` part per image,
+    ``tool_calls`` where the message has them."""
+    out = []
+    for message in messages:
+        parts = [{"type": "text", "text": part.text} if isinstance(part, TextPart) else {"type": "image"}
+                 for part in message.content]
+        entry: dict[str, Any] = {"role": message.role, "content": parts}
+        if message.tool_calls:
+            entry["tool_calls"] = [dict(call) for call in message.tool_calls]
+        out.append(entry)
+    return out
+
+
 class HFChatModel:
     """A chat VLM from a local folder: render conversations, generate completions (batched).
 
@@ -111,15 +125,7 @@ class HFChatModel:
 
     def template_messages(self, messages: Sequence[Message]) -> list[dict[str, Any]]:
         """The messages as chat-template input (an ``{"type": "image"}`` part per image)."""
-        out = []
-        for message in messages:
-            parts = [{"type": "text", "text": part.text} if isinstance(part, TextPart) else {"type": "image"}
-                     for part in message.content]
-            entry: dict[str, Any] = {"role": message.role, "content": parts}
-            if message.tool_calls:
-                entry["tool_calls"] = [dict(call) for call in message.tool_calls]
-            out.append(entry)
-        return out
+        return template_messages(messages)
 
     def template_messages_with_images(self, messages: Sequence[Message]) -> list[dict[str, Any]]:
         """Like :meth:`template_messages`, with the images in their parts (a processor's own input)."""

@@ -441,9 +441,24 @@ class ContrastScriptedPolicy(ScriptedPolicy):
         yield self.answer(text, f"The label reads {text}.")
 
 
+class TallyScriptedPolicy(ScriptedPolicy):
+    """One numpy cell: the asked colour's pixels / 64 (a square is 8x8), printed; then the printed number is
+    the answer. Short on purpose: it is the cold-start data of the trainer's tiny-model demo."""
+
+    name = "scripted-tally"
+    RGB = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+
+    def script(self, question: str) -> Generator[str, str, None]:
+        color = asked_word(question, tuple(self.RGB)) or "red"
+        code = f"a = np.asarray(image_clue_0)\nprint(int((a == {self.RGB[color]}).all(-1).sum()) // 64)"
+        seen = yield self.protocol.render_action(code=code, image_index=0, call_id="call_1")
+        count = re.search(r"^\s*(\d+)\s*$", seen, re.MULTILINE)
+        yield self.answer(count.group(1) if count else "0", "")
+
+
 SCRIPTED_POLICIES: dict[str, type[ScriptedPolicy]] = {
     "zoom": ZoomScriptedPolicy, "orientation": OrientationScriptedPolicy, "count": CountScriptedPolicy,
-    "contrast": ContrastScriptedPolicy,
+    "contrast": ContrastScriptedPolicy, "tally": TallyScriptedPolicy,
 }
 
 

@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -65,9 +66,11 @@ FAMILIES = ("qwen2.5-vl", "qwen2-vl")
 
 
 def make_tiny_model(out: str | os.PathLike, *, family: str = "qwen2.5-vl", seed: int = 0, vocab_size: int = 1024,
-                    hidden_size: int = 64, layers: int = 2, vision_depth: int = 2) -> Path:
+                    hidden_size: int = 64, layers: int = 2, vision_depth: int = 2, corpus: Sequence[str] = ()
+                    ) -> Path:
     """Build the tiny model (``family``: ``"qwen2.5-vl"`` or ``"qwen2-vl"``), its tokenizer and image processor
-    into ``out`` (created); returns its path."""
+    into ``out`` (created); returns its path. ``corpus``: more text for the tokenizer to learn merges from (a
+    task's prompts and code, so that they take few tokens)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
@@ -87,7 +90,7 @@ def make_tiny_model(out: str | os.PathLike, *, family: str = "qwen2.5-vl", seed:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(training_corpus(), trainers.BpeTrainer(
+    bpe.train_from_iterator([*training_corpus(), *corpus], trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     bpe.save(str(out / "tokenizer.json"))

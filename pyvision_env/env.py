@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,8 +91,10 @@ class Timings(Mapping[str, float]):
 @dataclass
 class _Episode:
     task: Task
-    opening: asyncio.Future[AsyncSession]
-    """The kernel session, opened in the background (the first step waits for it)."""
+    opening: asyncio.Future[AsyncSession] | None
+    """The kernel session, opened in the background (the first code call waits for it); None until the first
+    code call when kernels start lazily."""
+    open_session: Callable[[], asyncio.Future[AsyncSession]]
     started: float
     turn: int = 0
     tool_calls: int = 0
@@ -145,6 +147,10 @@ class PyVisionEnv(gym.Env[list, str]):
             (see :func:`~pyvision_env.execution.read_operations`: crops with their boxes in input pixels,
             resizes, rotations, flips, enhancements); ``None`` there when off. The CodeVision reward turns it on.
         limits: per-cell limits of the kernel (timeouts, memory, output sizes).
+        kernel_start: ``"reset"`` (default: the episode's kernel starts loading the task at reset, ready by the
+            first step) or ``"first-call"`` (at the episode's first code call: an episode that answers without
+            code never takes a kernel; the first call waits for it). RL rollouts of a policy that often answers
+            directly save a kernel start (~0.7 CPU-seconds) per such episode.
         engine: the execution engine; the process-wide :func:`~pyvision_env.execution.default_engine` if None.
         render_mode: ``"ansi"`` renders the last turn as text.
     """
@@ -160,7 +166,7 @@ class PyVisionEnv(gym.Env[list, str]):
                  resize_images: bool = True, video_context: str = "on-demand", video_frames: int | None = None,
                  video_fps: float = 1.0, video_thumbnails: int = 0, video_backend: str = "auto",
                  max_frames: int | None = None, trace_operations: bool = False, limits: ExecutionLimits | None = None,
-                 engine: Engine | None = None, render_mode: str | None = None) -> None:
+                 kernel_start: str = "reset", engine: Engine | None = None, render_mode: str | None = None) -> None:
         self.tasks = _resolve_tasks(suite, split)
         options = dict(protocol_options or {})
         if system_prompt is not None:
@@ -201,6 +207,9 @@ class PyVisionEnv(gym.Env[list, str]):
         self.video_thumbnails, self.max_frames = video_thumbnails, max_frames
         self.video_options = VideoOptions(backend=video_backend, max_frames=max_frames)
         self.trace_operations = trace_operations
+        if kernel_start not in ("reset", "first-call"):
+            raise ValueError(f"kernel_start must be 'reset' or 'first-call', got {kernel_start!r}")
+        self.kernel_start = kernel_start
         self.limits = limits
         self.render_mode = render_mode
         self.engine = engine or default_engine()
@@ -247,17 +256,20 @@ class PyVisionEnv(gym.Env[list, str]):
         task = self._choose_task(options or {})
         # The kernel loads the originals in the background while this process prepares the first view; the
         # first step waits for the kernel (by then a model has usually spent longer generating).
-        opening = asyncio.ensure_future(self.engine.core.open_session(
-            images={f"image_clue_{i}": media for i, media in enumerate(task.images)}, limits=self.limits,
-            videos={f"video_clue_{i}": media for i, media in enumerate(task.videos)},
-            video_options=self.video_options))
+        def open_session() -> asyncio.Future[AsyncSession]:
+            return asyncio.ensure_future(self.engine.core.open_session(
+                images={f"image_clue_{i}": media for i, media in enumerate(task.images)}, limits=self.limits,
+                videos={f"video_clue_{i}": media for i, media in enumerate(task.videos)},
+                video_options=self.video_options))
+
+        opening = open_session() if self.kernel_start == "reset" else None
         try:
             images, sizes = await asyncio.to_thread(self._first_view, task)
             videos = [await asyncio.to_thread(self._video_view, task, media) for media in task.videos]
         except BaseException:
             await _discard_session(opening)
             raise
-        episode = _Episode(task, opening, started=started, next_image_index=len(images))
+        episode = _Episode(task, opening, open_session, started=started, next_image_index=len(images))
         self._episode = episode
         episode.visual_tokens = sum(self.token_rule.count(*image.size)
                                     for image in [*images, *(frame for view in videos for frame in view.frames)])
@@ -324,6 +336,8 @@ class PyVisionEnv(gym.Env[list, str]):
         expressions = {"operations": OPERATIONS_EXPRESSION} if self.trace_operations else {}
         if episode.task.videos:
             expressions["frames"] = "_pyvision_frames_fetched()"
+        if episode.opening is None:
+            episode.opening = episode.open_session()
         session = await episode.opening
         for call in action.calls:
             remaining = None
@@ -513,8 +527,10 @@ _FIRST_VIEWS = _LRU(32)
 rollout of its group, and decoding a large PNG costs far more than the rest of a reset."""
 
 
-async def _discard_session(opening: asyncio.Future[AsyncSession]) -> None:
-    """Close a session whether it is still opening (cancelled), failed to open, or open."""
+async def _discard_session(opening: asyncio.Future[AsyncSession] | None) -> None:
+    """Close a session whether it is still opening (cancelled), failed to open, or open (None: never opened)."""
+    if opening is None:
+        return
     if not opening.done():
         opening.cancel()
     results = await asyncio.gather(opening, return_exceptions=True)

@@ -5,12 +5,13 @@
 ``orientation``  ``PyVision/Orientation-v0``  a code on a card rotated by 90/180/270 degrees or mirrored
 ``count``        ``PyVision/Count-v0``        count the small shapes of one colour and kind
 ``contrast``     ``PyVision/Contrast-v0``     a code printed in ink barely darker than its paper
+``tally``        ``PyVision/Tally-v0``        count coloured squares in a small image (the trainer demo)
 ===============  ===========================  ======================================================
 
 The video suites (``video-event``, ``video-count``, ``video-measure``, ``video-needle``; see
 :mod:`.video`) are registered the same way, as ``PyVision/VideoEvent-v0`` and so on.
 
-Each registered image suite holds 100 tasks of seed 0, split 80/20 into ``train`` and ``held-out`` by index. They
+Each registered image suite holds 100 tasks of seed 0 (``tally``: 500), split 80/20 into ``train`` and ``held-out`` by index. They
 are generated on first use into ``$PYVISION_CACHE`` (default ``~/.cache/pyvision``) under
 ``suites/<name>/v<version>/seed<seed>-n<count>/`` with a ``tasks.jsonl`` that
 :func:`~pyvision_env.tasks.load_jsonl` reads. Every task has ground-truth ``regions`` and
@@ -29,12 +30,13 @@ from __future__ import annotations
 import functools
 
 from .. import registry
-from . import contrast, count, orientation, zoom
+from . import contrast, count, orientation, tally, zoom
 from .common import CACHE_ENV, SyntheticSuite, cache_root
 from .video import VIDEO_SUITES
 
 SUITES: dict[str, SyntheticSuite] = {suite.name: suite for suite in (zoom.SUITE, orientation.SUITE,
-                                                                     count.SUITE, contrast.SUITE)}
+                                                                     count.SUITE, contrast.SUITE,
+                                                                     tally.SUITE)}
 DEFAULT_COUNT = 100
 DEFAULT_SEED = 0
 
