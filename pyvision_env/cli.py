@@ -120,10 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--family", default="qwen2.5-vl", choices=["qwen2.5-vl", "qwen2-vl"],
                       help="model family (default: %(default)s)")
 
+    from trainers.cli import add_parsers as add_trainer_parsers
+
     from .viewer import add_view_parser
 
     add_view_parser(commands)
+    add_trainer_parsers(commands)
     return parser
+
+
+def run_training(args: argparse.Namespace) -> int:
+    from trainers.cli import run
+
+    return run(args)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -167,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     handlers = {"demo": demo.run_demo, "exec": run_exec, "doctor": run_doctor, "tasks": run_tasks,
                 "run": run_policy, "eval": run_policy, "view": run_view, "make-tiny-model": run_make_tiny_model,
-                "serve": run_serve}
+                "serve": run_serve, "train": run_training, "sft": run_training, "train-demo": run_training}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -1,0 +1,222 @@
+"""Generation backends of the trainer: token ids in, sampled ids and their log-probs out.
+
+* :class:`HFBackend` — Hugging Face ``generate`` on the policy model itself (CPU default; no weight sync).
+* :class:`VLLMBackend` — a colocated vLLM engine (GPU); the trainer's weights are loaded into it after each
+  update, under a timeout, and the time it took is reported.
+
+Both take :class:`~trainers.tokens.Encoded` prompts (ids with expanded image placeholders, plus the images)
+and return :class:`Sampled` continuations. A log-prob is the sampled token's under the model's
+temperature-scaled distribution (before top-p/top-k truncation): what the trainer recomputes.
+
+Example::
+
+    backend = HFBackend(model, chat)
+    [sampled] = backend.generate([chat.prompt(observation)], Sampling(max_new_tokens=64, temperature=1.0))
+    sampled.ids, sampled.logprobs, sampled.finished
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from agents.hf import Sampling
+
+from .tokens import ChatTokenizer, Encoded
+
+
+@dataclass
+class Sampled:
+    """One continuation: its token ids (ending with the end token when ``finished``) and their log-probs."""
+
+    ids: list[int]
+    logprobs: list[float]
+    finished: bool
+    """The model ended its turn (else it hit ``max_new_tokens``)."""
+
+
+class WeightSyncTimeout(RuntimeError):
+    """Loading the trainer's weights into the generation engine took longer than allowed."""
+
+
+class GenerationBackend(ABC):
+    """Samples continuations of token prompts."""
+
+    @abstractmethod
+    def generate(self, prompts: Sequence[Encoded], sampling: Sampling) -> list[Sampled]:
+        """One continuation per prompt."""
+
+    def sync_weights(self, model: Any, timeout: float) -> float:
+        """Make the engine sample from ``model``'s current weights; returns the seconds it took."""
+        return 0.0
+
+    def close(self) -> None:  # noqa: B027  (optional: most backends hold nothing to free)
+        """Free the engine."""
+
+
+class PixelCache:
+    """The image processor's output per image, for the images of live conversations (LRU, by identity)."""
+
+    def __init__(self, image_processor: Any, size: int = 4096) -> None:
+        self.image_processor, self.size = image_processor, size
+        self._cache: OrderedDict[int, tuple[Image.Image, Any, Any]] = OrderedDict()
+
+    def __call__(self, images: Sequence[Image.Image]) -> dict[str, Any]:
+        """``pixel_values`` and ``image_grid_thw`` of ``images`` concatenated in order (empty: ``{}``)."""
+        import torch
+
+        if not images:
+            return {}
+        parts = []
+        for image in images:
+            key = id(image)
+            if key not in self._cache:
+                out = self.image_processor(images=[image.convert("RGB")], return_tensors="pt")
+                self._cache[key] = (image, out["pixel_values"], out["image_grid_thw"])
+                while len(self._cache) > self.size:
+                    self._cache.popitem(last=False)
+            self._cache.move_to_end(key)
+            parts.append(self._cache[key])
+        return {"pixel_values": torch.cat([p[1] for p in parts]), "image_grid_thw": torch.cat([p[2] for p in parts])}
+
+
+def token_logprobs(logits: Any, ids: Any, temperature: float) -> Any:
+    """Log-probs of ``ids`` under ``softmax(logits / temperature)`` (``temperature`` 0 counts as 1).
+
+    >>> import torch
+    >>> token_logprobs(torch.zeros(1, 4), torch.tensor([2]), 1.0).exp()
+    tensor([0.2500])
+    """
+    import torch
+
+    scaled = logits.float() / (temperature if temperature > 0 else 1.0)
+    return torch.log_softmax(scaled, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+
+class HFBackend(GenerationBackend):
+    """Batched, left-padded Hugging Face ``generate`` on the policy model (the trainer's own weights)."""
+
+    def __init__(self, model: Any, chat: ChatTokenizer) -> None:
+        self.model, self.chat = model, chat
+        self.pixels = PixelCache(chat.image_processor)
+
+    def generate(self, prompts: Sequence[Encoded], sampling: Sampling) -> list[Sampled]:
+        import torch
+
+        device = next(self.model.parameters()).device
+        longest = max(len(p.ids) for p in prompts)
+        input_ids = torch.full((len(prompts), longest), self.chat.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), longest), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, longest - len(prompt.ids):] = torch.tensor(prompt.ids)
+            attention[row, longest - len(prompt.ids):] = 1
+        extra = self.pixels([image for prompt in prompts for image in prompt.images])
+        inputs = {"input_ids": input_ids, "attention_mask": attention, **extra}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                out = self.model.generate(**{k: v.to(device) for k, v in inputs.items()},
+                                          **sampling.generate_kwargs(), suppress_tokens=self.chat.never_sampled,
+                                          output_logits=True,
+                                          return_dict_in_generate=True, eos_token_id=self.chat.end_token_id,
+                                          pad_token_id=self.chat.pad_token_id)
+        finally:
+            self.model.train(was_training)
+        new = out.sequences[:, longest:].cpu()
+        logprobs = token_logprobs(torch.stack(out.logits, dim=1).cpu(), new, sampling.temperature)
+        results = []
+        for row in range(len(prompts)):
+            ids = new[row].tolist()
+            finished = self.chat.end_token_id in ids
+            end = ids.index(self.chat.end_token_id) + 1 if finished else len(ids)
+            results.append(Sampled(ids[:end], logprobs[row, :end].tolist(), finished))
+        return results
+
+
+class VLLMBackend(GenerationBackend):
+    """A colocated vLLM engine (``vllm.LLM``, in this process) sampling from token prompts with images.
+
+    Args:
+        model_path: the model folder the engine starts from (the trainer's initial weights).
+        chat: the trainer's tokenizer (its image placeholder: vLLM expands each single placeholder itself, so
+            runs are collapsed before sending and the expanded prompt it reports is checked against ours; and
+            the vision tokens a sampler must never produce).
+        **engine_options: further ``vllm.LLM`` arguments (``gpu_memory_utilization``, ``max_model_len``...).
+
+    Log-probs are vLLM's ``processed_logprobs`` (temperature applied, as the trainer recomputes them). Weights
+    are synced with ``collective_rpc("reload_weights")`` and the prefix cache is reset (its keys and values
+    were computed with the old weights), under a timeout.
+    """
+
+    def __init__(self, model_path: str, chat: ChatTokenizer, seed: int = 0, **engine_options: Any) -> None:
+        import os
+
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        self.image_token_id = chat.image_token_id
+        self.never_sampled = dict.fromkeys(chat.never_sampled, -100.0)
+        engine_options.setdefault("logprobs_mode", "processed_logprobs")
+        self.llm = LLM(model=str(model_path), seed=seed, **engine_options)
+
+    def _collapsed(self, ids: Sequence[int]) -> list[int]:
+        """One placeholder per image run (vLLM's processor expands each one again)."""
+        out: list[int] = []
+        for token in ids:
+            if not (token == self.image_token_id and out and out[-1] == self.image_token_id):
+                out.append(token)
+        return out
+
+    def generate(self, prompts: Sequence[Encoded], sampling: Sampling) -> list[Sampled]:
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                                top_p=sampling.top_p, top_k=sampling.top_k or -1, logprobs=0,
+                                logit_bias=self.never_sampled or None, skip_special_tokens=False)
+        requests = []
+        for prompt in prompts:
+            request = TokensPrompt(prompt_token_ids=self._collapsed(prompt.ids))
+            if prompt.images:
+                request["multi_modal_data"] = {"image": [image.convert("RGB") for image in prompt.images]}
+            requests.append(request)
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        results = []
+        for prompt, output in zip(prompts, outputs):
+            if list(output.prompt_token_ids) != list(prompt.ids):
+                raise ValueError(f"vLLM expanded the prompt to {len(output.prompt_token_ids)} tokens, the trainer has "
+                                 f"{len(prompt.ids)}: image placeholder counts disagree")
+            completion = output.outputs[0]
+            ids = list(completion.token_ids)
+            logprobs = [step[token].logprob for step, token in zip(completion.logprobs, ids)]
+            results.append(Sampled(ids, logprobs, completion.finish_reason == "stop"))
+        return results
+
+    def sync_weights(self, model: Any, timeout: float) -> float:
+        """Load ``model``'s weights into the engine; raises :class:`WeightSyncTimeout` past ``timeout`` s."""
+        started = time.perf_counter()
+        weights = [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
+
+        def load() -> None:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
+                                                              "is_checkpoint_format": True})
+            self.llm.reset_prefix_cache()
+
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pyvision-weight-sync")
+        try:
+            pool.submit(load).result(timeout=timeout)
+        except concurrent.futures.TimeoutError as error:
+            raise WeightSyncTimeout(f"loading weights into vLLM took over {timeout} s") from error
+        finally:
+            pool.shutdown(wait=False)
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        del self.llm

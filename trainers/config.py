@@ -1,0 +1,332 @@
+"""Typed trainer configuration: dataclasses that mirror YAML files one to one, plus ``key.sub=value`` overrides.
+
+Every field has a default and a docstring (shown by ``pyvision train --help-config``). Unknown keys and values of
+the wrong type are refused with a message naming the key and the choices.
+
+Example::
+
+    config = load_config(GRPOConfig, "trainers/configs/demo_grpo.yaml", ["algorithm.lr=1e-4", "steps=10"])
+    config.algorithm.lr
+    # -> 0.0001
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+# --- sections -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""
+    """The policy's model folder (``pyvision make-tiny-model OUT`` builds a tiny one)."""
+    device: str = "auto"
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available)."""
+    dtype: str = "auto"
+    """``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16``."""
+    torch_threads: int = 1
+    """CPU threads of torch (0: torch's default). On a small CPU machine, 1 leaves the cores to the kernels."""
+    freeze_vision: bool = False
+    """Train only the language model (the vision tower's parameters get no gradient)."""
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class EnvConfig:
+    suite: str = "tally"
+    """A registered suite (``pyvision suites`` lists them)."""
+    split: str | None = "train"
+    """Training tasks: this split of the suite (``None``: all)."""
+    eval_split: str | None = "held-out"
+    """Evaluation tasks."""
+    protocol: str = "pyvision"
+    system_prompt: str | None = None
+    """Replaces the protocol's system prompt."""
+    max_turns: int = 5
+    """Assistant turns per episode (PyVision-RL: 5 in training)."""
+    num_envs: int = 16
+    """Episodes played at once (each holds a kernel while it runs)."""
+    reward: Any = "accumulative"
+    """A reward wrapper (``accumulative``, ``codevision``, a ``{"name": ..., options}`` mapping) or ``None`` for
+    the env's outcome reward."""
+    on_tool_error: str = "continue"
+    """``continue`` (the model sees the traceback) or ``end`` (PyVision-RL's training)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Further :class:`~pyvision_env.env.PyVisionEnv` arguments (``max_images``, ``max_visual_tokens``...)."""
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "hf"
+    """``hf`` (Hugging Face ``generate``; CPU or GPU) or ``vllm`` (colocated vLLM engine; GPU)."""
+    group_size: int = 8
+    """Rollouts per prompt (GRPO's group)."""
+    max_new_tokens: int = 512
+    """Tokens per response; a longer response ends the episode as ``over_length``."""
+    max_length: int = 8192
+    """Tokens per episode (prompt, responses, observations and image tokens)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_batch: int = 64
+    """Generation requests per batch."""
+    weight_sync_timeout: float = 300.0
+    """Seconds allowed to load new weights into the vLLM engine (the run stops with an error past it)."""
+    vllm: dict[str, Any] = field(default_factory=dict)
+    """``vllm.LLM`` options (``gpu_memory_utilization``, ``max_model_len``, ``enforce_eager``...)."""
+
+
+@dataclass
+class AlgorithmConfig:
+    lr: float = 1e-6
+    """Learning rate (PyVision-RL: 1e-6)."""
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up, in updates."""
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    """Upper clip range of the ratio (CodeVision: 0.28)."""
+    normalize_std: bool = False
+    """Divide group advantages by the group's std (off: PyVision-RL found it unstable)."""
+    kl_coef: float = 0.0
+    """Weight of the KL to the initial policy (0: no reference model is kept)."""
+    mask_truncated: bool = False
+    """Leave episodes that hit the turn limit out of the loss (Mini-o3) instead of training on them."""
+    mini_batch_size: int = 16
+    """Trajectories per optimizer step (an update makes len(batch) / mini_batch_size steps)."""
+    micro_batch_size: int = 8
+    """Trajectories per forward/backward pass (gradient accumulation within a mini-batch)."""
+    max_grad_norm: float = 1.0
+    old_logprobs: str = "recompute"
+    """``recompute`` (the trainer's own forward pass before the update, robust to sampler numerics) or
+    ``rollout`` (the sampler's log-probs)."""
+
+
+@dataclass
+class OFRSection:
+    enabled: bool = True
+    """Oversample, filter and rank (mechanisms.md §3); off: train on one round of groups as generated."""
+    target_size: int = 32
+    """Trajectories (or groups, see ``unit``) per update (PyVision-RL: 512)."""
+    unit: str = "trajectories"
+    oversampling: float = 1.0
+    """Groups generated per round per group kept (PyVision-RL: 0.5)."""
+    max_generation_rounds: int = 4
+    exhaustion: str = "partial"
+    """When too few survive: ``raise``, ``partial`` (train on what survived) or ``backfill``."""
+    drop_end_reasons: list[str] = field(default_factory=lambda: ["over_length", "max_images", "max_visual_tokens",
+                                                                 "error"])
+    """Trajectories that ended so are not trained on (``error``: the generation backend failed)."""
+    require_tool_image: bool = False
+    """Drop trajectories that never received a tool-produced image (PyVision-RL: on)."""
+
+
+@dataclass
+class EvalConfig:
+    every: int = 10
+    """Evaluate every this many updates (and before the first and after the last); 0: never."""
+    episodes: int = 64
+    """Held-out tasks per evaluation (the first ones of the split), played greedily."""
+    temperature: float = 0.0
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 10
+    """Save every this many updates (and after the last)."""
+    keep: int = 2
+    """Checkpoints kept (the newest)."""
+    resume: bool = True
+    """Continue from the newest checkpoint in the output folder when there is one."""
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    progress: bool = True
+    """A progress bar on the console."""
+    collapse_window: int = 5
+    collapse_ratio: float = 0.5
+    """Warn when tool calls per episode (mean of the last ``collapse_window`` updates) fall below this share of
+    their early level (the interaction-collapse signal, mechanisms.md §1)."""
+
+
+@dataclass
+class GRPOConfig:
+    """Multi-turn GRPO with OFR and the accumulative tool reward (``pyvision train CONFIG``)."""
+
+    output_dir: str = "runs/grpo"
+    seed: int = 0
+    steps: int = 100
+    """Policy updates."""
+    prompts_per_round: int = 8
+    """Groups (prompts) per update when ``ofr.enabled`` is false (with OFR, ``ofr.target_size`` and
+    ``ofr.oversampling`` decide the rounds)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    ofr: OFRSection = field(default_factory=OFRSection)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+@dataclass
+class SFTData:
+    episodes: list[str] = field(default_factory=list)
+    """Recorded episode folders or ``episodes.jsonl`` files (``RecordEpisodes``; scripted policies make them)."""
+    text: list[str] = field(default_factory=list)
+    """JSONL files of text-only chats, one ``{"messages": [{"role": ..., "content": ...}]}`` per line."""
+    only_finished: bool = True
+    """Skip episodes abandoned before their end."""
+    only_correct: bool = False
+    """Keep only episodes graded correct (rejection sampling)."""
+
+
+@dataclass
+class SFTConfig:
+    """Supervised cold start on recorded trajectories or text chats (``pyvision sft CONFIG``)."""
+
+    output_dir: str = "runs/sft"
+    seed: int = 0
+    epochs: float = 1.0
+    """Passes over the data (fractions allowed)."""
+    batch_size: int = 8
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    max_length: int = 8192
+    """Longer examples are skipped (and counted)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: SFTData = field(default_factory=SFTData)
+    protocol: str = "pyvision"
+    """The protocol the recorded responses are in (only for rendering tool messages)."""
+    checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every=50))
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+# --- loading ------------------------------------------------------------------------------------------
+
+
+def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> C:
+    """``cls`` from a YAML file (optional) with ``key.sub=value`` overrides (values parsed as YAML)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from error
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of settings, not {type(loaded).__name__}")
+        data = loaded or {}
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {override!r} is not of the form key.sub=value")
+        target = data
+        *parents, leaf = key.strip().split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"override {override!r}: {parent!r} is not a section")
+        target[leaf] = yaml.safe_load(value)
+    return from_dict(cls, data)
+
+
+def from_dict(cls: type[C], data: Mapping[str, Any], where: str = "") -> C:
+    """Build dataclass ``cls`` from a mapping, checking keys and types."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'the config'} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown setting {where + unknown[0]!r}; {where or 'top level'} settings are: "
+                          f"{', '.join(fields)}")
+    values = {name: _convert(hints[name], value, where + name) for name, value in data.items()}
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, key + ".")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(option, value, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0])
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_convert(args[0], item, f"{key}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML reads 1e-6 (no dot) as a string
+        except ValueError:
+            pass
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    raise ConfigError(f"{key} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain data (what :func:`load_config` reads back)."""
+    return dataclasses.asdict(config)
+
+
+def describe(cls: type, prefix: str = "") -> list[str]:
+    """One line per setting: ``key (type, default): doc`` — the reference ``--help-config`` prints."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, following in itertools.pairwise(body):
+        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) and \
+                isinstance(following.value, ast.Constant):
+            docs[node.target.id] = " ".join(following.value.value.split())  # type: ignore[union-attr]
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines += describe(hints[f.name], prefix + f.name + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(f"{prefix}{f.name} = {default!r}" + (f"  # {docs[f.name]}" if f.name in docs else ""))
+    return lines

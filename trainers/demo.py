@@ -1,0 +1,197 @@
+"""The CPU demo (``make demo`` / ``pyvision train-demo``): cold start, then RL that makes a tiny VLM use its tool.
+
+1. **Model** — a tiny random Qwen2.5-VL (:func:`agents.tiny_model.make_tiny_model`), its tokenizer taught
+   the demo's prompt and code.
+2. **Cold-start data** — the ``tally`` suite's scripted policy (one numpy cell counting the asked colour's
+   pixels, then the printed number as the answer) played on training tasks, recorded; in half of the episodes
+   the teacher skips the tool and guesses (:class:`agents.baselines.GuessingMixture`), like cold-start data
+   distilled from a model that often answers directly.
+3. **SFT** — the tiny model imitates the teacher, guesses included (:mod:`trainers.sft`).
+4. **RL** — multi-turn GRPO with OFR and the accumulative tool reward (:mod:`trainers.grpo`), evaluated
+   greedily on held-out tasks before the first and after the last update.
+5. **Report** — ``report.html`` with the numbers, the training curves and sample trajectories.
+
+The model can neither count the squares by eye nor guess better than chance: held-out accuracy rises only if
+RL teaches it to call the tool, to write the code the question asks for (the colour's RGB triple) and to copy
+the printed count — all learned from the reward, nothing is scripted into the RL stage.
+
+Example::
+
+    run_demo(Path("runs/demo"))          # about 10 minutes on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import GRPOConfig, SFTConfig, load_config
+from .rollout import Trajectory
+from .tokens import ChatTokenizer
+
+CONFIGS = Path(__file__).parent / "configs"
+
+
+def system_prompt() -> str:
+    """The demo's short system prompt (from ``configs/demo_grpo.yaml``; the tiny model's context is small and
+    its tokenizer is taught this text)."""
+    return load_config(GRPOConfig, CONFIGS / "demo_grpo.yaml").env.system_prompt or ""
+
+
+def tokenizer_corpus() -> list[str]:
+    """The demo's texts, so that the tiny tokenizer gives them few tokens."""
+    from agents.scripted import TallyScriptedPolicy
+    from pyvision_env.protocols import get_protocol
+
+    protocol = get_protocol("pyvision")
+    texts = [system_prompt(), "<tool_response>\n<interpreter>\nText Result:\n3\n</interpreter>\n</tool_response>"]
+    for color, rgb in TallyScriptedPolicy.RGB.items():
+        texts.append(f"How many {color} squares are in the image?")
+        texts.append(protocol.render_action(
+            code=f"a = np.asarray(image_clue_0)\nprint(int((a == {rgb}).all(-1).sum()) // 64)"))
+    texts += [protocol.render_action(answer=str(n)) for n in range(10)]
+    return texts * 8
+
+
+def record_teacher(out: Path, episodes: int, guess_rate: float, seed: int) -> dict[str, Any]:
+    """Play the guessing teacher on training tasks, recording every episode under ``out``."""
+    from agents.baselines import GuessingMixture
+    from agents.scripted import scripted_policy
+    from pyvision_env.env import PyVisionEnv
+    from pyvision_env.execution import Engine
+    from pyvision_env.recording import RecordEpisodes
+    from pyvision_env.runner import run_episodes
+
+    with Engine(pool_size=2) as engine:
+        env = RecordEpisodes(PyVisionEnv("tally", split="train", system_prompt=system_prompt(), max_turns=3,
+                                         kernel_start="first-call", engine=engine), out)
+        try:
+            teacher = GuessingMixture(scripted_policy("tally", env.unwrapped.protocol),
+                                      [str(n) for n in range(1, 10)], guess_rate, seed=seed)
+            summary = run_episodes(env, teacher, episodes, suite="tally", progress=True)
+        finally:
+            env.close()
+    return summary.row()
+
+
+def trajectory_sample(trajectory: Trajectory, chat: ChatTokenizer, title: str) -> Any:
+    """A report sample of a trajectory: its token segments decoded (image placeholders shown as ``[image]``),
+    assistant turns where the loss mask is 1, with the images of each observation."""
+    from .report import Sample, Turn
+
+    turns: list[Turn] = []
+    images = iter(trajectory.images)
+    start = 0
+    ids, mask = trajectory.ids, trajectory.loss_mask
+    while start < len(ids):
+        end = start
+        while end < len(ids) and mask[end] == mask[start]:
+            end += 1
+        text = chat.tokenizer.decode(ids[start:end], skip_special_tokens=False)
+        count = len(re.findall(r"(?:<\|image_pad\|>)+", text))
+        text = re.sub(r"(?:<\|image_pad\|>)+", "[image]", text)
+        role = "assistant" if mask[start] else ("user" if start == 0 else "tool")
+        turns.append(Turn(role, text, [next(images) for _ in range(count)]))
+        start = end
+    return Sample(title, trajectory.task_id, trajectory.correct, trajectory.reward, turns)
+
+
+def run_demo(out: Path, *, rl_steps: int | None = None, teacher_episodes: int = 96, guess_rate: float = 0.5,
+             seed: int = 0) -> dict[str, Any]:
+    """Run the whole demo into ``out`` (replaced); returns the before/after numbers."""
+    from agents.tiny_model import make_tiny_model
+
+    from .checkpoint import latest_checkpoint
+    from .grpo import GRPOTrainer
+    from .metrics import plot_run
+    from .report import write_report
+    from .sft import SFTTrainer
+
+    started = time.perf_counter()
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    timings: dict[str, float] = {}
+
+    clock = time.perf_counter()
+    model_path = make_tiny_model(out / "tiny-model", corpus=tokenizer_corpus(), seed=seed)
+    timings["model"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    teacher = record_teacher(out / "teacher", teacher_episodes, guess_rate, seed)
+    timings["teacher"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    sft_config = load_config(SFTConfig, CONFIGS / "demo_sft.yaml", [
+        f"output_dir={out / 'sft'}", f"model.path={model_path}", f"data.episodes=[{out / 'teacher'}]",
+        f"seed={seed}"])
+    with SFTTrainer(sft_config) as sft:
+        sft_metrics = sft.train()
+    sft_model = latest_checkpoint(out / "sft")
+    timings["sft"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    overrides = [f"output_dir={out / 'rl'}", f"model.path={sft_model}", f"seed={seed}"]
+    if rl_steps is not None:
+        overrides += [f"steps={rl_steps}", f"eval.every={rl_steps}"]
+    rl_config: GRPOConfig = load_config(GRPOConfig, CONFIGS / "demo_grpo.yaml", overrides)
+    with GRPOTrainer(rl_config) as trainer:
+        trainer.train()
+        evaluations = trainer.logger.history("eval")
+        samples = [trajectory_sample(t, trainer.chat, f"held-out task {t.task_id}, after RL")
+                   for t in trainer.last_eval[:4]]
+    timings["rl"] = time.perf_counter() - clock
+
+    before, after = evaluations[0], evaluations[-1]
+    keys = ("accuracy", "tool_calls", "turns", "reward/mean", "visual_tokens", "response_tokens")
+    results = {"before_rl": {k: before.get(k) for k in keys}, "after_rl": {k: after.get(k) for k in keys},
+               "teacher": teacher, "sft_final_loss": sft_metrics.get("loss"), "timings_s": timings}
+    timings["total"] = time.perf_counter() - started
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    train_rows = trainer.logger.history("train")
+    write_report(
+        out / "report.html", title="PyVision-RL CPU demo: tiny VLM, SFT then RL with a tool reward",
+        intro=_intro(rl_config, teacher, before, after, train_rows, timings),
+        tables=[("Held-out evaluation (greedy)", [{"model": "after SFT (before RL)", **results["before_rl"]},
+                                                  {"model": "after RL", **results["after_rl"]}]),
+                ("Cold-start teacher", [teacher]),
+                ("Time (seconds)", [{k: round(v, 1) for k, v in timings.items()}])],
+        plots=plot_run(out / "rl") + plot_run(out / "sft")[:0], samples=samples)
+    return results
+
+
+def _intro(config: GRPOConfig, teacher: dict[str, Any], before: dict[str, Any], after: dict[str, Any],
+           train_rows: list[dict[str, Any]], timings: dict[str, float]) -> str:
+    tools = [row.get("tool_calls") for row in train_rows if row.get("tool_calls") is not None]
+    curve = ", ".join(f"{value:.2f}" for value in tools)
+    return (f"A tiny random Qwen2.5-VL learned the 'tally' task on CPU in {timings['total'] / 60:.1f} minutes. "
+            f"The cold-start teacher used the tool in about half of its {teacher['episodes']} episodes and guessed "
+            f"in the rest (teacher accuracy {teacher['accuracy']:.0%}); SFT imitated it, guesses included.\n\n"
+            f"Held-out accuracy (greedy, {config.eval.episodes} tasks): {before['accuracy']:.1%} after SFT, "
+            f"{after['accuracy']:.1%} after {config.steps} RL updates; tool calls per episode "
+            f"{before['tool_calls']:.2f} -> {after['tool_calls']:.2f}.\n\n"
+            f"Tool calls per episode during RL (sampled rollouts, per update): {curve}.")
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "train-demo", help="the CPU training demo: tiny VLM, cold-start SFT, RL with OFR and the tool reward",
+        description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder, replaced "
+                        "(default: %(default)s)")
+    parser.add_argument("--rl-steps", type=int, help="RL updates (default: the demo config's)")
+    parser.add_argument("--teacher-episodes", type=int, default=96, help="cold-start episodes (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def main(args: argparse.Namespace) -> int:
+    results = run_demo(args.out, rl_steps=args.rl_steps, teacher_episodes=args.teacher_episodes, seed=args.seed)
+    before, after = results["before_rl"], results["after_rl"]
+    print(f"held-out accuracy: {before['accuracy']:.1%} after SFT -> {after['accuracy']:.1%} after RL; "
+          f"tool calls per episode {before['tool_calls']:.2f} -> {after['tool_calls']:.2f}")
+    print(f"report: {args.out / 'report.html'}")
+    return 0

@@ -1,0 +1,76 @@
+"""Loading the policy model for training, shared by the SFT and RL trainers.
+
+Example::
+
+    policy = load_policy(ModelConfig(path="runs/tiny"))
+    policy.model, policy.chat.tokenizer, policy.trainable_parameters
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ModelConfig
+from .tokens import ChatTokenizer
+
+
+@dataclass
+class PolicyModel:
+    model: Any
+    chat: ChatTokenizer
+    device: str
+
+    @property
+    def processors(self) -> tuple[Any, Any]:
+        """What a checkpoint saves beside the weights."""
+        return self.chat.tokenizer, self.chat.image_processor
+
+    @property
+    def trainable_parameters(self) -> list[Any]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def load_policy(config: ModelConfig) -> PolicyModel:
+    """The model, tokenizer and image processor of ``config.path`` in training mode; the chat template is
+    checked for token-in / token-out use (:meth:`ChatTokenizer.check_template`)."""
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+    from agents.hf import ModelLoadError
+
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    path = Path(config.path)
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"model.path {str(path)!r} is not a model folder (no config.json); build a tiny one "
+                             f"with `pyvision make-tiny-model {path}`")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    image_processor = AutoImageProcessor.from_pretrained(path)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelLoadError(f"the tokenizer in {path} has no chat template")
+    merge = int(getattr(getattr(model.config, "vision_config", None), "spatial_merge_size", 2))
+    chat = ChatTokenizer(tokenizer, image_processor, merge)
+    chat.check_template()
+    if config.freeze_vision:
+        for name, parameter in model.named_parameters():
+            if ".visual." in f".{name}":
+                parameter.requires_grad_(False)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    return PolicyModel(model, chat, device)
+
+
+def make_optimizer(policy: PolicyModel, lr: float, weight_decay: float, warmup_steps: int) -> tuple[Any, Any]:
+    """AdamW over the trainable parameters and a linear warm-up schedule (constant after it)."""
+    import torch
+
+    optimizer = torch.optim.AdamW(policy.trainable_parameters, lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0)
+    return optimizer, scheduler

@@ -1,0 +1,92 @@
+"""The policy-gradient objective: batches of trajectories, token log-probs, and the clipped GRPO loss.
+
+* :func:`collate` pads trajectories into model inputs (right padding) with their loss masks, old log-probs and
+  per-token advantages, after checking every trajectory's image placeholders against its images;
+* :func:`sequence_logprobs` is the log-prob of every token given the ones before it, under
+  ``softmax(logits / temperature)`` — the same quantity the samplers record;
+* :func:`grpo_loss` is the clipped surrogate with separate low/high clip ranges (DAPO's "clip-higher"),
+  averaged over all loss tokens of the mini-batch (token-mean), with an optional KL term to a reference policy
+  (the k3 estimator).
+
+Example::
+
+    batch = collate(trajectories, advantages, chat, pixels)
+    logprobs = sequence_logprobs(model, batch, temperature=1.0)
+    loss, stats = grpo_loss(logprobs, batch, clip_low=0.2, clip_high=0.28, token_count=batch["loss_mask"].sum())
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .backends import PixelCache, token_logprobs
+from .rollout import Trajectory
+from .tokens import ChatTokenizer, check_images
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
+
+
+def collate(trajectories: Sequence[Trajectory], advantages: Sequence[float], chat: ChatTokenizer,
+            pixels: PixelCache) -> dict[str, Any]:
+    """Model inputs plus ``loss_mask``, ``old_logprobs`` (the sampler's) and ``advantages`` (one value per
+    trajectory, spread over its tokens), right-padded to the longest trajectory."""
+    import torch
+
+    longest = max(len(t.ids) for t in trajectories)
+    shape = (len(trajectories), longest)
+    batch = {"input_ids": torch.full(shape, chat.pad_token_id, dtype=torch.long),
+             "attention_mask": torch.zeros(shape, dtype=torch.long),
+             "loss_mask": torch.zeros(shape), "old_logprobs": torch.zeros(shape), "advantages": torch.zeros(shape)}
+    images = []
+    for row, (trajectory, advantage) in enumerate(zip(trajectories, advantages)):
+        check_images(trajectory.ids, chat.image_token_id, chat.image_token_counts(trajectory.images))
+        n = len(trajectory.ids)
+        batch["input_ids"][row, :n] = torch.tensor(trajectory.ids)
+        batch["attention_mask"][row, :n] = 1
+        batch["loss_mask"][row, :n] = torch.tensor(trajectory.loss_mask, dtype=torch.float)
+        batch["old_logprobs"][row, :n] = torch.tensor(trajectory.logprobs)
+        batch["advantages"][row, :n] = float(advantage)
+        images += trajectory.images
+    batch.update(pixels(images))
+    return batch
+
+
+def sequence_logprobs(model: Any, batch: dict[str, Any], temperature: float = 1.0) -> Any:
+    """``(B, L)`` log-probs of each token given the previous ones (column 0, which has none, is 0)."""
+    import torch
+
+    device = next(model.parameters()).device
+    inputs = {key: batch[key].to(device) for key in MODEL_INPUTS if key in batch}
+    logits = model(**inputs, use_cache=False).logits
+    ids = inputs["input_ids"]
+    logprobs = token_logprobs(logits[:, :-1], ids[:, 1:], temperature)
+    return torch.cat([torch.zeros_like(logprobs[:, :1]), logprobs], dim=1)
+
+
+def grpo_loss(logprobs: Any, batch: dict[str, Any], *, clip_low: float, clip_high: float, token_count: float,
+              ref_logprobs: Any = None, kl_coef: float = 0.0) -> tuple[Any, dict[str, float]]:
+    """The clipped surrogate, summed over loss tokens and divided by ``token_count`` (the mini-batch's loss
+    tokens, so that micro-batches add up to a token-mean), plus ``kl_coef`` × KL to the reference.
+
+    Returns ``(loss, stats)`` with the mini-batch shares of ``clip_fraction`` and ``kl`` (sums over this
+    micro-batch divided by ``token_count``, so they add up too).
+    """
+    import torch
+
+    device = logprobs.device
+    mask = batch["loss_mask"].to(device)
+    old = batch["old_logprobs"].to(device)
+    advantages = batch["advantages"].to(device)
+    ratio = torch.exp(logprobs - old)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
+    per_token = -torch.minimum(unclipped, clipped)
+    stats = {"clip_fraction": float(((unclipped != clipped).float() * mask).sum() / token_count)}
+    if ref_logprobs is not None and kl_coef > 0:
+        delta = ref_logprobs.to(device) - logprobs
+        kl = torch.exp(delta) - delta - 1.0
+        per_token = per_token + kl_coef * kl
+        stats["kl"] = float((kl.detach() * mask).sum() / token_count)
+    loss = (per_token * mask).sum() / token_count
+    return loss, stats

@@ -1,0 +1,249 @@
+"""Rollout collection: one asyncio loop per episode over a vector environment's sub-environments.
+
+Each episode runs on the engine's event loop, in its own coroutine: reset, then sample / step until the
+episode ends. Episodes never wait for each other's code to run (pitfall 6); their generation requests meet in
+a :class:`GenerationBatcher`, which sends whoever is waiting to the backend as one batch, in a worker thread
+(the event loop never does model work). Token ids are kept as sampled (:mod:`trainers.tokens`).
+
+Example::
+
+    envs = PyVisionVectorEnv(8, "tally", reward="accumulative", system_prompt=DEMO_PROMPT)
+    collector = RolloutCollector(envs, HFBackend(model, chat), chat, Sampling(max_new_tokens=96))
+    trajectories = collector.collect([EpisodeSpec(task_index=3, seed=7, group="g0")] * 4)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from agents.hf import Sampling
+from pyvision_env.vector import PyVisionVectorEnv
+
+from .backends import GenerationBackend, Sampled
+from .tokens import ChatTokenizer, Encoded
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """Which task an episode plays, with which env seed, in which group (rollouts of one prompt)."""
+
+    task_index: int
+    seed: int
+    group: Any
+
+
+@dataclass
+class Trajectory:
+    """One episode as the trainer sees it: token ids, which of them were sampled, their log-probs, the
+    images in placeholder order, and the outcome."""
+
+    spec: EpisodeSpec
+    task_id: str
+    ids: list[int] = field(default_factory=list)
+    loss_mask: list[int] = field(default_factory=list)
+    """1 on sampled tokens (each response and its end token), 0 on prompts and observations."""
+    logprobs: list[float] = field(default_factory=list)
+    """The sampler's log-prob of each sampled token (0.0 elsewhere)."""
+    images: list[Image.Image] = field(default_factory=list)
+    reward: float = 0.0
+    correct: bool = False
+    end_reason: str = "running"
+    """The env's end reason, or ``over_length`` (the response or the context hit its limit), or ``error`` (the
+    generation backend failed; :attr:`error` says why)."""
+    turns: int = 0
+    tool_calls: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+    """The last step's info (``episode``, ``reward_components``, ``visual_tokens``...)."""
+    responses: list[str] = field(default_factory=list)
+    """The decoded responses (for logs and reports; training uses the ids)."""
+    error: str | None = None
+
+    def extend(self, encoded: Encoded | Sampled, sampled: bool) -> None:
+        self.ids += encoded.ids
+        self.loss_mask += [int(sampled)] * len(encoded.ids)
+        self.logprobs += encoded.logprobs if isinstance(encoded, Sampled) else [0.0] * len(encoded.ids)
+        if isinstance(encoded, Encoded):
+            self.images += encoded.images
+
+    @property
+    def sampled_tokens(self) -> int:
+        return sum(self.loss_mask)
+
+
+class GenerationBatcher:
+    """Gathers the generation requests of concurrent episodes into batches for one backend.
+
+    A batch goes out when every running episode is waiting for generation, when ``max_batch`` requests
+    wait, or ``window`` seconds after the first of them arrived.
+    """
+
+    def __init__(self, backend: GenerationBackend, sampling: Sampling, max_batch: int = 64,
+                 window: float = 0.05) -> None:
+        self.backend, self.sampling, self.max_batch, self.window = backend, sampling, max_batch, window
+        self.running = 0
+        """Episodes in progress (maintained by the collector)."""
+        self._pending: list[tuple[Encoded, asyncio.Future[Sampled]]] = []
+        self._wake = asyncio.Event()
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pyvision-generate")
+        self.generate_seconds = 0.0
+        self.generated_tokens = 0
+        self.batches = 0
+        self._stopped = False
+
+    async def generate(self, prompt: Encoded) -> Sampled:
+        future: asyncio.Future[Sampled] = asyncio.get_running_loop().create_future()
+        self._pending.append((prompt, future))
+        self._wake.set()
+        return await future
+
+    async def serve(self) -> None:
+        """Run batches until :meth:`stop`."""
+        loop = asyncio.get_running_loop()
+        while not self._stopped:
+            if not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            deadline = loop.time() + self.window
+            while (len(self._pending) < min(self.max_batch, max(1, self.running)) and not self._stopped
+                   and loop.time() < deadline):
+                self._wake.clear()
+                # asyncio.wait, not wait_for: Python 3.11's wait_for can swallow a cancellation
+                waiter = asyncio.ensure_future(self._wake.wait())
+                done, _ = await asyncio.wait({waiter}, timeout=deadline - loop.time())
+                if not done:
+                    waiter.cancel()
+                    break
+            batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+            started = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(self._executor, self.backend.generate,
+                                                     [prompt for prompt, _ in batch], self.sampling)
+            except Exception as error:  # noqa: BLE001  (every waiting episode learns why)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            self.generate_seconds += time.perf_counter() - started
+            self.batches += 1
+            for (_, future), result in zip(batch, results):
+                self.generated_tokens += len(result.ids)
+                if not future.done():
+                    future.set_result(result)
+
+    def stop(self) -> None:
+        """Let :meth:`serve` return (after the batch in flight, if any)."""
+        self._stopped = True
+        self._wake.set()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class CollectStats:
+    """Where a collection's time went (seconds) and how much was generated."""
+
+    wall: float = 0.0
+    generate: float = 0.0
+    env: float = 0.0
+    """Summed over episodes: time inside ``areset``/``astep`` (code execution, images, grading)."""
+    generated_tokens: int = 0
+    batches: int = 0
+
+
+class RolloutCollector:
+    """Plays episodes on a :class:`~pyvision_env.vector.PyVisionVectorEnv`'s sub-environments.
+
+    Args:
+        envs: the environments (their number bounds how many episodes run at once).
+        backend: samples responses.
+        chat: tokenizes observations.
+        sampling: sampling parameters (``max_new_tokens`` per response).
+        max_length: total token budget of an episode (prompt, responses, observations); an episode whose
+            next response could exceed it ends with ``end_reason="over_length"``.
+    """
+
+    def __init__(self, envs: PyVisionVectorEnv, backend: GenerationBackend, chat: ChatTokenizer,
+                 sampling: Sampling, max_length: int = 4096, max_batch: int = 64) -> None:
+        self.envs, self.backend, self.chat = envs, backend, chat
+        self.sampling, self.max_length, self.max_batch = sampling, max_length, max_batch
+        self.stats = CollectStats()
+
+    def collect(self, specs: Sequence[EpisodeSpec], sampling: Sampling | None = None) -> list[Trajectory]:
+        """Play one episode per spec (in that order in the result); ``sampling`` overrides the default."""
+        return self.envs.engine.run_coroutine(self.acollect(specs, sampling))
+
+    async def acollect(self, specs: Sequence[EpisodeSpec], sampling: Sampling | None = None) -> list[Trajectory]:
+        started = time.perf_counter()
+        batcher = GenerationBatcher(self.backend, sampling or self.sampling, self.max_batch)
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(len(specs)):
+            queue.put_nowait(i)
+        results: list[Trajectory | None] = [None] * len(specs)
+        env_seconds = [0.0]
+
+        async def worker(slot: int) -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                batcher.running += 1
+                try:
+                    results[i] = await self._episode(self.envs.envs[slot], specs[i], batcher, env_seconds)
+                except Exception as error:  # noqa: BLE001  (an environment failure ends this episode only)
+                    results[i] = Trajectory(specs[i], "", end_reason="error", error=f"{type(error).__name__}: {error}")
+                finally:
+                    batcher.running -= 1
+                    batcher._wake.set()
+
+        server = asyncio.ensure_future(batcher.serve())
+        try:
+            await asyncio.gather(*(worker(slot) for slot in range(min(len(specs), self.envs.num_envs))))
+        finally:
+            batcher.stop()
+            await asyncio.gather(server, return_exceptions=True)
+            batcher.close()
+        self.stats = CollectStats(time.perf_counter() - started, batcher.generate_seconds, env_seconds[0],
+                                  batcher.generated_tokens, batcher.batches)
+        return [result for result in results if result is not None]
+
+    async def _episode(self, env: Any, spec: EpisodeSpec, batcher: GenerationBatcher,
+                       env_seconds: list[float]) -> Trajectory:
+        clock = time.perf_counter()
+        observation, info = await env.areset(seed=spec.seed, options={"task_index": spec.task_index})
+        env_seconds[0] += time.perf_counter() - clock
+        trajectory = Trajectory(spec, info["task_id"])
+        trajectory.extend(self.chat.prompt(observation), sampled=False)
+        while True:
+            if len(trajectory.ids) + batcher.sampling.max_new_tokens > self.max_length:
+                trajectory.end_reason = "over_length"
+                return trajectory
+            try:
+                sampled = await batcher.generate(Encoded(trajectory.ids, trajectory.images))
+            except Exception as error:  # noqa: BLE001  (the episode fails; the others go on)
+                trajectory.end_reason, trajectory.error = "error", f"{type(error).__name__}: {error}"
+                return trajectory
+            trajectory.extend(sampled, sampled=True)
+            trajectory.turns += 1
+            response = self.chat.decode(sampled.ids)
+            trajectory.responses.append(response)
+            if not sampled.finished:
+                trajectory.end_reason = "over_length"
+                return trajectory
+            clock = time.perf_counter()
+            observation, reward, terminated, truncated, info = await env.astep(response)
+            env_seconds[0] += time.perf_counter() - clock
+            trajectory.reward += float(reward)
+            trajectory.tool_calls = int(info.get("tool_calls", 0))
+            trajectory.info = info
+            if terminated or truncated:
+                trajectory.correct = bool(info.get("correct"))
+                trajectory.end_reason = info.get("end_reason") or ("answered" if terminated else "truncated")
+                return trajectory
+            trajectory.extend(self.chat.continuation(observation), sampled=False)
