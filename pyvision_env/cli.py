@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "eval", help="evaluate any policy (scripted, served or local models) on a suite",
         description="Like `pyvision run`, for model policies too: openai (any OpenAI-compatible endpoint), hf (a "
-                    "local Hugging Face VLM), vllm (vLLM's offline engine, GPU). An episode whose policy fails "
-                    "is recorded as failed and the run goes on.")
+                    "local Hugging Face VLM), vllm (vLLM's offline engine; vision models on GPU, text-only models "
+                    "also on its CPU build). An episode whose policy fails is recorded as failed and the run goes on.")
     add_run_arguments(evaluate, (*POLICIES, *MODEL_POLICIES))
     model = evaluate.add_argument_group("model policies")
     model.add_argument("--model", help="hf/vllm: a model folder; openai: the served model's name")
@@ -370,7 +370,7 @@ def make_model_policy(name: str, protocol, args: argparse.Namespace | None):
         return VLLMPolicy(args.model, protocol=protocol, seed=args.seed, max_tokens=args.max_tokens, **sampling)
     except ImportError as error:
         raise SystemExit(f"pyvision eval: --policy {name} needs {error.name or error}: "
-                         f"{'pip install vllm (GPU machines)' if name == 'vllm' else 'pip install torch transformers'}") \
+                         f"{'pip install vllm (GPU) or make test-vllm (CPU build)' if name == 'vllm' else 'pip install torch transformers'}") \
             from None
     except Exception as error:  # noqa: BLE001  (a model that cannot load is a clear message, not a traceback)
         raise SystemExit(f"pyvision eval: cannot load {args.model}: {error}") from None

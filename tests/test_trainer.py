@@ -214,8 +214,8 @@ class ScriptedGeneration(GenerationBackend):
             elif self.first_turns % 2 == 0:
                 self.first_turns += 1
                 color = re.findall(r"How many (\w+) squares", text)[-1]
-                response = (f"<code>\n```python\na = np.asarray(image_clue_0)\n"
-                            f"print(int((a == {self.RGB[color]}).all(-1).sum()) // 64)\n```\n</code>")
+                response = (f"<code>\n```python\nprint((np.asarray(image_clue_0) == {self.RGB[color]})"
+                            ".all(-1).sum() // 64)\n```\n</code>")
             else:
                 self.first_turns += 1
                 response = "<answer>\\boxed{0}</answer>"

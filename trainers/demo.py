@@ -53,7 +53,7 @@ def tokenizer_corpus() -> list[str]:
     for color, rgb in TallyScriptedPolicy.RGB.items():
         texts.append(f"How many {color} squares are in the image?")
         texts.append(protocol.render_action(
-            code=f"a = np.asarray(image_clue_0)\nprint(int((a == {rgb}).all(-1).sum()) // 64)"))
+            code=f"print((np.asarray(image_clue_0) == {rgb}).all(-1).sum() // 64)"))
     texts += [protocol.render_action(answer=str(n)) for n in range(10)]
     return texts * 8
 
