@@ -211,3 +211,18 @@ def test_gymnasium_check_env_passes_for_registered_envs(as_default_engine, tasks
         check_env(env.unwrapped)
     finally:
         env.close()
+
+
+def test_kernels_can_start_at_the_first_code_call(make_env, engine):
+    env = make_env(kernel_start="first-call")
+    pool = engine.core._pool
+    started = pool.started
+    for _ in range(3):  # episodes that answer without code take no kernel from the pool
+        env.reset(options={"task_id": "t2"})
+        assert env.step(answer(env, "8"))[1] == 1.0
+    assert pool.started == started
+    env.reset(options={"task_id": "t2"})
+    obs, _, _, _, info = env.step(code(env, "print(image_clue_0.size)"))
+    assert "(300, 300)" in obs[0].plain_text and info["tool_calls"] == 1
+    with pytest.raises(ValueError, match="kernel_start"):
+        make_env(kernel_start="later")
