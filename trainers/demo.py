@@ -160,7 +160,7 @@ def run_demo(out: Path, *, rl_steps: int | None = None, teacher_episodes: int = 
                                                   {"model": "after RL", **results["after_rl"]}]),
                 ("Cold-start teacher", [teacher]),
                 ("Time (seconds)", [{k: round(v, 1) for k, v in timings.items()}])],
-        plots=plot_run(out / "rl") + plot_run(out / "sft")[:0], samples=samples)
+        plots=plot_run(out / "rl"), samples=samples)
     return results
 
 
