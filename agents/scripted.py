@@ -450,7 +450,10 @@ class TallyScriptedPolicy(ScriptedPolicy):
 
     def script(self, question: str) -> Generator[str, str, None]:
         color = asked_word(question, tuple(self.RGB)) or "red"
-        code = f"print((np.asarray(image_clue_0) == {self.RGB[color]}).all(-1).sum() // 64)"
+        stateless = self.protocol.name == "codevision"  # its calls bind `image` and must leave a `result`
+        image = "image" if stateless else "image_clue_0"
+        code = f"print((np.asarray({image}) == {self.RGB[color]}).all(-1).sum() // 64)"
+        code += "\nresult = image" if stateless else ""
         seen = yield self.protocol.render_action(code=code, image_index=0, call_id="call_1")
         count = re.search(r"^\s*(\d+)\s*$", seen, re.MULTILINE)
         yield self.answer(count.group(1) if count else "0", "")

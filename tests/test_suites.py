@@ -18,7 +18,7 @@ from pyvision_env.suites.common import split_of
 
 COUNT = 5
 REQUIRED_OPS = {"zoom": [["crop"]], "orientation": [["rotate"], ["flip"]], "count": [["count"]],
-                "contrast": [["enhance"]]}
+                "contrast": [["enhance"]], "tally": [["count"]]}
 
 
 @pytest.fixture
@@ -113,7 +113,7 @@ def test_concurrent_generation_yields_one_complete_folder(cache):
 def test_builtin_suites_are_registered_once():
     ids = register_builtin_suites()
     assert ids == ["PyVision/Zoom-v0", "PyVision/Orientation-v0", "PyVision/Count-v0", "PyVision/Contrast-v0",
-                   "PyVision/VideoEvent-v0", "PyVision/VideoCount-v0", "PyVision/VideoMeasure-v0",
+                   "PyVision/Tally-v0", "PyVision/VideoEvent-v0", "PyVision/VideoCount-v0", "PyVision/VideoMeasure-v0",
                    "PyVision/VideoNeedle-v0"]
     assert register_builtin_suites() == ids
     for name, env_id in zip([*SUITES, *VIDEO_SUITES], ids):
