@@ -27,7 +27,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import random
 import time
 import warnings
@@ -44,9 +43,9 @@ from pyvision_env.vector import PyVisionVectorEnv
 
 from .backends import GenerationBackend, HFBackend, PixelCache, VLLMBackend
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import GRPOConfig, to_dict
+from .config import GRPOConfig
 from .metrics import CollapseAlarm, MetricsLogger, plot_run
-from .modeling import load_policy, make_optimizer
+from .modeling import load_policy, make_optimizer, start_run
 from .objective import collate, grpo_loss, sequence_logprobs
 from .ofr import OFRConfig, OFRSelector, Rollout, group_advantages
 from .rollout import EpisodeSpec, RolloutCollector, Trajectory
@@ -133,14 +132,8 @@ class GRPOTrainer:
     """
 
     def __init__(self, config: GRPOConfig, backend: GenerationBackend | None = None) -> None:
-        import torch
-
         self.config = config
-        self.run_dir = Path(config.output_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        random.seed(config.seed)
-        np.random.seed(config.seed)
-        torch.manual_seed(config.seed)
+        self.run_dir = start_run(config)
         self.policy = load_policy(config.model)
         self.chat = self.policy.chat
         algorithm = config.algorithm
@@ -176,7 +169,6 @@ class GRPOTrainer:
         self.step_number = 0
         self.episodes_started = 0
         self.last_eval: list[Trajectory] = []
-        (self.run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
 
     def _make_backend(self) -> GenerationBackend:
         rollout = self.config.rollout

@@ -66,6 +66,26 @@ def load_policy(config: ModelConfig) -> PolicyModel:
     return PolicyModel(model, chat, device)
 
 
+def start_run(config: Any) -> Path:
+    """Create the run folder of a trainer config, write its settings there (``config.json``) and seed Python,
+    numpy and torch with ``config.seed``; returns the folder."""
+    import json
+    import random
+
+    import numpy as np
+    import torch
+
+    from .config import to_dict
+
+    run_dir = Path(config.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    return run_dir
+
+
 def make_optimizer(policy: PolicyModel, lr: float, weight_decay: float, warmup_steps: int) -> tuple[Any, Any]:
     """AdamW over the trainable parameters and a linear warm-up schedule (constant after it)."""
     import torch

@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from pyvision_env.messages import Message
@@ -35,10 +33,10 @@ from pyvision_env.recording import read_episodes
 
 from .backends import PixelCache
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import ConfigError, SFTConfig, to_dict
+from .config import ConfigError, SFTConfig
 from .grpo import TaskSampler
 from .metrics import MetricsLogger, plot_run
-from .modeling import load_policy, make_optimizer
+from .modeling import load_policy, make_optimizer, start_run
 from .objective import collate, sequence_logprobs
 from .tokens import ChatTokenizer
 
@@ -133,14 +131,8 @@ class SFTTrainer:
     """Supervised fine-tuning on :func:`load_examples` (token-mean cross-entropy on assistant tokens)."""
 
     def __init__(self, config: SFTConfig) -> None:
-        import torch
-
         self.config = config
-        self.run_dir = Path(config.output_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        random.seed(config.seed)
-        np.random.seed(config.seed)
-        torch.manual_seed(config.seed)
+        self.run_dir = start_run(config)
         self.policy = load_policy(config.model)
         self.chat = self.policy.chat
         self.examples, self.skipped = load_examples(config, self.chat)
@@ -151,7 +143,6 @@ class SFTTrainer:
         self.pixels = PixelCache(self.chat.image_processor)
         self.logger = MetricsLogger(self.run_dir, tensorboard=config.logging.tensorboard)
         self.step_number = 0
-        (self.run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
 
     def train(self) -> dict[str, Any]:
         """Run (or resume) all steps; returns the last step's metrics."""
