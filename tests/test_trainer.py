@@ -19,7 +19,7 @@ from PIL import Image
 from agents.hf import Sampling
 from agents.tiny_model import make_tiny_model
 from pyvision_env.messages import ImagePart, Message, TextPart
-from trainers.backends import GenerationBackend, HFBackend, PixelCache, Sampled
+from trainers.backends import HFBackend, PixelCache
 from trainers.checkpoint import latest_checkpoint
 from trainers.config import ConfigError, GRPOConfig, ModelConfig, SFTConfig, load_config
 from trainers.demo import tokenizer_corpus
@@ -29,6 +29,8 @@ from trainers.objective import collate, grpo_loss, sequence_logprobs
 from trainers.rollout import EpisodeSpec, Trajectory
 from trainers.sft import SFTTrainer, tokenize_conversation
 from trainers.tokens import ImageTokenMismatch, TemplateError, check_images
+
+from .scripted_generation import ScriptedTallyGeneration
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -195,35 +197,6 @@ def test_every_trained_parameter_changes(model_dir, freeze_vision):
 # --- GRPO end to end on real kernels ------------------------------------------------------------
 
 
-class ScriptedGeneration(GenerationBackend):
-    """Forces exact responses (as TRL's tests do): at the first turn, the tally tool code for the asked colour
-    and a wrong guess in turn; after a tool result, the printed number."""
-
-    RGB = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
-
-    def __init__(self, chat):
-        self.chat, self.first_turns = chat, 0
-
-    def generate(self, prompts, sampling):
-        out = []
-        for prompt in prompts:
-            text = self.chat.tokenizer.decode(prompt.ids, skip_special_tokens=True)
-            result = re.findall(r"Text Result:\s*(\d+)", text)
-            if result:
-                response = f"<answer>\\boxed{{{result[-1]}}}</answer>"
-            elif self.first_turns % 2 == 0:
-                self.first_turns += 1
-                color = re.findall(r"How many (\w+) squares", text)[-1]
-                response = (f"<code>\n```python\nprint((np.asarray(image_clue_0) == {self.RGB[color]})"
-                            ".all(-1).sum() // 64)\n```\n</code>")
-            else:
-                self.first_turns += 1
-                response = "<answer>\\boxed{0}</answer>"
-            ids = self.chat.tokenizer(response, add_special_tokens=False)["input_ids"] + [self.chat.end_token_id]
-            out.append(Sampled(ids, [0.0] * len(ids), True))
-        return out
-
-
 def small_config(tmp_path, model_dir, **overrides) -> GRPOConfig:
     settings = [f"output_dir={tmp_path / 'run'}", f"model.path={model_dir}", "steps=1", "env.num_envs=4",
                 "rollout.group_size=2", "rollout.max_new_tokens=64", "rollout.max_length=1024", "ofr.target_size=4",
@@ -238,7 +211,7 @@ def test_grpo_step_with_ofr_on_real_kernels(tmp_path, model_dir):
     config = small_config(tmp_path, model_dir)
     policy_before = load_policy(ModelConfig(path=str(model_dir))).model.state_dict()
     with GRPOTrainer(config, backend=None) as trainer:
-        trainer.backend = trainer.collector.backend = trainer.eval_collector.backend = ScriptedGeneration(trainer.chat)
+        trainer.backend = trainer.collector.backend = trainer.eval_collector.backend = ScriptedTallyGeneration(trainer.chat)
         result = trainer.train()
         after = trainer.policy.model.state_dict()
     train = result["train"]
