@@ -13,8 +13,11 @@ The benchmarks:
 * :mod:`benchmarks.env` — the Gymnasium environment: step overhead over a bare engine cell, reset latency
   (cached, uncached, until the kernel is usable), the async vector env's steps/s by number of envs;
 * :mod:`benchmarks.ofr` — a seeded simulation of a training run whose task difficulty drifts: the fraction
-  of samples with a non-zero advantage per update, with and without OFR batch selection.
+  of samples with a non-zero advantage per update, with and without OFR batch selection;
+* :mod:`benchmarks.trainer` — a real GRPO step of the tiny VLM on CPU (1 torch thread against all of them)
+  and on a GPU when present: time in generation, environment, scoring and update, and tokens/s;
+* :mod:`benchmarks.video` — on-demand video frames against uniform sampling.
 
-Later issues add video decoding and the trainer. Benchmarks report performance targets as pass/fail in their tables but tests never
+Benchmarks report performance targets as pass/fail in their tables but tests never
 assert on them (timings depend on the machine); tests only check that the reports are complete.
 """

@@ -18,6 +18,7 @@ BENCHMARKS = {
     "engine": "benchmarks.engine",
     "env": "benchmarks.env",
     "ofr": "benchmarks.ofr",
+    "trainer": "benchmarks.trainer",
     "video": "benchmarks.video",
 }
 """Benchmark name -> module with ``NAME``, ``DESCRIPTION`` and ``run(out_dir, quick) -> str``."""

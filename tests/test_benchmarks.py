@@ -126,3 +126,21 @@ def test_video_benchmark_report(tmp_path):
     assert {row["backend"] for row in report["fetch_latency"]} >= {"pyav"}
     assert all(row["median_ms"] > 0 for row in report["fetch_latency"])
     assert "| suite | token reduction |" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_trainer_benchmark_report(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "trainer", "--quick", "--out",
+                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for name in ("trainer.md", "trainer.json", "trainer.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    report = json.loads((tmp_path / "trainer.json").read_text())
+    assert len(report["results"]) >= 2  # CPU with 1 thread and with all threads, side by side
+    for arm in report["results"].values():
+        mean = arm["mean"]
+        assert mean["time/step"] >= sum(mean[f"time/{part}"] for part in ("generation", "update")) > 0
+        assert mean["throughput/tokens_per_s"] > 0 and mean["throughput/update_tokens_per_s"] > 0
+        assert mean["episodes"] == report["settings"]["prompts"] * report["settings"]["group_size"]
+    assert "| generation (s per step) |" in done.stdout

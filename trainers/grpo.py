@@ -251,6 +251,7 @@ class GRPOTrainer:
                    "time/scoring": clock["scoring"], "time/update": clock["update"], "time/weight_sync": sync,
                    "time/step": time.perf_counter() - started,
                    "throughput/tokens_per_s": tokens[0] / clock["generation"] if clock["generation"] else 0.0,
+                   "throughput/update_tokens_per_s": clock["update_tokens"] / clock["update"] if clock["update"] else 0.0,
                    "lr": self.scheduler.get_last_lr()[0]}
         return metrics
 
@@ -287,7 +288,7 @@ class GRPOTrainer:
             items = [(t, a) for t, a in items if t.end_reason != "max_turns"]
         items = [(t, a) for t, a in items if t.sampled_tokens > 0]
         random.shuffle(items)
-        clock["update"] = 0.0
+        clock["update"], clock["update_tokens"] = 0.0, float(sum(len(t.ids) for t, _ in items))
         if not items:
             return {"loss": float("nan")}
         scoring = time.perf_counter()
