@@ -1,0 +1,109 @@
+"""The trainer's vLLM backend on vLLM's real engine, on CPU (``make test-vllm`` runs these in ``.venv-vllm``).
+
+vLLM cannot run the tiny Qwen2.5-VL on CPU (its processors need torchvision, see pitfalls), so the model is the
+tiny text-only Qwen2 of :mod:`agents.tiny_text_model`, its weights held by a Hugging Face model as the trainer
+holds them: token prompts in, sampled ids and log-probs out; the log-probs are those the trainer recomputes;
+weights changed on the trainer's side reach the engine through :meth:`VLLMBackend.sync_weights`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
+
+vllm = pytest.importorskip("vllm", reason="vLLM is not installed here (make test-vllm builds .venv-vllm)")
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from agents.hf import Sampling  # noqa: E402
+from agents.tiny_text_model import make_tiny_text_model  # noqa: E402
+from pyvision_env.messages import Message  # noqa: E402
+from trainers.backends import VLLMBackend, WeightSyncTimeout, token_logprobs  # noqa: E402
+from trainers.tokens import ChatTokenizer  # noqa: E402
+
+from .test_vllm_policy import ENGINE_ARGS, ENGINE_ENV  # noqa: E402
+
+NEW_TOKENS = 12
+MISMATCH = 1e-2
+"""Largest |engine - trainer| log-prob accepted: vLLM's CPU kernels and Hugging Face's differ by a few 1e-3 nats
+(measured up to 0.005 here) — the training/inference mismatch the trainer reports as ``logprob_mismatch`` and
+removes by recomputing the old log-probs (``algorithm.old_logprobs: recompute``, the default)."""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """The engine (started from the model folder) and the trainer-side model with the same weights."""
+    model_dir = make_tiny_text_model(tmp_path_factory.mktemp("tiny-qwen2-text"))
+    chat = ChatTokenizer(AutoTokenizer.from_pretrained(model_dir), image_processor=None)
+    trainer_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in ENGINE_ENV.items():
+            patch.setenv(key, value)
+        backend = VLLMBackend(str(model_dir), chat, seed=0, **ENGINE_ARGS)
+        yield backend, chat, trainer_model
+        backend.close()
+
+
+def prompt(chat):
+    return chat.prompt([Message.text("system", "Count."), Message.text("user", "How many red squares are there?")])
+
+
+def recomputed(model, prompt_ids, ids, temperature=1.0):
+    """The trainer's log-probs of ``ids`` after ``prompt_ids``."""
+    sequence = torch.tensor([prompt_ids + ids])
+    with torch.no_grad():
+        logits = model(input_ids=sequence).logits
+    return token_logprobs(logits[0, len(prompt_ids) - 1:-1], sequence[0, len(prompt_ids):], temperature).tolist()
+
+
+def greedy(model, prompt_ids, chat):
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=NEW_TOKENS,
+                             suppress_tokens=chat.never_sampled, eos_token_id=chat.end_token_id,
+                             pad_token_id=chat.pad_token_id)
+    return out[0, len(prompt_ids):].tolist()
+
+
+def test_sampled_log_probs_are_the_ones_the_trainer_recomputes(setup):
+    backend, chat, model = setup
+    encoded = prompt(chat)
+    for temperature in (1.0, 0.7):
+        samples = backend.generate([encoded] * 3, Sampling(max_new_tokens=NEW_TOKENS, temperature=temperature))
+        assert len({tuple(s.ids) for s in samples}) > 1  # three different samples of one prompt
+        for sample in samples:
+            assert len(sample.ids) == len(sample.logprobs) and sample.ids
+            assert not set(sample.ids) & set(chat.never_sampled)
+            assert sample.logprobs == pytest.approx(recomputed(model, encoded.ids, sample.ids, temperature), abs=MISMATCH)
+
+
+def test_weights_changed_by_the_trainer_reach_the_engine(setup):
+    backend, chat, model = setup
+    encoded = prompt(chat)
+    greedy_sampling = Sampling(max_new_tokens=NEW_TOKENS, temperature=0.0)
+    [before] = backend.generate([encoded], greedy_sampling)
+    assert before.ids == greedy(model, encoded.ids, chat)
+    torch.manual_seed(7)
+    with torch.no_grad():  # an "update": every weight moves
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    changed = greedy(model, encoded.ids, chat)
+    assert changed != before.ids
+    seconds = backend.sync_weights(model, timeout=120)
+    [after] = backend.generate([encoded], greedy_sampling)
+    assert after.ids == changed and seconds > 0
+    assert after.logprobs == pytest.approx(recomputed(model, encoded.ids, after.ids), abs=MISMATCH)
+
+
+def test_a_weight_sync_past_its_timeout_is_an_error(setup):
+    backend, _, model = setup
+    with pytest.raises(WeightSyncTimeout, match="took over"):
+        backend.sync_weights(model, timeout=1e-4)
+    deadline = time.monotonic() + 120  # let the abandoned load finish before the engine is closed
+    while any(t.name.startswith("pyvision-weight-sync") for t in threading.enumerate()):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
