@@ -18,7 +18,7 @@ Each update:
 
 Run it on the demo's SFT model (``pyvision train-demo`` writes one)::
 
-    python -m trainers.reference_grpo --model runs/demo/sft/step-000080 --steps 4
+    python -m trainers.reference_grpo --model runs/demo/sft/checkpoints/step-000080 --steps 4
 """
 
 from __future__ import annotations

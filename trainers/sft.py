@@ -174,7 +174,7 @@ class SFTTrainer:
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters, config.max_grad_norm)
                 self.optimizer.step()
                 self.scheduler.step()
-                metrics = {"loss": float(loss), "grad_norm": float(grad_norm), "tokens": tokens,
+                metrics = {"loss": float(loss.detach()), "grad_norm": float(grad_norm), "tokens": tokens,
                            "lr": self.scheduler.get_last_lr()[0], "epoch": self.sampler.epoch}
                 self.logger.log(self.step_number, metrics)
                 bar.update()
