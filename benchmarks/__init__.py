@@ -21,3 +21,18 @@ The benchmarks:
 Benchmarks report performance targets as pass/fail in their tables but tests never
 assert on them (timings depend on the machine); tests only check that the reports are complete.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out a report figure, write it to ``path`` (PNG, 110 dpi), close it and return ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

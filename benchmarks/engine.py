@@ -73,6 +73,8 @@ from pyvision_env.execution import (
 from pyvision_env.execution.kernel import KERNEL_FLAGS
 from pyvision_env.execution.limits import DEFAULT_PRELOAD, SandboxConfig
 
+from . import save_figure
+
 NAME = "engine"
 DESCRIPTION = "sandboxed kernel engine vs a bare jupyter_client kernel"
 
@@ -831,10 +833,7 @@ def plot(raw: dict[str, Any], out_dir: Path) -> list[Path]:
     cdf.grid(True, alpha=0.3)
     hist.legend(fontsize=8)
     cdf.legend(fontsize=8)
-    fig.tight_layout()
-    latency_png = out_dir / "engine_latency.png"
-    fig.savefig(latency_png, dpi=110)
-    plt.close(fig)
+    latency_png = save_figure(fig, out_dir / "engine_latency.png")
 
     levels = raw["throughput"]["levels"]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -849,10 +848,7 @@ def plot(raw: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    throughput_png = out_dir / "engine_throughput.png"
-    fig.savefig(throughput_png, dpi=110)
-    plt.close(fig)
+    throughput_png = save_figure(fig, out_dir / "engine_throughput.png")
     return [latency_png, throughput_png]
 
 

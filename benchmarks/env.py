@@ -46,6 +46,7 @@ from pyvision_env.execution import Engine, WeakIsolationWarning
 from pyvision_env.vector import PyVisionVectorEnv
 from pyvision_env.visual_tokens import VisualTokenRule
 
+from . import save_figure
 from .engine import (
     BENCH_LIMITS,
     BUSY_WARNING_PCT,
@@ -515,11 +516,7 @@ def plot(raw: dict[str, Any], out_dir: Path) -> Path:
     vector.xaxis.set_minor_formatter(NullFormatter())
     vector.set_ylim(bottom=0)
     vector.grid(True, alpha=0.3)
-    fig.tight_layout()
-    path = out_dir / "env.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "env.png")
 
 
 def run(out_dir: Path, quick: bool = False) -> str:

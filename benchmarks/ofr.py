@@ -36,6 +36,8 @@ import numpy as np
 
 from trainers.ofr import OFRConfig, OFRSelector, Rollout, group_advantages
 
+from . import save_figure
+
 NAME = "ofr"
 DESCRIPTION = "OFR batch selection vs none in a seeded drifting-difficulty simulation (non-zero advantages)"
 
@@ -204,11 +206,7 @@ def plot(series: dict[str, list[float]], settings: Settings, out_dir: Path) -> P
     cost.set(xlabel="update", ylabel="groups generated", ylim=(0, None), title="Generation cost per update")
     cost.legend(fontsize=8)
     cost.grid(True, alpha=0.3)
-    fig.tight_layout()
-    path = out_dir / "ofr.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "ofr.png")
 
 
 def run(out_dir: Path, quick: bool = False) -> str:

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import save_figure
+
 NAME = "trainer"
 DESCRIPTION = "GRPO step-time breakdown (generation / environment / scoring / update) and tokens/s, tiny VLM"
 
@@ -129,11 +131,7 @@ def plot(results: dict[str, dict[str, Any]], out_dir: Path) -> Path:
         left = [a + b for a, b in zip(left, widths)]
     ax.set(xlabel="seconds per step", title="GRPO step-time breakdown")
     ax.legend(fontsize=8, ncols=len(PARTS), loc="upper center", bbox_to_anchor=(0.5, -0.35))
-    fig.tight_layout()
-    path = out_dir / "trainer.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "trainer.png")
 
 
 def run(out_dir: Path, quick: bool = False) -> str:

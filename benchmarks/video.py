@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import save_figure
+
 NAME = "video"
 DESCRIPTION = "on-demand video context vs uniform 1 fps: accuracy and visual tokens; frame-fetch latency"
 
@@ -117,11 +119,7 @@ def plot(results: dict, out_dir: Path) -> Path:
     for axis in (tokens, accuracy):
         axis.legend(fontsize=8)
         axis.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = out_dir / "video.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "video.png")
 
 
 def run(out_dir: Path, quick: bool = False) -> str:
