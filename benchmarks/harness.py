@@ -8,7 +8,7 @@ A run folder holds:
   folder skips every (suite, task, sample) already there: an interrupted evaluation continues where it
   stopped and nothing scored is recomputed.
 * ``episodes/`` — the recording of every episode (``pyvision view``).
-* ``summary.md``, ``summary.csv``, ``summary.json`` — per suite: accuracy (avg@k), pass@k, mean score,
+* ``summary.md``, ``summary.csv``, ``summary.json``, ``summary.png`` — per suite: accuracy (avg@k), pass@k, mean score,
   turns, tool calls, tool errors, visual tokens and wall time; per-category breakdowns; and each public
   benchmark's own metrics (its module's ``aggregate``).
 
@@ -336,14 +336,90 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 
 def write_summary(out: Path, summary: dict[str, Any]) -> None:
-    """``summary.md``, ``summary.csv`` (one row per suite) and ``summary.json`` in ``out``."""
+    """``summary.md``, ``summary.csv`` (one row per suite), ``summary.json`` and the plot ``summary.png``
+    (see :func:`plot_summary`) in ``out``."""
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    (out / "summary.md").write_text(summary_markdown(summary))
+    plot = plot_summary(summary, out / "summary.png")
+    (out / "summary.md").write_text(summary_markdown(summary)
+                                    + (f"\n![accuracy by suite and category]({plot.name})\n" if plot else ""))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=[key for key, _, _ in COLUMNS])
     writer.writeheader()
     writer.writerows({key: row.get(key) for key, _, _ in COLUMNS} for row in summary["suites"])
     (out / "summary.csv").write_text(buffer.getvalue())
+
+
+MAX_PLOTTED_BREAKDOWNS = 8
+"""Breakdown panels drawn in ``summary.png`` at most (the tables hold them all)."""
+
+
+def plot_summary(summary: dict[str, Any], path: Path) -> Path | None:
+    """Bars of accuracy (avg@k) and pass@k per suite, then one panel of accuracy per category for each
+    breakdown (the first :data:`MAX_PLOTTED_BREAKDOWNS`). Returns ``path``, or ``None`` with no suites."""
+    if not summary["suites"]:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import save_figure
+
+    panels = [(f"{suite} by {key}", key, groups) for suite, keys in summary["breakdowns"].items()
+              for key, groups in keys.items()][:MAX_PLOTTED_BREAKDOWNS]
+    columns = min(3, 1 + len(panels))
+    rows = math.ceil((1 + len(panels)) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 3.8 * rows), squeeze=False)
+    suites = summary["suites"]
+    overview = axes[0][0]
+    positions = range(len(suites))
+    overview.bar([p - 0.2 for p in positions], [row["accuracy"] for row in suites], width=0.4, label="avg@k")
+    overview.bar([p + 0.2 for p in positions], [row["pass_at_k"] for row in suites], width=0.4, label="pass@k")
+    overview.set_xticks(list(positions), [f"{row['suite']}\n(k={row['samples']})" for row in suites],
+                        rotation=30 if len(suites) > 4 else 0, fontsize=8)
+    overview.set_ylim(0, 1.18)
+    overview.set_ylabel("accuracy")
+    overview.set_title("accuracy per suite")
+    overview.legend(fontsize=8, ncol=2, loc="upper center")
+    for axis, (title, key, groups) in zip(axes.flat[1:], panels):
+        labels = [str(group[key])[:28] for group in groups]
+        axis.barh(labels, [group["accuracy"] for group in groups], color="tab:green")
+        for y, group in enumerate(groups):
+            axis.text(min(group["accuracy"], 1.0) + 0.01, y, f"{group['accuracy']:.0%} (n={group['episodes']})",
+                      va="center", fontsize=7)
+        axis.set_xlim(0, 1.25)
+        axis.set_xlabel("accuracy")
+        axis.invert_yaxis()
+        axis.tick_params(axis="y", labelsize=7)
+        axis.set_title(title, fontsize=9)
+    for axis in axes.flat[1 + len(panels):]:
+        axis.axis("off")
+    return save_figure(fig, path)
+
+
+def plot_comparison(rows: Sequence[dict[str, Any]], path: Path, metric: str = "accuracy") -> Path:
+    """Grouped bars of :func:`compare`'s ``rows``: one group per suite, one bar per run or published model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import save_figure
+
+    labels = [label for label in (rows[0] if rows else {}) if label != "suite"]
+    width = 0.8 / max(1, len(labels))
+    fig, axis = plt.subplots(figsize=(max(5.0, 1.2 * len(rows) * max(1, len(labels)) ** 0.5 + 2), 4))
+    for index, label in enumerate(labels):
+        values = [row.get(label) for row in rows]
+        axis.bar([p - 0.4 + width * (index + 0.5) for p in range(len(rows))],
+                 [math.nan if v is None else v for v in values], width=width, label=label)
+    axis.set_xticks(list(range(len(rows))), [row["suite"] for row in rows], rotation=30 if len(rows) > 4 else 0)
+    axis.set_ylabel(metric)
+    if all(0 <= (row.get(label) or 0) <= 1 for row in rows for label in labels):
+        axis.set_ylim(0, 1.18)
+    axis.set_title(f"{metric} by suite")
+    axis.legend(fontsize=8, ncol=min(3, max(1, len(labels))), loc="upper center")
+    return save_figure(fig, path)
 
 
 def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, str]:

@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("--published", type=Path, metavar="CSV", help="published numbers to add")
     comparison.add_argument("--metric", default="accuracy", help="summary column to compare (default: %(default)s)")
     comparison.add_argument("--csv", type=Path, metavar="FILE", help="also write the table as CSV")
+    comparison.add_argument("--plot", type=Path, metavar="PNG", help="also draw the table as grouped bars")
 
     serve = commands.add_parser(
         "serve", help="serve a local Hugging Face VLM behind an OpenAI-compatible chat endpoint",
@@ -433,7 +434,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"episode on {record['suite']} task {record['task_id']} failed: {record['error']}", file=sys.stderr)
     if len(failures) > 5:
         print(f"... and {len(failures) - 5} more failed episodes (see {out / 'results.jsonl'})", file=sys.stderr)
-    print(f"results in {out}/ (summary.md, summary.csv, summary.json, results.jsonl"
+    print(f"results in {out}/ (summary.md, summary.csv, summary.json, summary.png, results.jsonl"
           f"{', episodes/' if not args.no_record else ''})", file=sys.stderr)
     return 0
 
@@ -441,7 +442,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_compare(args: argparse.Namespace) -> int:
     import csv
 
-    from benchmarks.harness import compare
+    from benchmarks.harness import compare, plot_comparison
 
     if not args.runs and args.published is None:
         raise SystemExit("pyvision compare: give run folders and/or --published CSV")
@@ -455,6 +456,8 @@ def run_compare(args: argparse.Namespace) -> int:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["suite"])
             writer.writeheader()
             writer.writerows(rows)
+    if args.plot is not None:
+        print(f"plot: {plot_comparison(rows, args.plot, args.metric)}", file=sys.stderr)
     return 0
 
 

@@ -29,6 +29,17 @@ from pyvision_env.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def assert_plot(path, panels):
+    """A real PNG, as wide as its panels (3 to a row, 5.5 inches each at 110 dpi), with drawn content."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        if panels > 1:
+            assert image.width == round(5.5 * min(3, panels) * 110)
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 50
+
+
 def scripted(suite, protocol):
     return scripted_policy(suite, protocol)
 
@@ -51,6 +62,8 @@ def test_two_suites_k_samples_concurrent_workers(tmp_path):
     table = list(csv.DictReader((tmp_path / "run" / "summary.csv").open()))
     assert [row["suite"] for row in table] == ["count", "zoom"] and float(table[0]["accuracy"]) == 1.0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["suites"] == summary["suites"]
+    assert "![accuracy by suite and category](summary.png)" in markdown
+    assert_plot(tmp_path / "run" / "summary.png", panels=1 + sum(map(len, summary["breakdowns"].values())))
 
 
 def test_an_interrupted_evaluation_continues_where_it_stopped(tmp_path):
@@ -115,8 +128,9 @@ def test_compare_puts_runs_and_published_numbers_side_by_side(tmp_path):
                     {"suite": "vstar", "ours": 0.75, "baseline": 0.5, "PyVision-7B (published)": 0.887}]
     assert "| vstar | 75.0% | 50.0% | 88.7% |" in markdown
     assert main(["compare", str(tmp_path / "ours"), "--published", str(published), "--csv",
-                 str(tmp_path / "table.csv")]) == 0
+                 str(tmp_path / "table.csv"), "--plot", str(tmp_path / "table.png")]) == 0
     assert list(csv.DictReader((tmp_path / "table.csv").open()))[1]["PyVision-7B (published)"] == "0.887"
+    assert_plot(tmp_path / "table.png", panels=1)
     published.write_text("model,suite,acc\nX,vstar,1\n")
     with pytest.raises(ValueError, match="needs the columns model, suite, accuracy"):
         compare([tmp_path / "ours"], published)
