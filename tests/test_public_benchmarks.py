@@ -56,3 +56,26 @@ def test_a_broken_copy_is_a_clear_error_from_the_cli(tmp_path):
               "--out", str(tmp_path / "run")])
     with pytest.raises(SystemExit, match="does not exist"):
         main(["eval", "--benchmarks", str(tmp_path / "nowhere"), "--suite", "vstar", "--out", str(tmp_path / "r")])
+
+
+def test_released_tables_are_read_a_row_at_a_time(tmp_path):
+    """Gigabyte TSV/Parquet releases (HR-Bench 8K) stream: rows come before a damage further down is read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from benchmarks.public.common import LayoutError, read_parquet, read_tsv
+
+    public_benchmarks()  # imports every loader module, which registers its benchmarks
+    tsv = tmp_path / "hr_bench_4k.tsv"
+    tsv.write_bytes(b"index\tquestion\n1\tfirst?\n" + b"2\t" + b"x" * (1 << 20) + b"\xff\xfe\n")
+    rows = read_tsv("hr-bench-4k", tmp_path, tsv)
+    assert next(rows) == {"index": "1", "question": "first?"}
+    with pytest.raises(LayoutError, match="hr_bench_4k.tsv is not a readable TSV file"):
+        next(rows)
+
+    table = tmp_path / "hr_bench_4k.parquet"
+    pq.write_table(pa.table({"index": list(range(100)), "question": [f"q{i}" for i in range(100)]}), table)
+    assert [row["index"] for row in read_parquet("hr-bench-4k", tmp_path, table)] == list(range(100))
+    table.write_bytes(b"PAR1 not really")
+    with pytest.raises(LayoutError, match="hr_bench_4k.parquet is not a readable Parquet file"):
+        list(read_parquet("hr-bench-4k", tmp_path, table))

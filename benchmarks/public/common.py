@@ -120,25 +120,32 @@ def read_jsonl(name: str, root: Path, path: Path) -> Iterator[tuple[int, dict[st
             yield number, record
 
 
-def read_tsv(name: str, root: Path, path: Path) -> list[dict[str, str]]:
-    """Rows of a tab-separated file with a header (VLMEvalKit's format; cells may hold base64 images)."""
+def read_tsv(name: str, root: Path, path: Path) -> Iterator[dict[str, str]]:
+    """Rows of a tab-separated file with a header (VLMEvalKit's format; cells may hold base64 images), one at
+    a time: HR-Bench 8K's TSV is gigabytes of base64, and only the row being read is ever in memory."""
     csv.field_size_limit(sys.maxsize)
     try:
         with path.open(encoding="utf-8", newline="") as handle:
-            return list(csv.DictReader(handle, delimiter="\t"))
+            yield from csv.DictReader(handle, delimiter="\t")
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise benchmark(name).error(f"{path} is not a readable TSV file ({error})", root) from None
 
 
-def read_parquet(name: str, root: Path, path: Path) -> list[dict[str, Any]]:
-    """Rows of a Parquet file (Hugging Face's release format) as dicts."""
+PARQUET_BATCH_ROWS = 32
+"""Rows decoded at a time by :func:`read_parquet` (cells may hold whole images)."""
+
+
+def read_parquet(name: str, root: Path, path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a Parquet file (Hugging Face's release format) as dicts, :data:`PARQUET_BATCH_ROWS` decoded at
+    a time."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise benchmark(name).error(f"reading {path} needs pyarrow (pip install 'pyvision-rl[benchmarks]')",
                                     root) from None
     try:
-        return pq.read_table(path).to_pylist()
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            yield from batch.to_pylist()
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
         raise benchmark(name).error(f"{path} is not a readable Parquet file ({error})", root) from None
 
