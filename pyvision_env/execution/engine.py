@@ -45,6 +45,7 @@ from ..video import reader as video_reader
 from ..video.reader import VideoOptions
 from .kernel import Kernel, KernelDiedError
 from .limits import ExecutionLimits, SandboxConfig
+from .loop import LoopThread
 from .pool import KernelPool
 from .records import CellResult, CellStatus, EngineStatus
 from .sandbox import CgroupManager, SandboxUnavailableError, pid_exists, probe_bubblewrap
@@ -355,30 +356,15 @@ class Engine:
     def __init__(self, limits: ExecutionLimits | None = None, sandbox: SandboxConfig | None = None,
                  pool_size: int = 2, max_kernels: int = 64) -> None:
         self._async = AsyncEngine(limits, sandbox, pool_size, max_kernels)
-        self._owner = os.getpid()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="pyvision-engine", daemon=True)
-        self._thread.start()
+        self._loop = LoopThread("pyvision-engine", owner_label="this engine")
         try:
             self._call(self._async.start())
         except BaseException:
-            self._stop_loop()
+            self._loop.close()
             raise
 
     def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        if self._loop.is_closed():
-            coroutine.close()
-            raise RuntimeError("the engine is closed")
-        if os.getpid() != self._owner:
-            coroutine.close()
-            raise RuntimeError(f"this engine belongs to process {self._owner}; a forked child must start its own "
-                               "(the default engine does so by itself)")
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        try:
-            return future.result(timeout)
-        except (KeyboardInterrupt, concurrent.futures.TimeoutError):
-            future.cancel()
-            raise
+        return self._loop.run_coroutine(coroutine, timeout)
 
     @property
     def core(self) -> AsyncEngine:
@@ -389,9 +375,14 @@ class Engine:
         """Run a coroutine on the engine's event loop and wait for its result (from any other thread)."""
         return self._call(coroutine, timeout)
 
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule a coroutine on the engine's event loop without waiting; from another event loop, await
+        ``asyncio.wrap_future(engine.submit(coroutine))``."""
+        return self._loop.submit(coroutine)
+
     @property
     def closed(self) -> bool:
-        return self._loop.is_closed()
+        return self._loop.closed
 
     @property
     def isolation(self) -> str:
@@ -416,17 +407,11 @@ class Engine:
         return Session(self, self._call(self._async.open_session(images, values, limits, videos, video_options)))
 
     def close(self) -> None:
-        if self._loop.is_closed() or os.getpid() != self._owner:
+        if self._loop.closed or os.getpid() != self._loop.owner:
             return
         try:
             self._call(self._async.close())
         finally:
-            self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        if not self._thread.is_alive():
             self._loop.close()
 
     def __enter__(self) -> Engine:
@@ -578,7 +563,7 @@ def default_engine() -> Engine:
     """
     global _default_engine
     with _default_lock:
-        if _default_engine is None or _default_engine._loop.is_closed():
+        if _default_engine is None or _default_engine.closed:
             pool_size = int(os.environ.get("PYVISION_POOL_SIZE", "2"))
             _default_engine = Engine(pool_size=pool_size)
             atexit.register(_close_at_exit, _default_engine, os.getpid())
