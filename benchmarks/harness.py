@@ -45,6 +45,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from agents.base import Policy
+from pyvision_env.pools import EnvPool, LocalEnvPool, WorkerLost
 from pyvision_env.protocols import Protocol
 
 RESULTS = "results.jsonl"
@@ -103,13 +104,16 @@ class Evaluation:
 
     ``samples``: episodes per task (avg@k and pass@k); ``limit``: the first tasks of each suite only;
     ``concurrency``: episodes run at once (one environment and one policy per worker thread);
-    ``env_options``: more :class:`~pyvision_env.env.PyVisionEnv` arguments (``max_turns``, ``split``, ...).
+    ``env_options``: more :class:`~pyvision_env.env.PyVisionEnv` arguments (``max_turns``, ``split``, ...);
+    ``pool``: where the environments run (:mod:`pyvision_env.pools`; default: a local pool for the run). An
+    episode whose Ray worker died is played again up to ``pool.episode_attempts`` times in all, then recorded
+    as failed (``end_reason`` ``worker_lost``, with the reason).
     """
 
     def __init__(self, suites: Sequence[str], make_policy: PolicyFactory, out: str | os.PathLike, *,
                  samples: int = 1, limit: int | None = None, concurrency: int = 1, protocol: str = "pyvision",
                  record: bool = True, progress: bool = True, by: Sequence[str] = (),
-                 env_options: dict[str, Any] | None = None) -> None:
+                 env_options: dict[str, Any] | None = None, pool: EnvPool | None = None) -> None:
         if not suites:
             raise ValueError("give at least one suite")
         if samples < 1 or concurrency < 1 or (limit is not None and limit < 1):
@@ -119,6 +123,7 @@ class Evaluation:
         self.samples, self.limit, self.concurrency, self.protocol = samples, limit, concurrency, protocol
         self.record, self.progress, self.by = record, progress, tuple(by)
         self.env_options = dict(env_options or {})
+        self.pool = pool
         self._lock = threading.Lock()
         self.results: list[dict[str, Any]] = []
         """Every scored episode of the run folder, once :meth:`run` has finished."""
@@ -138,7 +143,7 @@ class Evaluation:
 
     def run(self) -> dict[str, Any]:
         """Run what is not scored yet, then write and return the summary."""
-        from pyvision_env.execution import Engine, WeakIsolationWarning
+        from pyvision_env.execution import WeakIsolationWarning
 
         self.out.mkdir(parents=True, exist_ok=True)
         drop_torn_line(self.out / RESULTS)
@@ -155,9 +160,9 @@ class Evaluation:
             errors: list[BaseException] = []
             with warnings.catch_warnings():
                 warnings.simplefilter("default", WeakIsolationWarning)
-                engine = Engine(pool_size=min(self.concurrency, 8))
+                pool = self.pool or LocalEnvPool(concurrency=self.concurrency)
             try:
-                workers = [threading.Thread(target=self._worker, args=(pending, engine, session, bar, errors),
+                workers = [threading.Thread(target=self._worker, args=(pending, pool, session, bar, errors),
                                             name=f"eval-{i}", daemon=True)
                            for i in range(min(self.concurrency, len(todo)))]
                 for worker in workers:
@@ -166,7 +171,8 @@ class Evaluation:
                     worker.join()
             finally:
                 bar.close()
-                engine.close()
+                if pool is not self.pool:
+                    pool.close()
             if errors:
                 raise errors[0]
         self.results = read_results(self.out)
@@ -178,7 +184,7 @@ class Evaluation:
             render_html(self.out / "episodes" / "episodes.jsonl", self.out / "episodes" / "episodes.html")
         return summary
 
-    def _worker(self, pending: queue.Queue[WorkItem], engine: Any, session: str, bar: Any,
+    def _worker(self, pending: queue.Queue[WorkItem], pool: EnvPool, session: str, bar: Any,
                 errors: list[BaseException]) -> None:
         envs: dict[str, Any] = {}
         try:
@@ -188,9 +194,9 @@ class Evaluation:
                 except queue.Empty:
                     return
                 if item.suite not in envs:
-                    envs[item.suite] = self._open(item.suite, engine)
+                    envs[item.suite] = self._open(item.suite, pool)
                 env, policy = envs[item.suite]
-                record = self._episode(env, policy, item)
+                record = self._episode(env, policy, item, pool.episode_attempts)
                 record["session"] = session
                 self._append(record)
                 with self._lock:
@@ -201,35 +207,53 @@ class Evaluation:
             for env, _ in envs.values():
                 env.close()
 
-    def _open(self, suite: str, engine: Any) -> tuple[Any, Policy]:
-        from pyvision_env.env import PyVisionEnv
+    def _open(self, suite: str, pool: EnvPool) -> tuple[Any, Policy]:
         from pyvision_env.recording import RecordEpisodes
 
-        env = PyVisionEnv(suite, protocol=self.protocol, engine=engine, **self.env_options)
+        env = pool.make_env(suite, protocol=self.protocol, **self.env_options)
         if self.record:
             env = RecordEpisodes(env, self.out / "episodes", metadata={"suite": suite})
         return env, self.make_policy(suite, env.unwrapped.protocol)
 
-    def _episode(self, env: Any, policy: Policy, item: WorkItem) -> dict[str, Any]:
+    def _episode(self, env: Any, policy: Policy, item: WorkItem, attempts: int) -> dict[str, Any]:
+        """Play one episode (again, up to ``attempts`` times, while its worker dies) into a result record."""
         task = env.unwrapped.tasks[item.task_index]
         base = {"suite": item.suite, "task_id": item.task_id, "sample": item.sample,
                 "metadata": dict(task.metadata), "policy": getattr(policy, "name", type(policy).__name__)}
-        started = time.time()
-        try:
-            observation, info = env.reset(options={"task_index": item.task_index})
-            done, total = False, 0.0
-            while not done:
-                observation, reward, terminated, truncated, info = env.step(policy.act(observation, info))
-                total += float(reward)
-                done = terminated or truncated
-        except Exception as error:  # noqa: BLE001 - a failing policy scores 0 for this episode and the run goes on
-            return {**base, "correct": False, "score": 0.0, "reward": 0.0, "turns": 0, "tool_calls": 0,
-                    "tool_errors": 0, "visual_tokens": 0, "end_reason": "policy_error", "answer": None,
-                    "error": f"{type(error).__name__}: {error}", "started": started, "ended": time.time()}
-        return {**base, "correct": bool(info["correct"]), "score": float(info["score"] or 0.0), "reward": total,
-                "turns": info["turn"], "tool_calls": info["tool_calls"], "tool_errors": info["tool_errors"],
-                "visual_tokens": info["visual_tokens"], "end_reason": info["end_reason"],
-                "answer": info.get("answer"), "error": None, "started": started, "ended": time.time()}
+        started, attempt = time.time(), 0
+        while True:
+            attempt += 1
+            try:
+                info, total = self._play(env, policy, item)
+            except WorkerLost as lost:
+                if attempt < attempts:
+                    continue
+                return self._failed(base, "worker_lost", lost, started, attempt)
+            except Exception as error:  # noqa: BLE001 - a failing policy scores 0 for this episode and the run goes on
+                return self._failed(base, "policy_error", error, started, attempt)
+            return {**base, "correct": bool(info["correct"]), "score": float(info["score"] or 0.0), "reward": total,
+                    "turns": info["turn"], "tool_calls": info["tool_calls"], "tool_errors": info["tool_errors"],
+                    "visual_tokens": info["visual_tokens"], "end_reason": info["end_reason"],
+                    "answer": info.get("answer"), "error": None, "attempts": attempt, "started": started,
+                    "ended": time.time()}
+
+    @staticmethod
+    def _play(env: Any, policy: Policy, item: WorkItem) -> tuple[dict[str, Any], float]:
+        observation, info = env.reset(options={"task_index": item.task_index})
+        done, total = False, 0.0
+        while not done:
+            observation, reward, terminated, truncated, info = env.step(policy.act(observation, info))
+            total += float(reward)
+            done = terminated or truncated
+        return info, total
+
+    @staticmethod
+    def _failed(base: dict[str, Any], reason: str, error: BaseException, started: float, attempts: int
+                ) -> dict[str, Any]:
+        return {**base, "correct": False, "score": 0.0, "reward": 0.0, "turns": 0, "tool_calls": 0,
+                "tool_errors": 0, "visual_tokens": 0, "end_reason": reason, "answer": None,
+                "error": f"{type(error).__name__}: {error}", "attempts": attempts, "started": started,
+                "ended": time.time()}
 
     def _append(self, record: dict[str, Any]) -> None:
         from pyvision_env.recording import append_line

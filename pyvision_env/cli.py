@@ -19,6 +19,10 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyvision_env.pools.ray_pool import RayEnvPool
 
 DESCRIPTION = """\
 PyVision-RL: train and evaluate agentic vision models — multimodal LLMs that answer visual
@@ -131,6 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="tokens per response (default: %(default)s)")
     model.add_argument("--device", default="auto", help="hf: cpu, cuda, cuda:N or auto (default: %(default)s)")
     model.add_argument("--max-images", type=int, help="keep at most this many images in the model's context")
+    cluster = evaluate.add_argument_group(
+        "Ray", "run the environments (and their kernels) on Ray actors instead of this process (pip install "
+               "'pyvision-rl[ray]'; see docs/scaling.md)")
+    cluster.add_argument("--ray", metavar="ADDRESS", help="'local' (a private Ray instance for the run), 'auto' (this "
+                                                          "machine's cluster), HOST:PORT or ray://HOST:10001")
+    cluster.add_argument("--ray-workers", type=int, default=2, help="env worker actors (default: %(default)s)")
+    cluster.add_argument("--envs-per-worker", type=int,
+                         help="episodes each worker runs at once (default: --concurrency / --ray-workers, rounded up)")
+    cluster.add_argument("--cpus-per-worker", type=float, default=1.0,
+                         help="CPUs each worker reserves; fractions allowed (default: %(default)s)")
+    cluster.add_argument("--on-worker-lost", choices=("retry", "fail"), default="retry",
+                         help="an episode whose worker died is played again or recorded as failed (default: "
+                              "%(default)s)")
+    cluster.add_argument("--max-retries", type=int, default=2, help="new attempts of such an episode (default: "
+                                                                    "%(default)s)")
 
     comparison = commands.add_parser(
         "compare", help="put evaluation runs and published numbers side by side",
@@ -418,15 +437,21 @@ def run_eval(args: argparse.Namespace) -> int:
             return shared["policy"]
         return make_policy(args.policy, base_of.get(suite, suite), protocol, args.seed, args)
 
+    pool = None
     try:
+        if args.ray:
+            pool = make_ray_pool(args, concurrency)
         evaluation = Evaluation(suites, policy_for, out, samples=args.samples, limit=args.limit,
                                 concurrency=concurrency, protocol=args.protocol, record=not args.no_record,
-                                by=args.by, env_options={"split": args.split, "max_turns": args.max_turns,
-                                                         **({"video_context": "uniform"}
-                                                            if args.policy == "uniform" else {})})
+                                by=args.by, pool=pool,
+                                env_options={"split": args.split, "max_turns": args.max_turns,
+                                             **({"video_context": "uniform"} if args.policy == "uniform" else {})})
         summary = evaluation.run()
     except (KeyError, ValueError, OSError) as error:
         raise SystemExit(f"pyvision eval: {error.args[0] if isinstance(error, KeyError) else error}") from None
+    finally:
+        if pool is not None:
+            pool.close()
     print(json.dumps(summary["suites"][0] if len(summary["suites"]) == 1 else summary["suites"])
           if args.json else summary_markdown(summary))
     failures = [r for r in evaluation.results if r.get("error")]
@@ -437,6 +462,22 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"results in {out}/ (summary.md, summary.csv, summary.json, summary.png, results.jsonl"
           f"{', episodes/' if not args.no_record else ''})", file=sys.stderr)
     return 0
+
+
+def make_ray_pool(args: argparse.Namespace, concurrency: int) -> RayEnvPool:
+    """The Ray pool ``pyvision eval --ray ...`` asks for."""
+    from pyvision_env.pools import PoolConfig
+    from pyvision_env.pools.ray_pool import RayEnvPool
+
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise SystemExit("pyvision eval: --ray needs Ray: pip install 'pyvision-rl[ray]'") from None
+    envs_per_worker = args.envs_per_worker or -(-concurrency // args.ray_workers)
+    config = PoolConfig(backend="ray", address=None if args.ray == "local" else args.ray, workers=args.ray_workers,
+                        envs_per_worker=envs_per_worker, cpus_per_worker=args.cpus_per_worker,
+                        on_worker_lost=args.on_worker_lost, max_retries=args.max_retries)
+    return RayEnvPool(config)
 
 
 def run_compare(args: argparse.Namespace) -> int:

@@ -49,6 +49,7 @@ from gymnasium.vector.utils import batch_space
 
 from .env import PyVisionEnv
 from .execution import Engine, default_engine
+from .execution.loop import LoopThread
 from .messages import Message
 from .tasks import Task, TaskSet
 
@@ -90,7 +91,8 @@ class PyVisionVectorEnv(VectorEnv):
     @classmethod
     def from_envs(cls, envs: Sequence[gym.Env], *,
                   autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP) -> PyVisionVectorEnv:
-        """A vector env over existing environments, which must all use one engine.
+        """A vector env over existing environments, which must all use one engine (or one
+        :class:`~pyvision_env.pools.ray_pool.RayEnvPool`, whose loop then drives them).
 
         ``gym.make`` results are accepted (their checker and order-enforcing wrappers are looked through), and
         so are wrappers with ``areset``/``astep`` coroutines such as
@@ -118,7 +120,8 @@ class PyVisionVectorEnv(VectorEnv):
                              f"loop), but they use {len(engines)} engines (first users: envs {owners}); pass "
                              "engine=... to each PyVisionEnv")
         self.envs = envs
-        self.engine: Engine = envs[0].unwrapped.engine
+        self.engine: Engine | LoopThread = envs[0].unwrapped.engine
+        """Runs the sub-environments' coroutines: their engine, or for remote envs their Ray pool's loop."""
         self.num_envs = len(envs)
         self.autoreset_mode = AutoresetMode(autoreset_mode)
         self.metadata = {**envs[0].metadata, "autoreset_mode": self.autoreset_mode}
@@ -364,6 +367,8 @@ def _async_layer(env: gym.Env, index: int) -> gym.Env:
         if not isinstance(env, gym.Wrapper):
             break
         env = env.env
-    if not isinstance(env, PyVisionEnv):
-        raise TypeError(f"env {index} is a {type(env).__name__}, not a PyVisionEnv")
+    from .pools.ray_pool import RemoteEnv
+
+    if not isinstance(env, (PyVisionEnv, RemoteEnv)):
+        raise TypeError(f"env {index} is a {type(env).__name__}, not a PyVisionEnv (or a RemoteEnv)")
     return layer

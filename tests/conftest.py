@@ -75,3 +75,14 @@ def private_cache(tmp_path, monkeypatch):
     """``$PYVISION_CACHE`` in the test's own folder (generated suites, decoded benchmark images)."""
     monkeypatch.setenv("PYVISION_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A private local Ray instance for a test module: 2 CPUs (tests reserve fractions), a small object store."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=100 * 2**20, configure_logging=False)
+    yield ray
+    ray.shutdown()

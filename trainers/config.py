@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from pyvision_env.pools import PoolConfig
+
 C = TypeVar("C")
 
 
@@ -187,6 +189,8 @@ class GRPOConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    """Where the environments run: this process (``backend: local``) or Ray actors (``backend: ray``)."""
 
 
 @dataclass

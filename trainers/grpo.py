@@ -31,14 +31,14 @@ import random
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agents.hf import Sampling
-from pyvision_env.execution import Engine
+from pyvision_env.pools import EnvPool, make_pool
 from pyvision_env.vector import PyVisionVectorEnv
 
 from .backends import GenerationBackend, HFBackend, PixelCache, VLLMBackend
@@ -87,7 +87,7 @@ class TaskSampler:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
-def make_envs(config: GRPOConfig, split: str | None, engine: Engine) -> PyVisionVectorEnv:
+def make_envs(config: GRPOConfig, split: str | None, pool: EnvPool) -> PyVisionVectorEnv:
     env = config.env
     kwargs: dict[str, Any] = {"split": split, "protocol": env.protocol, "max_turns": env.max_turns,
                               "on_tool_error": env.on_tool_error, **env.options}
@@ -95,7 +95,7 @@ def make_envs(config: GRPOConfig, split: str | None, engine: Engine) -> PyVision
         kwargs["system_prompt"] = env.system_prompt
     if env.reward is not None:
         kwargs["reward"] = env.reward
-    return PyVisionVectorEnv(env.num_envs, env.suite, engine=engine, **kwargs)
+    return pool.vector_env(env.num_envs, env.suite, **kwargs)
 
 
 def episode_summary(trajectories: Sequence[Trajectory]) -> dict[str, float]:
@@ -147,17 +147,18 @@ class GRPOTrainer:
 
             self.reference = copy.deepcopy(self.policy.model).eval().requires_grad_(False)
         self.pixels = PixelCache(self.chat.image_processor)
-        self.engine = Engine(pool_size=min(config.env.num_envs, 8), max_kernels=2 * config.env.num_envs + 8)
-        self.train_envs = make_envs(config, config.env.split, self.engine)
-        self.eval_envs = make_envs(config, config.env.eval_split, self.engine) if config.eval.every else None
+        self.pool = make_pool(config.pool, concurrency=config.env.num_envs)
+        self.train_envs = make_envs(config, config.env.split, self.pool)
+        self.eval_envs = make_envs(config, config.env.eval_split, self.pool) if config.eval.every else None
         self.backend = backend or self._make_backend()
         rollout = config.rollout
         self.sampling = Sampling(max_new_tokens=rollout.max_new_tokens, temperature=rollout.temperature,
                                  top_p=rollout.top_p)
         self.collector = RolloutCollector(self.train_envs, self.backend, self.chat, self.sampling,
-                                          rollout.max_length, rollout.max_batch)
+                                          rollout.max_length, rollout.max_batch, self.pool.episode_attempts)
         self.eval_collector = (RolloutCollector(self.eval_envs, self.backend, self.chat, self.sampling,
-                                                rollout.max_length, rollout.max_batch) if self.eval_envs else None)
+                                                rollout.max_length, rollout.max_batch, self.pool.episode_attempts)
+                               if self.eval_envs else None)
         self.sampler = TaskSampler(len(self.train_envs.envs[0].unwrapped.tasks), config.seed)
         self.ofr = OFRSelector(OFRConfig(
             target_size=config.ofr.target_size, unit=config.ofr.unit, oversampling=config.ofr.oversampling,
@@ -181,8 +182,12 @@ class GRPOTrainer:
 
     # --- the loop ---------------------------------------------------------------------------------
 
-    def train(self) -> dict[str, Any]:
-        """Run (or resume) to ``config.steps`` updates; returns the last train and eval metrics."""
+    def train(self, on_update: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+        """Run (or resume) to ``config.steps`` updates; returns the last train and eval metrics.
+
+        ``on_update(step, metrics)`` is called after each update with its metrics and, when it evaluated, the
+        evaluation's as ``eval/<name>`` (a Ray Tune trial reports them this way, see
+        :mod:`trainers.tune_sweep`)."""
         from tqdm.auto import tqdm
 
         config = self.config
@@ -205,10 +210,13 @@ class GRPOTrainer:
                 bar.update()
                 bar.set_postfix_str(self.logger.summary_line(metrics))
                 final = self.step_number == config.steps
+                evaluated = {}
                 if config.eval.every and (final or self.step_number % config.eval.every == 0):
-                    last_eval = self.evaluate()
+                    last_eval = evaluated = self.evaluate()
                 if final or self.step_number % config.checkpoint.every == 0:
                     self.save()
+                if on_update is not None:
+                    on_update(self.step_number, {**metrics, **{f"eval/{k}": v for k, v in evaluated.items()}})
         finally:
             bar.close()
             plot_run(self.run_dir)
@@ -382,7 +390,7 @@ class GRPOTrainer:
             if envs is not None:
                 envs.close()
         self.backend.close()
-        self.engine.close()
+        self.pool.close()
         self.logger.close()
 
     def __enter__(self) -> GRPOTrainer:

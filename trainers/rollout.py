@@ -24,6 +24,7 @@ from typing import Any
 from PIL import Image
 
 from agents.hf import Sampling
+from pyvision_env.pools import WorkerLost
 from pyvision_env.vector import PyVisionVectorEnv
 
 from .backends import GenerationBackend, Sampled
@@ -169,17 +170,21 @@ class RolloutCollector:
         sampling: sampling parameters (``max_new_tokens`` per response).
         max_length: total token budget of an episode (prompt, responses, observations); an episode whose
             next response could exceed it ends with ``end_reason="over_length"``.
+        episode_attempts: times an episode is played from its start while its Ray worker dies
+            (:class:`~pyvision_env.pools.WorkerLost`; the pool's ``episode_attempts``); after the last, it ends
+            with ``end_reason="error"`` and the reason.
     """
 
     def __init__(self, envs: PyVisionVectorEnv, backend: GenerationBackend, chat: ChatTokenizer,
-                 sampling: Sampling, max_length: int = 4096, max_batch: int = 64) -> None:
+                 sampling: Sampling, max_length: int = 4096, max_batch: int = 64, episode_attempts: int = 1) -> None:
         self.envs, self.backend, self.chat = envs, backend, chat
         self.sampling, self.max_length, self.max_batch = sampling, max_length, max_batch
+        self.episode_attempts = episode_attempts
         self.stats = CollectStats()
 
     def collect(self, specs: Sequence[EpisodeSpec], sampling: Sampling | None = None) -> list[Trajectory]:
         """Play one episode per spec (in that order in the result); ``sampling`` overrides the default."""
-        return self.envs.engine.run_coroutine(self.acollect(specs, sampling))
+        return self.envs.engine.run_coroutine(self.acollect(specs, sampling))  # the envs' loop (engine or Ray pool)
 
     async def acollect(self, specs: Sequence[EpisodeSpec], sampling: Sampling | None = None) -> list[Trajectory]:
         started = time.perf_counter()
@@ -195,7 +200,13 @@ class RolloutCollector:
                 i = queue.get_nowait()
                 batcher.running += 1
                 try:
-                    results[i] = await self._episode(self.envs.envs[slot], specs[i], batcher, env_seconds)
+                    for attempt in range(1, self.episode_attempts + 1):
+                        try:
+                            results[i] = await self._episode(self.envs.envs[slot], specs[i], batcher, env_seconds)
+                            break
+                        except WorkerLost as lost:  # the episode starts again on a live worker, or fails
+                            results[i] = Trajectory(specs[i], "", end_reason="error",
+                                                    error=f"WorkerLost: {lost} (attempt {attempt})")
                 except Exception as error:  # noqa: BLE001  (an environment failure ends this episode only)
                     results[i] = Trajectory(specs[i], "", end_reason="error", error=f"{type(error).__name__}: {error}")
                 finally:
