@@ -19,7 +19,7 @@ from pyvision_env.pools import LocalEnvPool, PoolBusy, PoolConfig, WorkerLost
 from pyvision_env.pools.ray_pool import RayEnvPool, RemoteEnv
 from pyvision_env.vector import PyVisionVectorEnv
 
-from .conftest import quiet_engine
+from .conftest import quiet_engine, wait_until
 
 RAY_TEST_CONFIG = {"backend": "ray", "cpus_per_worker": 0.25, "call_timeout": 90.0, "slot_timeout": 90.0,
                    "start_timeout": 180.0}
@@ -119,7 +119,8 @@ def test_a_worker_killed_mid_episode_raises_worker_lost_and_its_kernels_die(pool
     worker = env._worker
     kernels = worker_tree(worker.info["pid"])
     assert any("ipykernel" in " ".join(p.cmdline()) for p in kernels)  # the episode's kernel runs under it
-    os.kill(worker.info["pid"], signal.SIGKILL)
+    killed = worker.info["pid"]
+    os.kill(killed, signal.SIGKILL)
     started = time.monotonic()
     with pytest.raises(WorkerLost, match=f"env worker {worker.index} .* died during step"):
         env.step(policy.act(observation, info))
@@ -127,8 +128,8 @@ def test_a_worker_killed_mid_episode_raises_worker_lost_and_its_kernels_die(pool
     assert wait_gone(kernels) == []  # its kernels died with it
     assert play(env, "count", 2)[-1]["correct"]  # the next episode runs (Ray restarted the worker)
     env.close()
-    ready = ray.get(worker.actor.ready.remote(), timeout=60)
-    worker.info = ready  # the restarted worker's new pid, for the tests after this one
+    assert wait_until(lambda: pool.status()["workers"][worker.index]["pid"] != killed, timeout=60)
+    assert pool.status()["workers"][worker.index]["losses"] == 1  # the pool learnt the restarted process
 
 
 class KillingPolicy:

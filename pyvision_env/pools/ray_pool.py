@@ -139,6 +139,8 @@ class _Worker:
     """Incremented at each loss: calls that fail together (one crash) count as one loss."""
     retired: bool = False
     """Lost more often than Ray restarts it: no new episode goes there."""
+    stale: bool = False
+    """Lost since :attr:`info` was read (Ray may have restarted it elsewhere)."""
 
 
 class RayEnvPool(EnvPool):
@@ -187,8 +189,17 @@ class RayEnvPool(EnvPool):
     def make_env(self, suite: Any, **env_kwargs: Any) -> RemoteEnv:
         return RemoteEnv(self, suite, **env_kwargs)
 
-    def status(self) -> dict[str, Any]:
-        """Episodes running, the cap, and each worker's node, pid, running episodes and losses."""
+    def status(self, timeout: float = 5.0) -> dict[str, Any]:
+        """Episodes running, the cap, and each worker's node, pid, running episodes and losses (a worker lost
+        since it was last asked is asked again where Ray restarted it, for up to ``timeout`` seconds)."""
+        import ray
+
+        for worker in self.workers:
+            if worker.stale and not worker.retired:
+                try:
+                    worker.info, worker.stale = ray.get(worker.actor.ready.remote(), timeout=timeout), False
+                except Exception as error:  # noqa: BLE001 - still restarting: its last known place is shown
+                    log.info("env worker %d has not answered since it was lost: %s", worker.index, error)
         return {"running": self._running, "capacity": self.capacity,
                 "workers": [{**worker.info, "active": worker.active, "losses": worker.losses,
                              "retired": worker.retired} for worker in self.workers]}
@@ -270,8 +281,8 @@ class RayEnvPool(EnvPool):
                 return  # this crash was counted already
             worker.generation += 1
             worker.losses += 1
-            if worker.losses > self.config.worker_restarts:
-                worker.retired = True
+            worker.retired = worker.losses > self.config.worker_restarts
+            worker.stale = True
             self._changed.notify_all()
 
     def payload(self, suite: Any, split: str | None) -> tuple[Any, tuple[str, ...]]:
