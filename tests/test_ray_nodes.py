@@ -45,7 +45,7 @@ def test_a_node_lost_mid_episode_is_a_worker_lost_and_the_episode_runs_again(two
             env.step(scripted_policy("count", env.protocol).act(observation, info))
         assert time.monotonic() - began < 90
         survivor = envs[1 - doomed]
-        observation, reward, terminated, *_ = survivor.step("<answer>\\boxed{1}</answer>")
+        _, _, terminated, *_ = survivor.step("<answer>\\boxed{1}</answer>")
         assert terminated  # the other node's episode was not disturbed
         policy = scripted_policy("count", env.protocol)
         observation, info = env.reset(seed=doomed)  # again: Ray restarted its worker on the head node
