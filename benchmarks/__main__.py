@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BENCHMARKS = {
+    "cluster": "benchmarks.cluster",
     "engine": "benchmarks.engine",
     "env": "benchmarks.env",
     "ofr": "benchmarks.ofr",

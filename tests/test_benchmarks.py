@@ -149,6 +149,25 @@ def test_trainer_benchmark_report(tmp_path):
     assert "| generation (s per step) |" in done.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_cluster_benchmark_report(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "cluster", "--quick", "--out",
+                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for name in ("cluster.md", "cluster.json", "cluster.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    report = json.loads((tmp_path / "cluster.json").read_text())
+    raw = report["raw"]
+    assert sorted(raw["ray"], key=int) == [str(w) for w in report["settings"]["workers"]]
+    assert raw["local"]["steps_per_s"] > 0 and all(arm["steps_per_s"] > 0 for arm in raw["ray"].values())
+    assert len(raw["local_round_trips"]) == len(raw["ray_round_trips"]) == report["settings"]["round_trips"]
+    sizes = raw["bytes"]
+    for kind in ("reset", "step"):  # PIL images travel as raw RGB: about 3 bytes a pixel, more than their PNG
+        assert sizes[f"{kind}_pickle"] >= 3 * sizes[f"{kind}_pixels"] > sizes[f"{kind}_png"] > 0, kind
+    assert "| vector steps/s, 4 envs, 2 worker(s) |" in done.stdout
+
+
 def test_the_collected_report_has_the_machine_each_table_its_plots_and_failures(tmp_path):
     from benchmarks.__main__ import Section, write_report
 

@@ -75,6 +75,8 @@ def test_config_reads_yaml_with_overrides_and_refuses_bad_settings(tmp_path):
         load_config(GRPOConfig, tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match=r"key\.sub=value"):
         load_config(GRPOConfig, overrides=["steps"])
+    with pytest.raises(ConfigError, match="pool: pool backend must be one of"):
+        load_config(GRPOConfig, overrides=["pool.backend=spark"])
 
 
 def test_task_sampler_covers_every_task_each_epoch_and_resumes():

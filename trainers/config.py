@@ -270,7 +270,12 @@ def from_dict(cls: type[C], data: Mapping[str, Any], where: str = "") -> C:
         raise ConfigError(f"unknown setting {where + unknown[0]!r}; {where or 'top level'} settings are: "
                           f"{', '.join(fields)}")
     values = {name: _convert(hints[name], value, where + name) for name, value in data.items()}
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as error:  # a section's own check (PoolConfig's choices, ...)
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"{where.rstrip('.') or 'the config'}: {error}") from None
 
 
 def _convert(hint: Any, value: Any, key: str) -> Any:

@@ -23,7 +23,7 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
@@ -64,6 +64,9 @@ class PoolConfig:
     """Ray: CPUs each worker reserves (fractions allowed; its kernels use what they need)."""
     memory_per_worker: int | None = None
     """Ray: bytes of memory each worker reserves (``None``: no reservation)."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Ray: custom resources each worker needs, to keep workers on the nodes that offer them (start CPU nodes
+    with ``ray start --resources='{"pyvision_env": 64}'`` and set ``{pyvision_env: 1}``)."""
     spread: bool = True
     """Ray: place workers on as many nodes as possible (the ``SPREAD`` scheduling strategy)."""
     on_worker_lost: str = "retry"

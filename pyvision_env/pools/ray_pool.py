@@ -167,7 +167,7 @@ class RayEnvPool(EnvPool):
         self._closed = False
         try:
             worker_class = ray.remote(EnvWorker).options(
-                num_cpus=config.cpus_per_worker, memory=config.memory_per_worker,
+                num_cpus=config.cpus_per_worker, memory=config.memory_per_worker, resources=dict(config.resources),
                 max_restarts=config.worker_restarts, max_task_retries=0,
                 scheduling_strategy="SPREAD" if config.spread else "DEFAULT")
             pool_size = min(config.envs_per_worker, 8)
