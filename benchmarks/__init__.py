@@ -7,6 +7,8 @@ Each benchmark is a module with a ``NAME``, a one-line ``DESCRIPTION`` and a
 
 The benchmarks:
 
+* :mod:`benchmarks.cluster` — environments on Ray actors against environments in this process (vector
+  steps/s as workers are added, one step's round trip, bytes moved per observation, memory per worker);
 * :mod:`benchmarks.engine` — the sandboxed kernel execution engine against a bare ``jupyter_client``
   kernel measured side by side in the same run (start-up, pooled acquire, per-cell round trip, image
   display, interrupt, throughput under concurrency, memory per kernel);
