@@ -63,6 +63,7 @@ def steps_per_second(envs: Any, seconds: float) -> dict[str, float]:
         for _ in range(3):  # the first cells open the kernels and are slower
             envs.step(actions)
         latencies = []
+        cpu_before = sum(psutil.Process().cpu_times()[:2])
         started = time.perf_counter()
         while time.perf_counter() - started < seconds:
             elapsed, (*_, infos) = _timed(envs.step, actions)
@@ -70,10 +71,12 @@ def steps_per_second(envs: Any, seconds: float) -> dict[str, float]:
                 raise RuntimeError(f"a benchmark cell failed: {infos}")
             latencies.append(elapsed)
         wall = time.perf_counter() - started
+        cpu = sum(psutil.Process().cpu_times()[:2]) - cpu_before
     finally:
         envs.close()
-    return {"steps_per_s": envs.num_envs * len(latencies) / wall, "vector_step_p50": _percentile(latencies, 50),
-            "reset_s": reset_s}
+    steps = envs.num_envs * len(latencies)
+    return {"steps_per_s": steps / wall, "vector_step_p50": _percentile(latencies, 50), "reset_s": reset_s,
+            "driver_cpu_ms_per_step": 1000 * cpu / steps}
 
 
 def round_trips(env: Any, count: int) -> list[float]:
@@ -181,6 +184,10 @@ def build_rows(raw: dict[str, Any], settings: Settings) -> list[Row]:
     rows = [Row(f"vector steps/s, {settings.envs} envs, {workers} worker(s)", f"{local:.0f}",
                 f"{figures['steps_per_s']:.0f}", f"×{figures['steps_per_s'] / local:.2f}")
             for workers, figures in raw["ray"].items()]
+    first = raw["ray"][min(raw["ray"])]
+    rows.append(Row("CPU of this (driving) process per sub-environment step", f"{raw['local']['driver_cpu_ms_per_step']:.2f} ms",
+                    f"{first['driver_cpu_ms_per_step']:.2f} ms",
+                    f"×{first['driver_cpu_ms_per_step'] / raw['local']['driver_cpu_ms_per_step']:.2f}"))
     here, there = (_percentile(raw[key], 50) * 1000 for key in ("local_round_trips", "ray_round_trips"))
     rows.append(Row("one env's step round trip (print(1)), p50", f"{here:.1f} ms", f"{there:.1f} ms",
                     f"+{there - here:.1f} ms"))
@@ -208,6 +215,9 @@ def render_markdown(rows: list[Row], raw: dict[str, Any], machine: dict[str, Any
         f"Settings: {settings.envs} sub-environments, {settings.seconds:g} s of steps per arm, workers "
         f"reserving {machine['cpu_count']}/(2·workers) CPUs each; pool start (actors and their engines): "
         + ", ".join(f"{w} worker(s) {f['pool_start_s']:.1f} s" for w, f in raw["ray"].items()) + f". Total {duration:.0f} s.",
+        "Driver CPU: user+system time of this process (all its threads) over the timed steps; locally it includes "
+        "the environments' own work (the engine runs in this process), through Ray only the proxies' (the first "
+        "worker count's arm).",
         "Bytes: an observation goes from worker to driver pickled (PIL images as raw pixels); PNG is what a "
         "compressing transport would send (this run does not compress).",
     ]

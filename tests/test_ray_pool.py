@@ -185,12 +185,15 @@ for host in ({gcs_host!r}, "127.0.0.1"):
 print("SESSION_VISIBLE", os.path.exists({session_dir!r}))
 print("RAY_VARS", sorted(k for k in os.environ if k.startswith("RAY")))
 print("INTERFACES", sorted(name for _, name in socket.if_nameindex()))
+print("SHM", sorted(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else "absent")
+print("RAY_TOKEN", os.path.exists(os.path.expanduser("~/.ray")) or os.path.exists("/root/.ray"))
 """
     observation, *_ = env.step(env.protocol.render_action(code=probe))
     text = observation[-1].plain_text
     env.close()
     assert f"BLOCKED {gcs_host}" in text and "BLOCKED 127.0.0.1" in text and "REACHED" not in text, text
     assert "SESSION_VISIBLE False" in text and "RAY_VARS []" in text and "INTERFACES ['lo']" in text, text
+    assert ("SHM []" in text or "SHM absent" in text) and "RAY_TOKEN False" in text, text  # no object store
 
 
 def test_the_trainer_collects_rollouts_through_actors(local_ray, tmp_path):
