@@ -62,6 +62,16 @@ def _check_report(out: Path, name: str, value_key: str, header: list[str], expec
     return report
 
 
+def run_quick(name: str, out: Path, timeout: int, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m benchmarks --only NAME --quick``: it succeeds and writes ``NAME.md``, ``.json`` and ``.png``."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--only", name, "--quick", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for suffix in (".md", ".json", ".png"):
+        assert (out / f"{name}{suffix}").stat().st_size > 0, suffix
+    return done
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(480)
 def test_quick_benchmark_writes_complete_reports(tmp_path):
@@ -97,11 +107,7 @@ def test_quick_benchmark_writes_complete_reports(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_ofr_simulation_report(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "ofr", "--quick", "--out", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=100)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for name in ("ofr.md", "ofr.json", "ofr.png"):
-        assert (tmp_path / name).stat().st_size > 0, name
+    run_quick("ofr", tmp_path, timeout=100)
     report = json.loads((tmp_path / "ofr.json").read_text())
     updates = report["settings"]["updates"]
     for key in ("plain_nonzero", "ofr_nonzero", "ofr_generated_groups", "solve_none", "solve_all", "solve_partial"):
@@ -114,11 +120,7 @@ def test_ofr_simulation_report(tmp_path):
 @pytest.mark.timeout(300)
 def test_video_benchmark_report(tmp_path):
     env = {**os.environ, "PYVISION_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "video", "--quick", "--out",
-                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=280, env=env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for name in ("video.md", "video.json", "video.png"):
-        assert (tmp_path / name).stat().st_size > 0, name
+    done = run_quick("video", tmp_path, timeout=280, env=env)
     report = json.loads((tmp_path / "video.json").read_text())
     assert set(report["results"]) == {"video-event", "video-count", "video-measure", "video-needle"}
     for suite, modes in report["results"].items():
@@ -134,11 +136,7 @@ def test_video_benchmark_report(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_trainer_benchmark_report(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "trainer", "--quick", "--out",
-                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=280)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for name in ("trainer.md", "trainer.json", "trainer.png"):
-        assert (tmp_path / name).stat().st_size > 0, name
+    done = run_quick("trainer", tmp_path, timeout=280)
     report = json.loads((tmp_path / "trainer.json").read_text())
     assert len(report["results"]) >= 2  # CPU with 1 thread and with all threads, side by side
     for arm in report["results"].values():
@@ -152,11 +150,7 @@ def test_trainer_benchmark_report(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_cluster_benchmark_report(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "cluster", "--quick", "--out",
-                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=280)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for name in ("cluster.md", "cluster.json", "cluster.png"):
-        assert (tmp_path / name).stat().st_size > 0, name
+    done = run_quick("cluster", tmp_path, timeout=280)
     report = json.loads((tmp_path / "cluster.json").read_text())
     raw = report["raw"]
     assert sorted(raw["ray"], key=int) == [str(w) for w in report["settings"]["workers"]]

@@ -22,13 +22,19 @@ def first_turn(env):
     return info["task_id"], observation[-1].plain_text
 
 
-def test_registered_suites_are_created_by_name_on_ray_workers(local_ray):
+def test_registered_suites_are_created_by_name_on_ray_workers(local_ray, tmp_path):
     ray = local_ray
     register_suite("ray-few-counts", load_suite("count").split("held-out"), replace=True)  # not built in
-    ids = register_ray_envs()
+    (tmp_path / "broken.jsonl").write_text("this is not JSON\n")
+    register_suite("ray-broken", tmp_path / "broken.jsonl", replace=True)
+    with pytest.warns(UserWarning, match="'ray-broken' is not registered with Ray"):
+        ids = register_ray_envs()  # every suite that loads; the broken one is left out
     assert {"PyVision/Count-v0", "PyVision/Zoom-v0", "PyVision/RayFewCounts-v0"} <= set(ids)
+    assert "PyVision/RayBroken-v0" not in ids
     with pytest.raises(KeyError, match="unknown suite"):
         register_ray_envs(["no-such-suite"])
+    with pytest.raises((OSError, ValueError)):
+        register_ray_envs(["ray-broken"])
 
     @ray.remote(num_cpus=0.25)
     def play_by_name(name, env_config):

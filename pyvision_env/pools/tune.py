@@ -18,6 +18,7 @@ at the same paths on every node.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -30,7 +31,8 @@ from ..tasks import TaskSet
 
 def register_ray_envs(suites: Iterable[str] | None = None) -> list[str]:
     """Register ``suites`` (names; default: every registered suite) with ``ray.tune.register_env`` under their
-    Gymnasium ids; returns the ids."""
+    Gymnasium ids; returns the ids. A suite named in ``suites`` whose tasks cannot be loaded raises; by
+    default such a suite is left out with a warning."""
     from ray.tune import register_env
 
     wanted = set(suites) if suites is not None else None
@@ -41,7 +43,14 @@ def register_ray_envs(suites: Iterable[str] | None = None) -> list[str]:
     for name, suite in sorted(known.items()):
         if wanted is not None and name not in wanted:
             continue
-        tasks = None if name in SUITES or name in VIDEO_SUITES else suite.tasks()
+        try:
+            tasks = None if name in SUITES or name in VIDEO_SUITES else suite.tasks()
+        except (OSError, ValueError) as error:  # LayoutError and TaskFormatError are ValueErrors
+            if wanted is not None:
+                raise
+            warnings.warn(f"suite {name!r} is not registered with Ray: its tasks cannot be loaded ({error})",
+                          stacklevel=2)
+            continue
         register_env(suite.env_id, functools.partial(create_env, suite.env_id, tasks, suite.env_kwargs))
         ids.append(suite.env_id)
     return ids
