@@ -168,10 +168,7 @@ class PyVisionEnv(gym.Env[list, str]):
                  max_frames: int | None = None, trace_operations: bool = False, limits: ExecutionLimits | None = None,
                  kernel_start: str = "reset", engine: Engine | None = None, render_mode: str | None = None) -> None:
         self.tasks = _resolve_tasks(suite, split)
-        options = dict(protocol_options or {})
-        if system_prompt is not None:
-            options["system_prompt"] = system_prompt
-        self.protocol = get_protocol(protocol, **options)
+        self.protocol = _make_protocol(protocol, protocol_options, system_prompt)
         if max_turns < 1:
             raise ValueError(f"max_turns must be at least 1, got {max_turns}")
         for name, value in (("on_tool_error", on_tool_error), ("on_format_error", on_format_error)):
@@ -536,6 +533,15 @@ async def _discard_session(opening: asyncio.Future[AsyncSession] | None) -> None
     results = await asyncio.gather(opening, return_exceptions=True)
     if isinstance(results[0], AsyncSession):
         await results[0].close()
+
+
+def _make_protocol(protocol: str | Protocol, options: Mapping[str, Any] | None, system_prompt: str | None
+                   ) -> Protocol:
+    """The protocol an environment speaks: ``protocol`` with its options, the system prompt replaced if given."""
+    options = dict(options or {})
+    if system_prompt is not None:
+        options["system_prompt"] = system_prompt
+    return get_protocol(protocol, **options)
 
 
 def _resolve_tasks(suite: str | TaskSet | Sequence[Task], split: str | None) -> TaskSet:

@@ -41,12 +41,11 @@ from typing import Any
 
 import gymnasium as gym
 
-from ..env import PyVisionEnv, _resolve_tasks
+from ..env import PyVisionEnv, _make_protocol, _resolve_tasks
 from ..execution import Engine, SandboxConfig
 from ..execution.limits import DEFAULT_HIDDEN_PATHS
 from ..execution.loop import LoopThread
 from ..messages import Message
-from ..protocols import get_protocol
 from ..spaces import MessagesSpace, ResponseSpace
 from . import EnvPool, PoolBusy, PoolConfig, WorkerLost
 
@@ -285,9 +284,9 @@ class RayEnvPool(EnvPool):
             worker.stale = True
             self._changed.notify_all()
 
-    def payload(self, suite: Any, split: str | None) -> tuple[Any, tuple[str, ...]]:
-        """What to send workers for ``suite``: its name if they know it, else the resolved tasks (put in Ray's
-        object store once) with the modules that register the graders they name."""
+    def payload(self, suite: Any, split: str | None, tasks: Any) -> tuple[Any, tuple[str, ...]]:
+        """What to send workers for ``suite`` (resolved to ``tasks``): its name if they know it, else ``tasks``
+        (put in Ray's object store once) with the modules that register the graders they name."""
         import ray
 
         if isinstance(suite, str) and suite in self._known_suites:
@@ -295,7 +294,6 @@ class RayEnvPool(EnvPool):
         key = (suite if isinstance(suite, str) else id(suite), split)
         with self._payload_lock:
             if key not in self._payloads:
-                tasks = _resolve_tasks(suite, split)
                 self._payloads[key] = (ray.put(tasks), _grader_modules(tasks))
             return self._payloads[key]
 
@@ -332,14 +330,12 @@ class RemoteEnv(gym.Env):
         self.env_kwargs = env_kwargs
         split = env_kwargs.get("split")
         self.tasks = _resolve_tasks(suite, split)
-        options = dict(env_kwargs.get("protocol_options") or {})
-        if env_kwargs.get("system_prompt") is not None:
-            options["system_prompt"] = env_kwargs["system_prompt"]
-        self.protocol = get_protocol(env_kwargs.get("protocol", "pyvision"), **options)
+        self.protocol = _make_protocol(env_kwargs.get("protocol", "pyvision"), env_kwargs.get("protocol_options"),
+                                       env_kwargs.get("system_prompt"))
         self.observation_space = MessagesSpace()
         self.action_space = ResponseSpace(self.protocol.max_response_chars)
         self.render_mode = None
-        self._payload, self._modules = pool.payload(suite, split)
+        self._payload, self._modules = pool.payload(suite, split, self.tasks)
         self._worker: _Worker | None = None
         """The worker of the episode in progress (holding one of its slots)."""
         self._hosts: set[int] = set()
