@@ -142,7 +142,7 @@ def measure(settings: Settings, monitor: LoadMonitor) -> dict[str, Any]:
     cpus = psutil.cpu_count() or 1
     _log("local vector env")
     monitor.phases.append((time.perf_counter(), "local vector env"))
-    with Engine(limits=BENCH_LIMITS, pool_size=2, max_kernels=settings.envs + 4) as engine:
+    with Engine(limits=BENCH_LIMITS, spare_kernels=2, max_kernels=settings.envs + 4) as engine:
         local = LocalEnvPool(engine=engine)
         raw["local"] = steps_per_second(local.vector_env(settings.envs, tasks, **ENV_OPTIONS), settings.seconds)
         raw["local_round_trips"] = round_trips(local.make_env(tasks, **ENV_OPTIONS), settings.round_trips)

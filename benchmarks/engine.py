@@ -87,8 +87,8 @@ NUMPY_LOOP = "while True:\n    np.sort(_bench_a)"  # each C call ~0.13 s on a 2-
 INTERRUPT_AFTER = 0.3
 """Seconds a busy cell runs before it is interrupted (the engine's cell deadline)."""
 
-BENCH_LIMITS = ExecutionLimits(cell_timeout=30.0, interrupt_grace=2.0, max_cells=None, episode_timeout=None,
-                               max_images_per_episode=None)
+BENCH_LIMITS = ExecutionLimits(cell_timeout=30.0, interrupt_grace=2.0, max_cells=None, max_execution_time=None,
+                               max_images_per_session=None)
 """Default limits, but no per-episode budgets (a benchmark session runs many hundreds of cells)."""
 
 THREAD_ENV = {key: value for key, value in SandboxConfig().env if key.endswith("_NUM_THREADS")}
@@ -257,7 +257,7 @@ _monitor: LoadMonitor | None = None
 async def _cold_start(settings: Settings, context: zmq.asyncio.Context, root: Path) -> dict[str, list[float]]:
     """Engine without a pool: ``open_session()`` starts a kernel in the sandbox and runs the preload."""
     samples: dict[str, list[float]] = {"engine": [], "reference": []}
-    async with AsyncEngine(limits=BENCH_LIMITS, pool_size=0) as engine:
+    async with AsyncEngine(limits=BENCH_LIMITS, spare_kernels=0) as engine:
         async def engine_once() -> float:
             started = time.perf_counter()
             session = await engine.open_session()
@@ -442,7 +442,7 @@ async def _throughput(settings: Settings, context: zmq.asyncio.Context, root: Pa
     """Start the most kernels needed at once (engine and reference), then run each concurrency level."""
     most = max(settings.concurrency)
     out: dict[str, Any] = {"levels": {}, "start_all": {}, "memory": {}}
-    async with AsyncEngine(limits=BENCH_LIMITS, pool_size=0, max_kernels=most + 2) as engine:
+    async with AsyncEngine(limits=BENCH_LIMITS, spare_kernels=0, max_kernels=most + 2) as engine:
         sessions: list[AsyncSession] = []
         references: list[BareKernel] = []
         try:
@@ -556,7 +556,7 @@ async def _measure(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         _phase("cold start")
         raw["cold_start"] = await _cold_start(settings, context, root)
-        async with AsyncEngine(limits=BENCH_LIMITS, pool_size=1) as engine:
+        async with AsyncEngine(limits=BENCH_LIMITS, spare_kernels=1) as engine:
             status = asdict(engine.status())
             _phase("pooled acquire")
             await engine.warm_up()

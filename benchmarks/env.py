@@ -73,7 +73,7 @@ VECTOR_CELL = "print('hello world')"
 IMAGE_SIZE = (2000, 1500)
 OVERHEAD_TARGET_PCT = 10.0
 RESET_TARGET_MS = 60.0
-POOL_SIZE = 2
+SPARE_KERNELS = 2
 ENV_OPTIONS = {"max_turns": 10**9, "max_images": None, "episode_timeout": None}
 """No episode budgets: one benchmark episode runs hundreds of steps."""
 
@@ -294,7 +294,7 @@ def _measure(settings: Settings, monitor: LoadMonitor) -> tuple[dict[str, Any], 
 
     raw: dict[str, Any] = {}
     directory = Path(tempfile.mkdtemp(prefix="pvbench-env-"))
-    engine = Engine(limits=BENCH_LIMITS, pool_size=POOL_SIZE, max_kernels=max(settings.levels) + POOL_SIZE + 2)
+    engine = Engine(limits=BENCH_LIMITS, spare_kernels=SPARE_KERNELS, max_kernels=max(settings.levels) + SPARE_KERNELS + 2)
     try:
         images = make_task_images(directory)
         raw["image_bytes"] = {kind: path.stat().st_size for kind, path in images.items()}
@@ -431,7 +431,7 @@ def render_markdown(rows: list[Row], raw: dict[str, Any], machine: dict[str, Any
         "",
         f"Machine: {machine['cpu_model']}, {machine['cpu_count']} CPUs, {machine['ram_gib']:.1f} GiB RAM; Python "
         f"{machine['python']}. Engine: isolation {status['isolation']}, cgroups {status['cgroups']}, pool of "
-        f"{POOL_SIZE}. Mode: {'quick' if quick else 'full'} ({counts}); total {duration:.0f} s.",
+        f"{SPARE_KERNELS}. Mode: {'quick' if quick else 'full'} ({counts}); total {duration:.0f} s.",
         f"Other processes used {background['others_mean_pct']:.1f} % of the CPUs on average during the run (max "
         f"{background['others_max_pct']:.0f} % in a 1-s window).",
         "",
@@ -443,7 +443,7 @@ def render_markdown(rows: list[Row], raw: dict[str, Any], machine: dict[str, Any
         f"reset, first step `{FIRST_CELL}`, answer; not cached: a new hard link of the image per episode, "
         "reset, answer. `reset()` returns before the kernel is usable: the first step waits for the rest of "
         f"the kernel's opening (its bare-engine figure is the bare `{FIRST_CELL}` cell of the step rows). Back "
-        f"to back: reset, first step and answer with no wait, so after {POOL_SIZE} episodes each first step "
+        f"to back: reset, first step and answer with no wait, so after {SPARE_KERNELS} episodes each first step "
         "waits for a kernel start.",
         f"- Where a warm reset's time goes (parts measured alone, p50): `reset()` waits for the first view, "
         f"made on a worker thread — from the cache (stat + copy, {parts['cached_view']:.1f} ms) for a task seen "

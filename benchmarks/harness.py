@@ -208,7 +208,7 @@ class Evaluation:
                 env.close()
 
     def _open(self, suite: str, pool: EnvPool) -> tuple[Any, Policy]:
-        from pyvision_env.recording import RecordEpisodes
+        from pyvision_env.wrappers.recording import RecordEpisodes
 
         env = pool.make_env(suite, protocol=self.protocol, **self.env_options)
         if self.record:
@@ -256,7 +256,7 @@ class Evaluation:
                 "ended": time.time()}
 
     def _append(self, record: dict[str, Any]) -> None:
-        from pyvision_env.recording import append_line
+        from pyvision_env.wrappers.recording import append_line
 
         append_line(self.out / RESULTS, json.dumps(record, default=str) + "\n")
 

@@ -280,7 +280,7 @@ def run_exec(args: argparse.Namespace) -> int:
             raise SystemExit(f"pyvision exec: --image takes NAME=PATH, got {spec!r}")
         images[name] = path
     failed = False
-    with Engine(limits=ExecutionLimits(cell_timeout=args.timeout), pool_size=1) as engine, \
+    with Engine(limits=ExecutionLimits(cell_timeout=args.timeout), spare_kernels=1) as engine, \
             engine.session(images=images) as session:
         for index, cell in enumerate(split_cells(source)):
             result = session.run(cell)
@@ -304,7 +304,7 @@ def run_exec(args: argparse.Namespace) -> int:
 def run_doctor(args: argparse.Namespace) -> int:
     from .execution import Engine
 
-    with Engine(pool_size=1) as engine:
+    with Engine(spare_kernels=1) as engine:
         with engine.session() as session:
             probe = session.run("import os, socket\nprint(os.getpid(), sorted(socket.if_nameindex()))")
         status = engine.status()
@@ -341,7 +341,7 @@ def run_tasks(args: argparse.Namespace) -> int:
         size, splits = "-", "-"
         if args.details:
             try:
-                tasks = suite.tasks()
+                tasks = suite.load()
                 size = str(len(tasks))
                 splits = ", ".join(sorted({t.split for t in tasks if t.split})) or "-"
             except (OSError, ValueError) as error:
@@ -374,7 +374,7 @@ def run_policy(args: argparse.Namespace) -> int:
         f"{args.suite}-{args.policy}-%Y%m%d-%H%M%S"))
     with warnings.catch_warnings():
         warnings.simplefilter("default", WeakIsolationWarning)
-        engine = Engine(pool_size=2)
+        engine = Engine(spare_kernels=2)
     try:
         try:
             env = PyVisionEnv(args.suite, protocol=args.protocol, split=args.split, max_turns=args.max_turns,

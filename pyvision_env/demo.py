@@ -76,7 +76,7 @@ def run_demo(args: argparse.Namespace) -> int:
     make_scene().save(scene_path)
     limits = ExecutionLimits(cell_timeout=3.0, interrupt_grace=1.0)
     started = time.perf_counter()
-    with Engine(limits=limits, pool_size=1) as engine:
+    with Engine(limits=limits, spare_kernels=1) as engine:
         status = engine.status()
         print(f"engine: isolation={status.isolation} ({status.isolation_reason}), cgroups={status.cgroups}")
         if status.weak:

@@ -14,8 +14,10 @@ Example:
     (1, '<tool_response>\\n<interpreter>\\nText Result:')
 
 Every ``info`` carries ``turn``, ``tool_calls``, ``tool_errors``, ``format_errors``, ``images_shown``,
-``visual_tokens``, ``timings`` (milliseconds per phase), ``action_kind``, ``code``, ``answer``, ``end_reason``
-(``None`` while running), ``correct`` and ``score`` (``None`` until graded) and ``task_id``.
+``visual_tokens``, ``action_kind``, ``code``, ``answer``, ``end_reason`` (``None`` while running), ``correct``
+and ``score`` (``None`` until graded) and ``task_id``: what happened, the same for the same seed and actions.
+How long it took is a measurement of the host, not an outcome, so it is kept apart: ``env.timings`` holds the
+milliseconds per phase of the last reset or step.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, runtime_checkable
+from typing import Protocol as Interface
 
 import gymnasium as gym
 from PIL import Image
@@ -42,8 +45,10 @@ from .execution import (
     default_engine,
     read_operations,
 )
+from .execution.loop import LoopThread
 from .messages import Message
 from .protocols import Action, EpisodeInputs, Protocol, ToolOutput, VideoView, get_protocol
+from .registry import resolve_tasks
 from .spaces import MessagesSpace, ResponseSpace
 from .tasks import Task, TaskSet
 from .video import PyAVVideoReader, VideoOptions, VideoReadError
@@ -59,33 +64,32 @@ END_REASONS = TERMINATING + TRUNCATING
 """Every value ``info["end_reason"]`` takes when an episode ends (``TERMINATING`` ones set ``terminated``)."""
 
 
-class Timings(Mapping[str, float]):
-    """Milliseconds spent per phase of one step or reset.
+@runtime_checkable
+class EpisodeEnv(Interface):
+    """What code that plays PyVision episodes relies on: :class:`PyVisionEnv`, and proxies of one such as the
+    Ray pool's :class:`~pyvision_env.pools.ray_pool.RemoteEnv`. Wrappers (:mod:`pyvision_env.wrappers`) and
+    :class:`~pyvision_env.vector.PyVisionVectorEnv` accept any environment whose innermost one has these."""
 
-    Timings are measurements of the host, not outcomes of the environment, so two ``Timings`` compare equal
-    when they timed the same phases (this keeps Gymnasium's step-determinism check about the environment's
-    behaviour); read the values by key or with ``dict(timings)``.
-    """
+    tasks: TaskSet
+    protocol: Protocol
+    engine: Engine | LoopThread
+    """Runs the environment's coroutines (``run_coroutine``, ``submit``)."""
+    timings: dict[str, float]
+    """Milliseconds per phase of the last reset or step."""
 
-    def __init__(self, values: Mapping[str, float]) -> None:
-        self._values = {key: round(float(value), 3) for key, value in values.items()}
+    async def areset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+                     ) -> tuple[list[Message], dict[str, Any]]: ...
 
-    def __getitem__(self, key: str) -> float:
-        return self._values[key]
+    async def astep(self, action: str) -> tuple[list[Message], float, bool, bool, dict[str, Any]]: ...
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
+    async def aclose(self) -> None: ...
 
-    def __len__(self) -> int:
-        return len(self._values)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Timings) and self._values.keys() == other._values.keys()
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"Timings({self._values})"
+def require_episode_env(env: Any, user: str) -> None:
+    """Raise a clear TypeError unless ``env``'s innermost environment is an :class:`EpisodeEnv`."""
+    inner = getattr(env, "unwrapped", env)
+    if not isinstance(inner, EpisodeEnv):
+        raise TypeError(f"{user} needs a PyVisionEnv (or a wrapper stack around one), got {type(inner).__name__}")
 
 
 @dataclass
@@ -167,8 +171,8 @@ class PyVisionEnv(gym.Env[list, str]):
                  video_fps: float = 1.0, video_thumbnails: int = 0, video_backend: str = "auto",
                  max_frames: int | None = None, trace_operations: bool = False, limits: ExecutionLimits | None = None,
                  kernel_start: str = "reset", engine: Engine | None = None, render_mode: str | None = None) -> None:
-        self.tasks = _resolve_tasks(suite, split)
-        self.protocol = _make_protocol(protocol, protocol_options, system_prompt)
+        self.tasks = resolve_tasks(suite, split)
+        self.protocol = protocol_for(protocol, protocol_options, system_prompt)
         if max_turns < 1:
             raise ValueError(f"max_turns must be at least 1, got {max_turns}")
         for name, value in (("on_tool_error", on_tool_error), ("on_format_error", on_format_error)):
@@ -212,6 +216,9 @@ class PyVisionEnv(gym.Env[list, str]):
         self.engine = engine or default_engine()
         self.observation_space = MessagesSpace()
         self.action_space = ResponseSpace(self.protocol.max_response_chars)
+        self.timings: dict[str, float] = {}
+        """Milliseconds per phase of the last reset or step (``parse_ms``, ``execute_ms``, ``grade_ms``,
+        ``total_ms``): measurements of this host, kept out of ``info``, which holds outcomes only."""
         self._episode: _Episode | None = None
         self._closing: set[asyncio.Future] = set()
 
@@ -271,8 +278,8 @@ class PyVisionEnv(gym.Env[list, str]):
         episode.visual_tokens = sum(self.token_rule.count(*image.size)
                                     for image in [*images, *(frame for view in videos for frame in view.frames)])
         observation = self.protocol.initial_messages(EpisodeInputs(task, images, sizes, videos))
-        timings = Timings({"total_ms": (time.perf_counter() - started) * 1e3})
-        return observation, self._info(episode, timings, None)
+        self.timings = _milliseconds(total=time.perf_counter() - started)
+        return observation, self._info(episode, None)
 
     async def astep(self, action: str) -> tuple[list[Message], float, bool, bool, dict[str, Any]]:
         """Like :meth:`step`, as a coroutine on the engine's event loop."""
@@ -286,7 +293,7 @@ class PyVisionEnv(gym.Env[list, str]):
         parse_end = time.perf_counter()
         episode.turn += 1
         episode.operations = []
-        reward, timings = 0.0, {"parse_ms": (parse_end - started) * 1e3}
+        reward, seconds = 0.0, {"parse": parse_end - started}
         if parsed.kind == "answer":
             grade = await asyncio.to_thread(episode.task.grade, parsed.answer or "")
             episode.correct, episode.score, reward = grade.correct, grade.score, grade.score
@@ -294,7 +301,7 @@ class PyVisionEnv(gym.Env[list, str]):
             observation: list[Message] = []
             episode.last_text = [f"turn {episode.turn}: answer {grade.extracted!r} -> "
                                  f"{'correct' if grade.correct else 'wrong'} (expected {episode.task.answer!r})"]
-            timings["grade_ms"] = (time.perf_counter() - parse_end) * 1e3
+            seconds["grade"] = time.perf_counter() - parse_end
         elif parsed.kind == "invalid":
             episode.format_errors += 1
             observation = self.protocol.format_error_messages(parsed)
@@ -303,7 +310,7 @@ class PyVisionEnv(gym.Env[list, str]):
                 episode.end_reason = "format_error"
         else:
             observation = await self._run_calls(episode, parsed)
-            timings["execute_ms"] = (time.perf_counter() - parse_end) * 1e3
+            seconds["execute"] = time.perf_counter() - parse_end
         if episode.end_reason is None:
             if episode.turn >= self.max_turns:
                 episode.end_reason = "max_turns"
@@ -311,8 +318,8 @@ class PyVisionEnv(gym.Env[list, str]):
                 episode.end_reason = "timeout"
         terminated = episode.end_reason in TERMINATING
         truncated = episode.end_reason is not None and not terminated
-        timings["total_ms"] = (time.perf_counter() - started) * 1e3
-        info = self._info(episode, Timings(timings), parsed)
+        self.timings = _milliseconds(**seconds, total=time.perf_counter() - started)
+        info = self._info(episode, parsed)
         if episode.end_reason is not None:  # free the kernel now, without making the caller wait for the kill
             closing = asyncio.ensure_future(_discard_session(episode.opening))
             self._closing.add(closing)
@@ -482,11 +489,11 @@ class PyVisionEnv(gym.Env[list, str]):
         if episode is not None:
             await _discard_session(episode.opening)
 
-    def _info(self, episode: _Episode, timings: Timings, action: Action | None) -> dict[str, Any]:
+    def _info(self, episode: _Episode, action: Action | None) -> dict[str, Any]:
         return {
             "task_id": episode.task.id, "turn": episode.turn, "tool_calls": episode.tool_calls,
             "tool_errors": episode.tool_errors, "format_errors": episode.format_errors,
-            "images_shown": episode.images_shown, "visual_tokens": episode.visual_tokens, "timings": timings,
+            "images_shown": episode.images_shown, "visual_tokens": episode.visual_tokens,
             "action_kind": action.kind if action else None, "code": action.code if action else None,
             "answer": action.answer if action else None,
             "format_error": action.error if action else None, "end_reason": episode.end_reason,
@@ -535,8 +542,8 @@ async def _discard_session(opening: asyncio.Future[AsyncSession] | None) -> None
         await results[0].close()
 
 
-def _make_protocol(protocol: str | Protocol, options: Mapping[str, Any] | None, system_prompt: str | None
-                   ) -> Protocol:
+def protocol_for(protocol: str | Protocol, options: Mapping[str, Any] | None, system_prompt: str | None
+                 ) -> Protocol:
     """The protocol an environment speaks: ``protocol`` with its options, the system prompt replaced if given."""
     options = dict(options or {})
     if system_prompt is not None:
@@ -544,12 +551,6 @@ def _make_protocol(protocol: str | Protocol, options: Mapping[str, Any] | None, 
     return get_protocol(protocol, **options)
 
 
-def _resolve_tasks(suite: str | TaskSet | Sequence[Task], split: str | None) -> TaskSet:
-    if isinstance(suite, str):
-        from .registry import load_suite
-        tasks = load_suite(suite)
-    elif isinstance(suite, TaskSet):
-        tasks = suite
-    else:
-        tasks = TaskSet("tasks", suite)
-    return tasks.split(split) if split is not None else tasks
+def _milliseconds(**seconds: float) -> dict[str, float]:
+    """``{"parse": 0.0012}`` -> ``{"parse_ms": 1.2}`` (rounded to microseconds)."""
+    return {f"{phase}_ms": round(value * 1e3, 3) for phase, value in seconds.items()}

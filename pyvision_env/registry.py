@@ -9,28 +9,36 @@ Register your own visual task from a JSONL file in a few lines:
     'PyVision/MySigns-v0'
     >>> env = gym.make(env_id, protocol="openai-tools", max_turns=6)
 
-``source`` may be a JSONL file, a task folder, a :class:`~pyvision_env.tasks.TaskSet`, or a function returning
-one (called on first use). Extra keyword arguments become the environment's defaults.
+``source`` may be a JSONL file, a task folder, a :class:`~pyvision_env.tasks.TaskSet`, a
+:class:`~pyvision_env.tasks.TaskSource` (a built-in synthetic suite, a public benchmark loader: its description
+and tags are the suite's unless given), or a function returning a TaskSet (called on first use). Extra keyword
+arguments become the environment's defaults. :func:`~pyvision_env.make.make_env` builds the environment a
+registered id names.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 
-from .tasks import TaskSet, load_directory, load_jsonl
+from .deprecation import REMOVED_IN
+from .tasks import Task, TaskSet, TaskSource, load_directory, load_jsonl
 
 NAMESPACE = "PyVision"
 
 
 @dataclass
 class Suite:
+    """A registered suite: where its tasks come from, its Gymnasium id and its environments' defaults. It is
+    itself a :class:`~pyvision_env.tasks.TaskSource`."""
+
     name: str
     env_id: str
     description: str
@@ -39,7 +47,7 @@ class Suite:
     tags: tuple[str, ...] = ()
     _tasks: TaskSet | None = None
 
-    def tasks(self) -> TaskSet:
+    def load(self) -> TaskSet:
         """The suite's tasks (loaded on first use, then cached)."""
         if self._tasks is None:
             tasks = self.loader()
@@ -48,6 +56,12 @@ class Suite:
                                 "not a TaskSet")
             self._tasks = tasks
         return self._tasks
+
+    def tasks(self) -> TaskSet:
+        """Deprecated name of :meth:`load`."""
+        warnings.warn(f"Suite.tasks() is deprecated and goes in {REMOVED_IN}; use Suite.load()", DeprecationWarning,
+                      stacklevel=2)
+        return self.load()
 
 
 _SUITES: dict[str, Suite] = {}
@@ -62,42 +76,50 @@ def env_id_for(name: str) -> str:
     return f"{NAMESPACE}/{''.join(w[:1].upper() + w[1:] for w in words)}-v0"
 
 
-def register_suite(name: str, source: str | os.PathLike | TaskSet | Callable[[], TaskSet], *,
-                   description: str = "", tags: tuple[str, ...] = (), replace: bool = False,
+def register_suite(name: str, source: str | os.PathLike | TaskSet | TaskSource | Callable[[], TaskSet], *,
+                   description: str | None = None, tags: tuple[str, ...] | None = None, replace: bool = False,
                    **env_kwargs: Any) -> str:
     """Register a suite and its Gymnasium id; returns the id. ``replace=True`` re-registers a name."""
     env_id = env_id_for(name)
+    if isinstance(source, TaskSource):
+        description = source.description if description is None else description
+        tags = source.tags if tags is None else tags
+    suite = Suite(name, env_id, description or "", _as_loader(name, source), dict(env_kwargs), tuple(tags or ()))
     with _lock:
         if name in _SUITES and not replace:
             raise ValueError(f"suite {name!r} is already registered (pass replace=True to re-register)")
-        _SUITES[name] = Suite(name, env_id, description, _as_loader(name, source), dict(env_kwargs), tuple(tags))
+        _SUITES[name] = suite
         if env_id in gym.registry:
             del gym.registry[env_id]
-        gym.register(id=env_id, entry_point="pyvision_env.registry:make_env",
+        gym.register(id=env_id, entry_point="pyvision_env.make:make_env",
                      vector_entry_point="pyvision_env.vector:PyVisionVectorEnv",
                      kwargs={"suite": name, **env_kwargs})
     return env_id
 
 
-def make_env(suite: Any, *, reward: str | Mapping[str, Any] | None = None, **env_kwargs: Any) -> gym.Env:
-    """The entry point of ``PyVision/<Suite>-v0``: a :class:`~pyvision_env.env.PyVisionEnv`, wrapped in the
-    reward of ``reward`` (see :func:`~pyvision_env.rewards.make_reward_wrapper`) when given.
-
-    >>> env = gym.make("PyVision/Zoom-v0", reward={"name": "accumulative", "cap": 3})  # doctest: +SKIP
-    """
-    from .env import PyVisionEnv
-    from .rewards import make_reward_wrapper
-
-    return make_reward_wrapper(PyVisionEnv(suite, **env_kwargs), reward, in_spec=True)
+def get_suite(name: str) -> Suite:
+    """The registered suite ``name`` (a KeyError naming the registered ones if there is none)."""
+    with _lock:
+        if name not in _SUITES:
+            raise KeyError(f"unknown suite {name!r}; registered: {', '.join(sorted(_SUITES)) or 'none'}")
+        return _SUITES[name]
 
 
 def load_suite(name: str) -> TaskSet:
     """The tasks of a registered suite (loaded once, then cached)."""
-    with _lock:
-        if name not in _SUITES:
-            raise KeyError(f"unknown suite {name!r}; registered: {', '.join(sorted(_SUITES)) or 'none'}")
-        suite = _SUITES[name]
-    return suite.tasks()
+    return get_suite(name).load()
+
+
+def resolve_tasks(source: str | TaskSet | Sequence[Task], split: str | None = None) -> TaskSet:
+    """The tasks an environment plays: a registered suite's (by name), a TaskSet, or a sequence of tasks;
+    only those of ``split`` when given."""
+    if isinstance(source, str):
+        tasks = load_suite(source)
+    elif isinstance(source, TaskSet):
+        tasks = source
+    else:
+        tasks = TaskSet("tasks", source)
+    return tasks.split(split) if split is not None else tasks
 
 
 def list_suites() -> list[Suite]:
@@ -109,6 +131,8 @@ def list_suites() -> list[Suite]:
 def _as_loader(name: str, source: Any) -> Callable[[], TaskSet]:
     if isinstance(source, TaskSet):
         return lambda: source
+    if isinstance(source, TaskSource):
+        return source.load
     if callable(source):
         return source
     path = Path(source)
@@ -118,5 +142,5 @@ def _as_loader(name: str, source: Any) -> Callable[[], TaskSet]:
         return lambda: load_directory(path, name)
     if path.suffix == ".jsonl":
         return lambda: load_jsonl(path, name)
-    raise ValueError(f"suite {name!r}: source must be a .jsonl file, a folder, a TaskSet or a function; "
-                     f"got {source!r}")
+    raise ValueError(f"suite {name!r}: source must be a .jsonl file, a folder, a TaskSet, a TaskSource or a "
+                     f"function; got {source!r}")

@@ -1,5 +1,6 @@
-"""Tasks (one visual question each) and task sets, with loaders for JSONL, directories, generators and
-Hugging Face ``datasets``.
+"""Tasks (one visual question each), task sets, and where they come from: loaders for JSONL files,
+directories, generators and Hugging Face ``datasets``, and the :class:`TaskSource` interface every named
+source of tasks offers (the built-in synthetic suites, the public benchmark loaders, the registry's suites).
 
 A JSONL line looks like::
 
@@ -27,11 +28,13 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, runtime_checkable
+from typing import Protocol as Interface
 
 import numpy as np
 from PIL import Image
 
+from .deprecation import renamed_attributes
 from .graders import Grade, get_grader
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -193,6 +196,27 @@ class TaskSet(Sequence[Task]):
 
 # --- sources ---------------------------------------------------------------------------------------
 
+
+@runtime_checkable
+class TaskSource(Interface):
+    """A named source of tasks: ``load()`` returns its task set (with the source's defaults).
+
+    The built-in synthetic suites (:class:`~pyvision_env.suites.SyntheticSuite`), the public benchmark loaders
+    (``benchmarks.evaluation.public``) and the registry's suites (:class:`~pyvision_env.registry.Suite`) are
+    task sources; :func:`~pyvision_env.registry.register_suite` accepts any.
+
+    >>> from pyvision_env.suites import SUITES
+    >>> isinstance(SUITES["zoom"], TaskSource)
+    True
+    """
+
+    name: str
+    description: str
+    tags: tuple[str, ...]
+
+    def load(self) -> TaskSet: ...
+
+
 def load_jsonl(path: str | os.PathLike, name: str | None = None, image_root: str | os.PathLike | None = None,
                check_files: bool = True) -> TaskSet:
     """Tasks from a JSONL file (one task per line; blank lines and ``#`` comments skipped)."""
@@ -245,7 +269,7 @@ def load_directory(path: str | os.PathLike, name: str | None = None) -> TaskSet:
     return TaskSet(name or path.name, tasks)
 
 
-def from_generator(make_task: Callable[[np.random.Generator, int], Task], count: int, seed: int = 0,
+def generate_tasks(make_task: Callable[[np.random.Generator, int], Task], count: int, seed: int = 0,
                    name: str = "generated") -> TaskSet:
     """``count`` tasks from ``make_task(rng, index)``; task ``index`` gets its own RNG seeded by
     ``(seed, index)``, so it is the same whatever ``count`` is."""
@@ -254,7 +278,7 @@ def from_generator(make_task: Callable[[np.random.Generator, int], Task], count:
     return TaskSet(name, (make_task(np.random.default_rng([seed, i]), i) for i in range(count)))
 
 
-def from_hf_dataset(dataset: Any, name: str, *, question: str = "question", answer: str = "answer",
+def load_hf_dataset(dataset: Any, name: str, *, question: str = "question", answer: str = "answer",
                     image: str | None = "image", id: str | None = None, choices: str | None = None,
                     grader: Any = "exact") -> TaskSet:
     """Tasks from a Hugging Face ``datasets.Dataset`` (or any sequence of dict rows), by column names.
@@ -281,3 +305,6 @@ def _check_files(tasks: Sequence[Task], source: str) -> None:
         listed = "; ".join(f"{task_id}: {path}" for task_id, path in missing[:5])
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
         raise FileNotFoundError(f"{source}: {len(missing)} media files are missing — {listed}{more}")
+
+
+__getattr__ = renamed_attributes(__name__, {"from_generator": "generate_tasks", "from_hf_dataset": "load_hf_dataset"})

@@ -47,9 +47,10 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from .env import PyVisionEnv
+from .env import EpisodeEnv
 from .execution import Engine, default_engine
 from .execution.loop import LoopThread
+from .make import make_env
 from .messages import Message
 from .tasks import Task, TaskSet
 
@@ -72,7 +73,8 @@ class PyVisionVectorEnv(VectorEnv):
         engine: the engine all sub-environments share (their kernels, their event loop); the process-wide
             default engine if None. The vector env does not close it.
         **env_kwargs: further :class:`~pyvision_env.env.PyVisionEnv` arguments (``protocol``, ``max_turns``...),
-            and ``reward=`` to wrap each sub-environment in a reward (:mod:`pyvision_env.rewards`).
+            and ``reward=`` to wrap each sub-environment in a reward (:mod:`pyvision_env.wrappers`); each is made by
+            :func:`~pyvision_env.make.make_env`.
 
     ``gymnasium.make_vec("PyVision/<Suite>-v0", num_envs=N, autoreset_mode=..., **env_kwargs)`` builds one.
     """
@@ -82,8 +84,6 @@ class PyVisionVectorEnv(VectorEnv):
                  **env_kwargs: Any) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
-        from .registry import make_env
-
         engine = engine or default_engine()
         self._setup([_async_layer(make_env(suite, engine=engine, **env_kwargs), i) for i in range(num_envs)],
                     autoreset_mode)
@@ -95,9 +95,8 @@ class PyVisionVectorEnv(VectorEnv):
         :class:`~pyvision_env.pools.ray_pool.RayEnvPool`, whose loop then drives them).
 
         ``gym.make`` results are accepted (their checker and order-enforcing wrappers are looked through), and
-        so are wrappers with ``areset``/``astep`` coroutines such as
-        :class:`~pyvision_env.recording.RecordEpisodes`; other wrappers are refused, since the vector env calls
-        the environments' coroutines directly.
+        so are wrappers with ``areset``/``astep`` coroutines (every :mod:`pyvision_env.wrappers` wrapper); other
+        wrappers are refused, since the vector env calls the environments' coroutines directly.
 
         Example:
             >>> envs = PyVisionVectorEnv.from_envs([gym.make("PyVision/Zoom-v0", engine=engine)  # doctest: +SKIP
@@ -367,8 +366,7 @@ def _async_layer(env: gym.Env, index: int) -> gym.Env:
         if not isinstance(env, gym.Wrapper):
             break
         env = env.env
-    from .pools.ray_pool import RemoteEnv
-
-    if not isinstance(env, (PyVisionEnv, RemoteEnv)):
-        raise TypeError(f"env {index} is a {type(env).__name__}, not a PyVisionEnv (or a RemoteEnv)")
+    if not isinstance(env, EpisodeEnv):
+        raise TypeError(f"env {index} is a {type(env).__name__}, not a PyVisionEnv (or a proxy of one such as a "
+                        "Ray pool's RemoteEnv)")
     return layer

@@ -1,4 +1,4 @@
-"""A self-contained HTML page of recorded episodes (see :mod:`pyvision_env.recording`), and ``pyvision view``.
+"""A self-contained HTML page of recorded episodes (see :mod:`pyvision_env.wrappers.recording`), and ``pyvision view``.
 
 The page is one file: images are embedded as base64 ``data:`` URLs, the CSS and the few lines of script are
 inline, and nothing is loaded from elsewhere, so it can be mailed or archived as is. All model text is
@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
-from .recording import EpisodeFileError, EpisodeRecord, RecordingWarning, episodes_file, read_episodes
+from .wrappers.recording import (
+    EpisodeFileError,
+    EpisodeRecord,
+    RecordingWarning,
+    episodes_file,
+    read_episodes,
+)
 
 DEFAULT_MAX_EPISODES = 500
 
@@ -327,7 +333,7 @@ def _episode(number: int, record: EpisodeRecord, images: _ImageEmbedder, opened:
 def _turn(record: EpisodeRecord, index: int, step: dict[str, Any], messages: list[dict[str, Any]],
           images: _ImageEmbedder, failed: bool) -> str:
     info, kind = step["info"], step["info"].get("action_kind")
-    timings = info.get("timings") or {}
+    timings = step.get("timings") or info.get("timings") or {}  # files written before 0.2 kept them in info
     badges = [f'<span class="badge">{_esc(kind)}</span>',
               f'<span class="badge">reward {_esc(step["reward"])}</span>']
     if isinstance(timings.get("total_ms"), (int, float)):

@@ -51,7 +51,7 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
 @pytest.fixture(scope="session")
 def engine():
     """One engine for the whole run; each test opens its own sessions (fresh kernels)."""
-    eng = quiet_engine(pool_size=2, max_kernels=48)
+    eng = quiet_engine(spare_kernels=2, max_kernels=48)
     yield eng
     eng.close()
 

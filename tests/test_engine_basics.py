@@ -140,7 +140,7 @@ def test_episode_budgets(engine):
         s.run("2")
         with pytest.raises(EpisodeLimitError, match="2 cells"):
             s.run("3")
-    limits = FAST_LIMITS.replace(episode_timeout=0.6, cell_timeout=5.0, interrupt_grace=0.5)
+    limits = FAST_LIMITS.replace(max_execution_time=0.6, cell_timeout=5.0, interrupt_grace=0.5)
     with engine.session(limits=limits) as s:
         result = s.run("import time\ntime.sleep(3)")
         assert result.status is CellStatus.TIMEOUT and result.duration < 2.5
@@ -149,7 +149,7 @@ def test_episode_budgets(engine):
 
 
 def test_images_per_episode_budget(engine):
-    with engine.session(limits=FAST_LIMITS.replace(max_images_per_episode=3)) as s:
+    with engine.session(limits=FAST_LIMITS.replace(max_images_per_session=3)) as s:
         first = s.run("for i in range(2): display(Image.new('RGB', (4, 4)))")
         second = s.run("for i in range(2): display(Image.new('RGB', (4, 4)))")
     assert len(first.images) == 2 and not first.truncated
@@ -166,7 +166,7 @@ def test_limits_validation():
 
 def test_async_core_runs_sessions_concurrently():
     async def main():
-        async with AsyncEngine(limits=FAST_LIMITS, pool_size=3) as engine:
+        async with AsyncEngine(limits=FAST_LIMITS, spare_kernels=3) as engine:
             await engine.warm_up()
             async def episode(i):
                 async with engine.session(values={"i": i}) as s:
@@ -182,7 +182,7 @@ def test_async_core_runs_sessions_concurrently():
 
 def test_cancelling_a_caller_mid_cell_leaves_a_usable_session():
     async def main():
-        async with AsyncEngine(limits=FAST_LIMITS, pool_size=1) as engine, engine.session() as s:
+        async with AsyncEngine(limits=FAST_LIMITS, spare_kernels=1) as engine, engine.session() as s:
             await s.run("x = 1")
             task = asyncio.create_task(s.run("import time\ntime.sleep(30)"))
             await asyncio.sleep(0.5)
@@ -197,7 +197,7 @@ def test_cancelling_a_caller_mid_cell_leaves_a_usable_session():
 
 
 def test_using_a_closed_engine_is_a_clear_error():
-    engine = Engine(limits=FAST_LIMITS, pool_size=1)
+    engine = Engine(limits=FAST_LIMITS, spare_kernels=1)
     session = engine.session()
     engine.close()
     with pytest.raises(RuntimeError, match="engine is closed"):

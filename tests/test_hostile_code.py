@@ -101,7 +101,7 @@ def make_png_header_bomb(width: int, height: int) -> bytes:
 @pytest.fixture(scope="module")
 def limited_engine():
     """An engine whose kernels start with small memory, disk, file, process and descriptor limits."""
-    eng = quiet_engine(limits=RESOURCE_LIMITS, pool_size=1, max_kernels=8)
+    eng = quiet_engine(limits=RESOURCE_LIMITS, spare_kernels=1, max_kernels=8)
     yield eng
     eng.close()
 
@@ -410,7 +410,7 @@ def test_flood_that_ends_at_once_does_not_hurt_the_next_cell(engine):
 def test_descriptor_level_flood_neither_fills_the_host_disk_nor_breaks_forwarding(fd):
     """ipykernel copies what is written to fds 1/2 to the kernel's log file, which lives on the host."""
     limits = FLOOD_LIMITS.replace(cell_timeout=4.0, max_file_bytes=3 * MiB)
-    eng = quiet_engine(limits=limits, pool_size=1)
+    eng = quiet_engine(limits=limits, spare_kernels=1)
     with eng, eng.session() as s:
         log = kernel_of(s).directory / "kernel.log"
         for _ in range(3):  # 6 MiB in all: twice the kernel's file-size limit
@@ -700,7 +700,7 @@ def test_home_directory_and_ssh_keys_are_hidden(session):
 def test_parent_environment_is_not_inherited(monkeypatch):
     secret = f"hunter2-{uuid.uuid4().hex}"
     monkeypatch.setenv("PYVISION_TEST_SECRET", secret)
-    eng = quiet_engine(limits=FAST_LIMITS, pool_size=1)
+    eng = quiet_engine(limits=FAST_LIMITS, spare_kernels=1)
     with eng, eng.session() as s:
         own = s.run("import os\nprint('PYVISION_TEST_SECRET' in os.environ, os.environ.get('PYVISION_TEST_SECRET'))")
         assert own.ok and own.stdout == "False None\n", own.stdout

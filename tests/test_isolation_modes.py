@@ -22,7 +22,7 @@ from .conftest import requires_sandbox
 
 def test_weak_mode_is_reported_and_still_limits_resources():
     with pytest.warns(WeakIsolationWarning, match="WITHOUT a sandbox"):
-        engine = Engine(sandbox=SandboxConfig(isolation="none"), pool_size=1,
+        engine = Engine(sandbox=SandboxConfig(isolation="none"), spare_kernels=1,
                         limits=ExecutionLimits(cell_timeout=5, interrupt_grace=0.5, memory_bytes=1 << 30))
     with engine:
         status = engine.status()
@@ -42,7 +42,7 @@ def test_required_sandbox_raises_when_bubblewrap_is_missing(monkeypatch, tmp_pat
         with pytest.raises(SandboxUnavailableError, match="not installed"):
             Engine(sandbox=SandboxConfig(isolation="bubblewrap"))
         with pytest.warns(WeakIsolationWarning, match="not installed"):
-            engine = Engine(sandbox=SandboxConfig(isolation="auto", python=None), pool_size=0)
+            engine = Engine(sandbox=SandboxConfig(isolation="auto", python=None), spare_kernels=0)
         engine.close()
         assert engine.isolation == "none"
     finally:

@@ -105,7 +105,7 @@ def run_episodes(engine: Engine, count: int) -> list[int]:
     pytest.param(300, id="300-episodes", marks=[pytest.mark.slow, pytest.mark.timeout(1500)]),
 ])
 def test_sequential_episodes_leak_nothing(episodes):
-    engine = quiet_engine(pool_size=2)
+    engine = quiet_engine(spare_kernels=2)
     try:
         engine.warm_up()
         root = engine._async._root
@@ -121,7 +121,7 @@ def test_sequential_episodes_leak_nothing(episodes):
         assert not [pid for pid in pids if running(pid)], "kernels of closed episodes still run"
         assert len(list(root.iterdir())) == 2, "only the ready kernels' directories remain"
         assert engine.status().kernels_failed == 0
-        pool_pids = [pid for kernel in engine._async._pool.live for pid in kernel_tree(kernel.process.pid)]
+        pool_pids = [pid for kernel in engine._async._supply.live for pid in kernel_tree(kernel.process.pid)]
         assert pool_pids
     finally:
         engine.close()
@@ -130,7 +130,7 @@ def test_sequential_episodes_leak_nothing(episodes):
 
 
 def test_sessions_closed_by_garbage_or_exceptions_leak_nothing():
-    engine = quiet_engine(pool_size=1)
+    engine = quiet_engine(spare_kernels=1)
     try:
         engine.warm_up()
         baseline = snapshot(engine)
@@ -160,7 +160,7 @@ def test_sessions_closed_by_garbage_or_exceptions_leak_nothing():
 def test_thirty_two_concurrent_sessions_then_full_cleanup():
     me = psutil.Process()
     before = {"fds": me.num_fds(), "threads": me.num_threads(), "kernels": len(kernel_processes())}
-    engine = quiet_engine(pool_size=4, max_kernels=40)
+    engine = quiet_engine(spare_kernels=4, max_kernels=40)
     root = engine._async._root
     cgroup_parents = engine._async._cgroups.parents if engine._async._cgroups else ()
     pids: list[int] = []
@@ -197,7 +197,7 @@ def test_thirty_two_concurrent_sessions_then_full_cleanup():
 # --- the global cap -----------------------------------------------------------------------------------
 
 def test_global_cap_makes_a_third_session_wait_until_one_closes():
-    engine = quiet_engine(pool_size=2, max_kernels=2)
+    engine = quiet_engine(spare_kernels=2, max_kernels=2)
     try:
         engine.warm_up()
         first, second = engine.session(), engine.session()
@@ -230,7 +230,7 @@ def test_global_cap_makes_a_third_session_wait_until_one_closes():
 
 @pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
 def test_close_kills_kernels_in_use_and_is_idempotent():
-    engine = quiet_engine(pool_size=1)
+    engine = quiet_engine(spare_kernels=1)
     root = engine._async._root
     session = engine.session()
     session.run("import time")
@@ -248,7 +248,7 @@ def test_close_kills_kernels_in_use_and_is_idempotent():
 
 
 def test_sync_caller_timeout_cancels_the_cell_and_the_session_goes_on():
-    engine = quiet_engine(pool_size=1)
+    engine = quiet_engine(spare_kernels=1)
     try:
         with engine.session() as s:
             s.run("x = 1")
@@ -275,7 +275,7 @@ def run_script(body: str, timeout: float = 60) -> subprocess.Popen:
 
         def report(engine):
             pids = []
-            for kernel in engine._async._pool.live:
+            for kernel in engine._async._supply.live:
                 pids.append(kernel.process.pid)
                 pids += [p.pid for p in psutil.Process(kernel.process.pid).children(recursive=True)]
             cgroups = [str(p) for p in engine._async._cgroups.parents] if engine._async._cgroups else []
@@ -299,7 +299,7 @@ def read_report(proc: subprocess.Popen, timeout: float = 60) -> dict:
 
 def test_engine_left_open_at_exit_is_cleaned_up_by_atexit():
     proc = run_script("""
-        engine = Engine(pool_size=1)
+        engine = Engine(spare_kernels=1)
         session = engine.session()
         session.run("x = 1")
         report(engine)
@@ -321,7 +321,7 @@ def test_engine_left_open_at_exit_is_cleaned_up_by_atexit():
 
 def test_dropped_engine_is_cleaned_up_by_its_finalizer():
     proc = run_script("""
-        engine = Engine(pool_size=1)
+        engine = Engine(spare_kernels=1)
         session = engine.session()
         session.run("x = 1")
         engine.warm_up()  # no kernel start in flight (a running start task keeps the engine referenced)
@@ -346,7 +346,7 @@ def test_dropped_engine_is_cleaned_up_by_its_finalizer():
 @requires_sandbox
 def test_owner_killed_with_sigkill_leaves_no_kernel_behind():
     proc = run_script("""
-        engine = Engine(pool_size=2)
+        engine = Engine(spare_kernels=2)
         sessions = [engine.session(), engine.session()]
         for s in sessions:
             s.run("import subprocess, sys\\n"
@@ -367,7 +367,7 @@ def test_owner_killed_with_sigkill_leaves_no_kernel_behind():
             f"survived their owner's SIGKILL: {[pid for pid in pids if running(pid)]}"
         # A SIGKILLed engine cannot remove its directory and cgroups: the next engine sweeps them.
         assert Path(info["root"]).exists()
-        Engine(pool_size=0).close()
+        Engine(spare_kernels=0).close()
         assert not Path(info["root"]).exists()
         assert not any(Path(parent).exists() for parent in info["cgroups"])
     finally:

@@ -34,7 +34,7 @@ def test_a_data_folder_registers_its_benchmarks_and_eval_scores_them(tmp_path, c
     write_release(data / "vstar")
     (data / "unrelated").mkdir()
     assert register_public_benchmarks(data) == ["PyVision/Vstar-v0"]
-    with quiet_engine(pool_size=1) as engine:
+    with quiet_engine(spare_kernels=1) as engine:
         env = gym.make("PyVision/Vstar-v0", max_turns=2, kernel_start="first-call", engine=engine)
         observation, info = env.reset(options={"task_index": 0})
         assert "(A)" in observation[-1].plain_text and info["task_id"] == "0"

@@ -50,7 +50,7 @@ def texts(observation):
 
 
 def test_episodes_through_actors_are_the_episodes_played_locally(pool):
-    with quiet_engine(pool_size=1) as engine:
+    with quiet_engine(spare_kernels=1) as engine:
         local = LocalEnvPool(engine=engine)
         for suite in ("count", "zoom"):
             here, there = local.make_env(suite, max_turns=4), pool.make_env(suite, max_turns=4)

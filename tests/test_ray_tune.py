@@ -8,8 +8,9 @@ import json
 
 import pytest
 
+from pyvision_env.make import make_env
 from pyvision_env.pools.tune import register_ray_envs
-from pyvision_env.registry import load_suite, make_env, register_suite
+from pyvision_env.registry import load_suite, register_suite
 
 from .conftest import quiet_engine
 
@@ -43,7 +44,7 @@ def test_registered_suites_are_created_by_name_on_ray_workers(local_ray, tmp_pat
 
         return first_turn(_global_registry.get(ENV_CREATOR, name)(env_config))
 
-    with quiet_engine(pool_size=1) as engine:
+    with quiet_engine(spare_kernels=1) as engine:
         for env_id, suite in (("PyVision/Count-v0", "count"), ("PyVision/RayFewCounts-v0", "ray-few-counts")):
             remote = ray.get(play_by_name.remote(env_id, {"max_turns": 2}), timeout=180)
             local = first_turn(make_env(suite, max_turns=2, engine=engine))

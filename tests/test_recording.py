@@ -28,7 +28,8 @@ import pytest
 from PIL import Image
 
 from pyvision_env import PyVisionEnv, Task, TaskSet
-from pyvision_env.recording import (
+from pyvision_env.viewer import add_view_parser, open_in_browser, render_html, run_view, serve
+from pyvision_env.wrappers.recording import (
     FORMAT,
     EpisodeFileError,
     RecordEpisodes,
@@ -37,7 +38,6 @@ from pyvision_env.recording import (
     image_digest,
     read_episodes,
 )
-from pyvision_env.viewer import add_view_parser, open_in_browser, render_html, run_view, serve
 
 MAGENTA = (255, 0, 255)
 SHOW_TWICE = "print('size', image_clue_0.size)\nplt.imshow(image_clue_0); plt.show()\n" \
@@ -64,17 +64,19 @@ def recorded(engine, tasks, tmp_path_factory) -> SimpleNamespace:
     run = tmp_path_factory.mktemp("run")
     env = RecordEpisodes(PyVisionEnv(tasks, engine=engine, max_turns=6), run, metadata={"model": "scripted"})
     protocol = env.unwrapped.protocol
-    conversations, infos = [], []
+    conversations, infos, timings = [], [], []
 
     def episode(actions: list[str], seed: int) -> None:
         observation, _ = env.reset(seed=seed)
-        conversation, episode_infos = list(observation), []
+        conversation, episode_infos, episode_timings = list(observation), [], []
         for action in actions:
             observation, _, _, _, info = env.step(action)
             conversation += [protocol.assistant_message(action), *observation]
             episode_infos.append(info)
+            episode_timings.append(dict(env.unwrapped.timings))
         conversations.append(conversation)
         infos.append(episode_infos)
+        timings.append(episode_timings)
 
     episode([protocol.render_action(code=SHOW_TWICE), protocol.render_action(code=RAISES),
              "I think it is magenta.", protocol.render_action(answer="magenta")], seed=0)
@@ -82,7 +84,7 @@ def recorded(engine, tasks, tmp_path_factory) -> SimpleNamespace:
     episode([protocol.render_action(code="print(1)")], seed=2)
     episode([], seed=3)  # the reset() that starts it abandons the third episode
     env.close()  # abandons the fourth
-    return SimpleNamespace(run=run, conversations=conversations, infos=infos, protocol=protocol)
+    return SimpleNamespace(run=run, conversations=conversations, infos=infos, timings=timings, protocol=protocol)
 
 
 # --- recording -------------------------------------------------------------------------------------
@@ -106,8 +108,8 @@ def test_a_full_episode_is_one_json_line_with_everything(recorded):
     assert steps[2]["info"]["format_error"] and steps[3]["info"]["answer"] == r"\boxed{magenta}"
     assert [s["reward"] for s in steps] == [0.0, 0.0, 0.0, 1.0]
     assert [(s["terminated"], s["truncated"]) for s in steps] == [(False, False)] * 3 + [(True, False)]
-    for step, info in zip(steps, recorded.infos[0]):
-        assert step["info"]["timings"] == dict(info["timings"]) and "total_ms" in step["info"]["timings"]
+    for step, timings in zip(steps, recorded.timings[0], strict=True):
+        assert step["timings"] == timings and "total_ms" in step["timings"] and "timings" not in step["info"]
     assert "boom <tag>" in data["messages"][5]["content"][0]["text"]
     assert data["totals"] == {"return": 1.0, "turns": 4, "tool_calls": 2, "tool_errors": 1,
                               "format_errors": 1, "images_shown": 2,
@@ -174,7 +176,7 @@ def test_only_pyvision_environments_are_wrapped(tmp_path):
     class Other(gym.Env):
         observation_space = action_space = gym.spaces.Discrete(2)
 
-    with pytest.raises(TypeError, match="wraps a PyVisionEnv"):
+    with pytest.raises(TypeError, match="needs a PyVisionEnv"):
         RecordEpisodes(Other(), tmp_path)
 
 
@@ -189,7 +191,7 @@ def test_concurrent_writers_never_interleave_lines(tmp_path):
     threads = [threading.Thread(target=write, args=(w,)) for w in range(6)]
     for thread in threads:
         thread.start()
-    script = ("import json, sys; from pathlib import Path; from pyvision_env.recording import append_line\n"
+    script = ("import json, sys; from pathlib import Path; from pyvision_env.wrappers.recording import append_line\n"
               "for n in range(20): append_line(Path(sys.argv[1]), json.dumps({'writer': sys.argv[2], 'n': n, "
               "'pad': 'p' * 300_000}) + '\\n')")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

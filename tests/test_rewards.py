@@ -7,15 +7,15 @@ import pytest
 
 import pyvision_env
 from agents.scripted import scripted_policy
-from pyvision_env.rewards import (
+from pyvision_env.execution import box_iou, operations_in_code
+from pyvision_env.vector import PyVisionVectorEnv
+from pyvision_env.wrappers import (
     EPISODE_KEYS,
     AccumulativeToolReward,
     CodeVisionReward,
-    box_iou,
+    EpisodeStatistics,
     make_reward_wrapper,
-    trace_operations,
 )
-from pyvision_env.vector import PyVisionVectorEnv
 
 
 def make(engine, suite: str, reward, **kwargs):
@@ -170,20 +170,20 @@ def test_scripted_policies_on_every_suite(engine, suite):
     ("def broken(:", set()),
 ])
 def test_trace_kinds(source, kinds):
-    assert trace_operations(source).kinds == kinds
+    assert operations_in_code(source).kinds == kinds
 
 
 def test_trace_crop_boxes():
-    assert trace_operations("b = image_clue_0.crop((10, 20, 50, 60))").crops == [(0, (10, 20, 50, 60))]
+    assert operations_in_code("b = image_clue_0.crop((10, 20, 50, 60))").crops == [(0, (10, 20, 50, 60))]
     chained = "x0 = 100\nw = image_clue_0.copy().crop((x0, 50, x0 + 300, 250))\nt = w.crop((10, 10, 60, 40))"
-    assert trace_operations(chained).crops == [(0, (100, 50, 400, 250)), (0, (110.0, 60.0, 160.0, 90.0))]
-    assert trace_operations("np.array(image_clue_1)[5:15, 20:40]").crops == [(1, (20, 5, 40, 15))]
-    assert trace_operations("image.crop((0, 0, 4, 4))", image_names=("image",)).crops == [(0, (0, 0, 4, 4))]
-    unknown = trace_operations("image_clue_0.crop(box)\nImage.open(p).crop((0, 0, 4, 4))")
+    assert operations_in_code(chained).crops == [(0, (100, 50, 400, 250)), (0, (110.0, 60.0, 160.0, 90.0))]
+    assert operations_in_code("np.array(image_clue_1)[5:15, 20:40]").crops == [(1, (20, 5, 40, 15))]
+    assert operations_in_code("image.crop((0, 0, 4, 4))", image_names=("image",)).crops == [(0, (0, 0, 4, 4))]
+    unknown = operations_in_code("image_clue_0.crop(box)\nImage.open(p).crop((0, 0, 4, 4))")
     assert unknown.kinds == {"crop"} and unknown.crops == []
     state = {"aliases": {}, "consts": {}, "origins": {}}  # names carry over between the cells of an episode
-    trace_operations("im = image_clue_0\nbox = (1, 2, 3, 4)", state)
-    assert trace_operations("im.crop(box)", state).crops == [(0, (1, 2, 3, 4))]
+    operations_in_code("im = image_clue_0\nbox = (1, 2, 3, 4)", state)
+    assert operations_in_code("im.crop(box)", state).crops == [(0, (1, 2, 3, 4))]
     assert box_iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
 
 
@@ -193,7 +193,7 @@ def test_kernel_trace_of_computed_turned_and_zoomed_crops(engine):
     computed = lambda task: code(env, f"import json\nbox = tuple(json.loads('{list(task.regions[0].box)}'))\n"  # noqa: E731
                                  "display(image_clue_0.crop(box))")
     _, _, _, _, info = play(env, [computed, answer(env)])
-    assert trace_operations(computed(env.unwrapped.tasks[0])).crops == []  # invisible to the code alone
+    assert operations_in_code(computed(env.unwrapped.tasks[0])).crops == []  # invisible to the code alone
     assert info["episode"]["components"]["crop_iou"] == pytest.approx(1.0)
 
     def zoomed(task):  # 2x zoom of the whole image, then the region at doubled coordinates
@@ -284,9 +284,12 @@ def test_kernel_trace_maps_every_transpose(engine, method):
 def test_constructor_args_spec_and_registry(engine):
     env = make(engine, "Zoom", {"name": "codevision", "usage_weight": 0.25})
     assert env.unwrapped.spec.kwargs["reward"] == {"name": "codevision", "usage_weight": 0.25}
-    inner = env.env.env  # re-making from the spec wraps once: the wrapper adds nothing to the spec
-    assert isinstance(inner, CodeVisionReward) and inner.spec is env.unwrapped.spec
-    assert inner._saved_kwargs["usage_weight"] == 0.25
+    statistics, reward = env.env.env, env.env.env.env  # gym.make's checker and order wrappers outside
+    assert isinstance(statistics, EpisodeStatistics) and isinstance(reward, CodeVisionReward)
+    assert reward._saved_kwargs["usage_weight"] == 0.25 and env.unwrapped.trace_operations  # the reward's need
+    again = gym.make(env.spec)  # re-making from the spec wraps once: the entry point's wrappers are not repeated
+    assert [type(layer).__name__ for layer in _layers(again)] == [type(layer).__name__ for layer in _layers(env)]
+    again.close()
     env.close()
     wrapped = AccumulativeToolReward(pyvision_env.PyVisionEnv("count", engine=engine), coefficient=0.3, cap=2)
     assert wrapped._saved_kwargs == {"coefficient": 0.3, "count": "executed", "cap": 2}
@@ -295,14 +298,35 @@ def test_constructor_args_spec_and_registry(engine):
         make_reward_wrapper(wrapped, "nope")
     with pytest.raises(ValueError, match="count"):
         AccumulativeToolReward(wrapped, count="sometimes")
-    plain = gym.make("PyVision/Zoom-v0", engine=engine)  # no reward: the plain env as before
-    assert type(plain.unwrapped).__name__ == "PyVisionEnv" and type(plain.env.env).__name__ == "PyVisionEnv"
+    with pytest.raises(ValueError, match="trace_operations=True"):  # the reward never changes the env under it
+        CodeVisionReward(pyvision_env.PyVisionEnv("zoom", engine=engine))
+    with pytest.raises(TypeError, match="needs a PyVisionEnv"):
+        EpisodeStatistics(gym.make("CartPole-v1"))
+    plain = gym.make("PyVision/Zoom-v0", engine=engine)  # no reward: the env and its statistics
+    assert [type(layer).__name__ for layer in _layers(plain)][-2:] == ["EpisodeStatistics", "PyVisionEnv"]
     plain.close()
+
+
+def _layers(env):
+    layers = [env]
+    while isinstance(layers[-1], gym.Wrapper):
+        layers.append(layers[-1].env)
+    return layers
+
+
+def test_statistics_without_a_reward_wrapper(engine):
+    env = EpisodeStatistics(pyvision_env.PyVisionEnv("zoom", engine=engine))
+    _, reward, terminated, _, info = play(env, [code(env, "print(1)"), answer(env)])
+    assert terminated and reward == 1.0
+    assert info["episode"] == {"return": 1.0, "turns": 2, "tool_calls": 1, "tool_successes": 1, "tool_errors": 0,
+                               "images": 0, "visual_tokens": info["visual_tokens"], "components": {}}
+    env.close()
 
 
 def test_vector_env_accepts_wrappers(engine):
     envs = PyVisionVectorEnv.from_envs([
-        make(engine, "Zoom", "accumulative"), CodeVisionReward(pyvision_env.PyVisionEnv("zoom", engine=engine))])
+        make(engine, "Zoom", "accumulative"),
+        EpisodeStatistics(CodeVisionReward(pyvision_env.PyVisionEnv("zoom", engine=engine, trace_operations=True)))])
     envs.reset(seed=0)
     protocol = envs.envs[0].unwrapped.protocol
     _, rewards, terminated, _, infos = envs.step([protocol.render_action(answer="0")] * 2)
@@ -314,7 +338,7 @@ def test_vector_env_accepts_wrappers(engine):
 def test_make_vec_wraps_every_sub_environment(engine):
     envs = gym.make_vec("PyVision/Count-v0", num_envs=2, engine=engine, reward="accumulative")
     try:
-        assert all(type(env).__name__ == "AccumulativeToolReward" for env in envs.envs)
+        assert all(type(env.env).__name__ == "AccumulativeToolReward" for env in envs.envs)
         _, infos = envs.reset(seed=0)
         assert list(infos["turn"]) == [0, 0]
     finally:

@@ -17,7 +17,7 @@ from agents.baselines import DirectAnswerPolicy, RandomPolicy
 from agents.scripted import SCRIPTED_POLICIES, ScriptedPolicy, scripted_policy
 from pyvision_env import PyVisionEnv, TaskSet
 from pyvision_env.protocols import PROTOCOLS
-from pyvision_env.suites import CACHE_ENV, DEFAULT_COUNT, SUITES
+from pyvision_env.suites import CACHE_ENV, SUITES
 
 SCRIPTED_TASKS = 6
 DIRECT_TASKS = 3
@@ -99,7 +99,7 @@ def test_scripted_policy_reads_the_pixels_not_the_task(small_suites, engine):
 
 def test_gym_make_runs_a_registered_suite(suite_cache, engine):
     env = gym.make("PyVision/Orientation-v0", engine=engine)
-    assert len(env.unwrapped.tasks) == DEFAULT_COUNT
+    assert len(env.unwrapped.tasks) == SUITES["orientation"].default_count == 100
     info = run_episode(env, scripted_policy("orientation", env.unwrapped.protocol), 7)
     env.close()
     assert info["correct"], info
@@ -129,9 +129,12 @@ def test_scripted_policies_cover_the_suites_and_copy_mid_episode(small_suites):
 # --- full measurements (slow) ------------------------------------------------------------------------------
 
 
+FULL_COUNT = 100
+
+
 @pytest.fixture(scope="module")
 def full_suites(suite_cache):
-    return {name: suite.load(count=DEFAULT_COUNT) for name, suite in SUITES.items()}
+    return {name: suite.load(count=FULL_COUNT) for name, suite in SUITES.items()}
 
 
 @pytest.mark.slow
@@ -139,10 +142,10 @@ def full_suites(suite_cache):
 @pytest.mark.parametrize("suite", SUITES)
 def test_full_suite_scripted_and_direct_accuracy(suite, full_suites, engine):
     env = PyVisionEnv(full_suites[suite], engine=engine)
-    scripted, _ = accuracy(env, scripted_policy(suite, env.protocol), range(DEFAULT_COUNT))
-    direct, _ = accuracy(env, DirectAnswerPolicy(env.protocol), range(DEFAULT_COUNT))
+    scripted, _ = accuracy(env, scripted_policy(suite, env.protocol), range(FULL_COUNT))
+    direct, _ = accuracy(env, DirectAnswerPolicy(env.protocol), range(FULL_COUNT))
     env.close()
-    print(f"{suite}: scripted {scripted:.0%}, direct {direct:.0%} on {DEFAULT_COUNT} tasks (pyvision)")
+    print(f"{suite}: scripted {scripted:.0%}, direct {direct:.0%} on {FULL_COUNT} tasks (pyvision)")
     assert scripted >= 0.95 and (suite in EASY_TO_SEE or direct <= 0.5)
 
 

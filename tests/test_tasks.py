@@ -12,9 +12,9 @@ from pyvision_env.tasks import (
     Task,
     TaskFormatError,
     TaskSet,
-    from_generator,
-    from_hf_dataset,
+    generate_tasks,
     load_directory,
+    load_hf_dataset,
     load_jsonl,
 )
 
@@ -78,9 +78,9 @@ def test_generator_is_deterministic_per_index():
     def make(rng, index):
         return Task(id=f"g{index}", question="n?", answer=str(int(rng.integers(1000))))
 
-    assert [t.answer for t in from_generator(make, 5, seed=1)] == [t.answer for t in from_generator(make, 5, 1)]
-    assert from_generator(make, 3, seed=1)[2] == from_generator(make, 9, seed=1)[2]
-    assert [t.answer for t in from_generator(make, 5, 1)] != [t.answer for t in from_generator(make, 5, 2)]
+    assert [t.answer for t in generate_tasks(make, 5, seed=1)] == [t.answer for t in generate_tasks(make, 5, 1)]
+    assert generate_tasks(make, 3, seed=1)[2] == generate_tasks(make, 9, seed=1)[2]
+    assert [t.answer for t in generate_tasks(make, 5, 1)] != [t.answer for t in generate_tasks(make, 5, 2)]
 
 
 def test_held_out_split_is_stable_and_disjoint():
@@ -93,17 +93,17 @@ def test_held_out_split_is_stable_and_disjoint():
 
 def test_hugging_face_rows():
     rows = [{"q": "Color?", "a": "red", "img": Image.new("RGB", (2, 2), "red"), "opts": ["red", "blue"]}]
-    tasks = from_hf_dataset(rows, "hf", question="q", answer="a", image="img", choices="opts")
+    tasks = load_hf_dataset(rows, "hf", question="q", answer="a", image="img", choices="opts")
     assert isinstance(tasks[0].images[0], Image.Image) and tasks[0].choices == ("red", "blue")
     with pytest.raises(TaskFormatError, match="row 0 has no column"):
-        from_hf_dataset(rows, "hf")
+        load_hf_dataset(rows, "hf")
 
 
 def test_hugging_face_datasets_object_when_installed():
     datasets = pytest.importorskip("datasets")
     ds = datasets.Dataset.from_dict({"question": ["n?"], "answer": ["3"],
                                      "image": [Image.fromarray(np.zeros((3, 3, 3), np.uint8))]})
-    assert from_hf_dataset(ds, "ds")[0].answer == "3"
+    assert load_hf_dataset(ds, "ds")[0].answer == "3"
 
 
 def test_registry_names_and_errors(task_files):

@@ -18,8 +18,8 @@ from pyvision_env import PyVisionEnv, Task, TaskSet, register_suite
 from pyvision_env.execution import set_default_engine
 from pyvision_env.messages import Message
 from pyvision_env.protocols import get_protocol
-from pyvision_env.recording import RecordEpisodes, read_episodes
 from pyvision_env.vector import PyVisionVectorEnv
+from pyvision_env.wrappers.recording import RecordEpisodes, read_episodes
 
 from .conftest import kernel_processes, quiet_engine, wait_until
 
@@ -52,7 +52,7 @@ def tasks(tmp_path_factory) -> TaskSet:
 @pytest.fixture(scope="module")
 def bare_engine():
     """No pool: every kernel it has is one a session holds, so ``live_kernels`` counts the leaks."""
-    eng = quiet_engine(pool_size=0)
+    eng = quiet_engine(spare_kernels=0)
     yield eng
     eng.close()
 
@@ -80,7 +80,7 @@ def test_steps_run_concurrently(vec4):
     assert elapsed < 1.6, f"4 cells of 0.5 s took {elapsed:.2f} s: not concurrent"
     assert all("slept" in texts(obs)[0] for obs in observations)
     assert rewards.dtype == np.float64 and not rewards.any() and not terminated.any() and not truncated.any()
-    assert infos["active"].all() and (infos["timings"][0]["execute_ms"] >= 500)
+    assert infos["active"].all() and vec4.envs[0].unwrapped.timings["execute_ms"] >= 500
 
 
 def test_only_active_envs_step(vec4):
@@ -228,7 +228,8 @@ def test_from_envs_checks_its_environments(engine, bare_engine, tasks):
     env_id = register_suite("vector-tests", tasks, replace=True)
     made = [gym.make(env_id, engine=engine) for _ in range(2)]
     envs = PyVisionVectorEnv.from_envs(made, autoreset_mode="SameStep")
-    assert envs.envs == [env.unwrapped for env in made] and envs.autoreset_mode is AutoresetMode.SAME_STEP
+    assert envs.envs == [env.env.env for env in made]  # gym.make's checker and order wrappers are looked through
+    assert envs.autoreset_mode is AutoresetMode.SAME_STEP
     with pytest.raises(ValueError, match="share one Engine"):
         PyVisionVectorEnv.from_envs([PyVisionEnv(tasks, engine=engine), PyVisionEnv(tasks, engine=bare_engine)])
     with pytest.raises(TypeError, match="wrapped in TimeLimit"):
@@ -254,7 +255,7 @@ def test_make_vec_builds_the_async_vector_env(engine, tasks):
     envs = gym.make_vec(env_id, num_envs=3, engine=engine, autoreset_mode=AutoresetMode.DISABLED)
     assert isinstance(envs, PyVisionVectorEnv) and envs.num_envs == 3 and envs.spec.id == env_id
     assert envs.metadata["autoreset_mode"] is AutoresetMode.DISABLED
-    assert all(env.engine is engine and env.max_turns == 3 for env in envs.envs)
+    assert all(env.unwrapped.engine is engine and env.unwrapped.max_turns == 3 for env in envs.envs)
     assert envs.observation_space.contains(([], [], [])) and envs.action_space.contains(("a", "b", "c"))
     envs.close()
 

@@ -86,10 +86,10 @@ def record_teacher(out: Path, episodes: int, guess_rate: float, seed: int) -> di
     from agents.scripted import scripted_policy
     from pyvision_env.env import PyVisionEnv
     from pyvision_env.execution import Engine
-    from pyvision_env.recording import RecordEpisodes
     from pyvision_env.runner import run_episodes
+    from pyvision_env.wrappers.recording import RecordEpisodes
 
-    with Engine(pool_size=2) as engine:
+    with Engine(spare_kernels=2) as engine:
         env = RecordEpisodes(PyVisionEnv("tally", split="train", system_prompt=system_prompt(), max_turns=3,
                                          kernel_start="first-call", engine=engine), out)
         try:

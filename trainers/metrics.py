@@ -35,7 +35,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from pyvision_env.recording import append_line
+from pyvision_env.wrappers.recording import append_line
 
 KINDS = ("train", "eval")
 TIME_PARTS = ("time/generation", "time/environment", "time/scoring", "time/update", "time/weight_sync")

@@ -139,7 +139,7 @@ def main(args: Args, backend: Any = None) -> dict[str, float]:
     if args.system_prompt is not None:
         env_kwargs["system_prompt"] = args.system_prompt
     numbers: dict[str, float] = {}
-    with Engine(pool_size=min(episodes_per_step, 8)) as engine:
+    with Engine(spare_kernels=min(episodes_per_step, 8)) as engine:
         envs = PyVisionVectorEnv(episodes_per_step, args.suite, engine=engine, autoreset_mode="Disabled",
                                  **env_kwargs)
         task_count = len(envs.envs[0].unwrapped.tasks)

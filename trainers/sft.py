@@ -29,7 +29,7 @@ from typing import Any
 from PIL import Image
 
 from pyvision_env.messages import Message
-from pyvision_env.recording import read_episodes
+from pyvision_env.wrappers.recording import read_episodes
 
 from .backends import PixelCache
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint

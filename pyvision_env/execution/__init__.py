@@ -1,4 +1,4 @@
-"""Sandboxed, pooled, stateful Jupyter kernels for model-written code.
+"""Sandboxed, stateful Jupyter kernels for model-written code, started ahead of demand.
 
 The public names are re-exported here; see :mod:`.engine` for the entry points.
 """
@@ -16,12 +16,13 @@ from .engine import (
 )
 from .kernel import KernelStartError
 from .limits import ExecutionLimits, SandboxConfig
-from .records import OPERATIONS_EXPRESSION, CellResult, CellStatus, EngineStatus, read_operations
+from .operations import OPERATIONS_EXPRESSION, Operations, box_iou, operations_in_code, read_operations
+from .records import CellResult, CellStatus, EngineStatus
 from .sandbox import SandboxUnavailableError, probe_bubblewrap
 
 __all__ = [
-    "OPERATIONS_EXPRESSION", "AsyncEngine", "AsyncSession", "CellResult", "CellStatus", "Engine", "EngineStatus", "EpisodeLimitError",
-    "ExecutionLimits", "InputError", "KernelStartError", "SandboxConfig", "SandboxUnavailableError", "Session",
-    "WeakIsolationWarning", "default_engine", "probe_bubblewrap", "read_operations",
-    "set_default_engine",
+    "OPERATIONS_EXPRESSION", "AsyncEngine", "AsyncSession", "CellResult", "CellStatus", "Engine", "EngineStatus",
+    "EpisodeLimitError", "ExecutionLimits", "InputError", "KernelStartError", "Operations", "SandboxConfig",
+    "SandboxUnavailableError", "Session", "WeakIsolationWarning", "box_iou", "default_engine", "operations_in_code",
+    "probe_bubblewrap", "read_operations", "set_default_engine",
 ]

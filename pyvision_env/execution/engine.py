@@ -1,4 +1,4 @@
-"""The execution engine: sandboxed, pooled, stateful kernels for model-written code.
+"""The execution engine: sandboxed, stateful kernels for model-written code, started ahead of demand.
 
 :class:`AsyncEngine` is the asyncio core; :class:`Engine` is a synchronous facade that runs the core on
 a private event-loop thread. An engine hands out *sessions* — one per episode, each with a fresh
@@ -6,7 +6,7 @@ kernel, its inputs (PIL images loaded from read-only files, small JSON values) a
 
 Example (synchronous):
     >>> from pyvision_env.execution import Engine
-    >>> with Engine(pool_size=1) as engine:                                   # doctest: +SKIP
+    >>> with Engine(spare_kernels=1) as engine:                                   # doctest: +SKIP
     ...     with engine.session(values={"n": 3}) as session:
     ...         print(session.run("print(n * 2)").stdout)
     6
@@ -41,14 +41,15 @@ from typing import Any, TypeVar
 import zmq.asyncio
 from PIL import Image
 
+from ..deprecation import renamed_keywords
 from ..video import reader as video_reader
 from ..video.reader import VideoOptions
 from .kernel import Kernel, KernelDiedError
 from .limits import ExecutionLimits, SandboxConfig
 from .loop import LoopThread
-from .pool import KernelPool
 from .records import CellResult, CellStatus, EngineStatus
 from .sandbox import CgroupManager, SandboxUnavailableError, pid_exists, probe_bubblewrap
+from .supply import KernelSupply
 
 VIDEO_READER_SOURCE = Path(video_reader.__file__).read_text()
 """Sent into kernels that hold videos, where it becomes the module ``pyvision_video``."""
@@ -73,27 +74,28 @@ class WeakIsolationWarning(RuntimeWarning):
     """Kernels run without bubblewrap: model code can reach the network and the host's files."""
 
 
+@renamed_keywords(pool_size="spare_kernels")
 class AsyncEngine:
-    """Starts, pools, isolates and cleans up kernels. Use as ``async with AsyncEngine(...) as engine``.
+    """Starts, isolates and cleans up kernels. Use as ``async with AsyncEngine(...) as engine``.
 
     Args:
         limits: default budgets of every session (a session may override them).
         sandbox: isolation settings.
-        pool_size: kernels kept started and waiting (hides the ~1 s start-up).
+        spare_kernels: kernels kept started and waiting (hides the ~1 s start-up).
         max_kernels: global cap on live kernels; :meth:`session` waits while it is reached.
     """
 
     def __init__(self, limits: ExecutionLimits | None = None, sandbox: SandboxConfig | None = None,
-                 pool_size: int = 2, max_kernels: int = 64) -> None:
+                 spare_kernels: int = 2, max_kernels: int = 64) -> None:
         self.limits = limits or ExecutionLimits()
         self.sandbox = sandbox or SandboxConfig()
         self.isolation, self.isolation_reason = self._choose_isolation(self.sandbox)
-        self._pool_size = pool_size
+        self._spare_kernels = spare_kernels
         self._max_kernels = max_kernels
         self._root: Path | None = None
         self._context: zmq.asyncio.Context | None = None
         self._cgroups: CgroupManager | None = None
-        self._pool: KernelPool | None = None
+        self._supply: KernelSupply | None = None
         self._finalizer: weakref.finalize | None = None
 
     @staticmethod
@@ -114,8 +116,8 @@ class AsyncEngine:
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> AsyncEngine:
-        """Create the engine's directory, cgroups and pool; begin pre-starting kernels."""
-        if self._pool is not None:
+        """Create the engine's directory, cgroups and kernel supply; begin starting spare kernels."""
+        if self._supply is not None:
             return self
         _raise_open_file_limit()
         parent = Path(self.sandbox.root_dir or tempfile.gettempdir())
@@ -128,11 +130,11 @@ class AsyncEngine:
                              f"{SOCKET_PATH_LIMIT} bytes): choose a shorter directory such as /tmp")
         self._context = zmq.asyncio.Context()
         self._cgroups = CgroupManager() if self.sandbox.use_cgroups else None
-        self._pool = KernelPool(self._start_kernel, self._pool_size, self._max_kernels)
-        self._finalizer = weakref.finalize(self, _emergency_cleanup, self._pool.live, self._root, self._cgroups,
+        self._supply = KernelSupply(self._start_kernel, self._spare_kernels, self._max_kernels)
+        self._finalizer = weakref.finalize(self, _emergency_cleanup, self._supply.live, self._root, self._cgroups,
                                            os.getpid())
         atexit.register(self._finalizer)
-        self._pool.fill()
+        self._supply.fill()
         return self
 
     async def _start_kernel(self) -> Kernel:
@@ -142,9 +144,9 @@ class AsyncEngine:
 
     async def close(self) -> None:
         """Kill every kernel and remove every file the engine made. Safe to call twice."""
-        if self._pool is None:
+        if self._supply is None:
             return
-        await self._pool.close()
+        await self._supply.close()
         if self._cgroups is not None:
             self._cgroups.close()
         if self._root is not None:
@@ -154,7 +156,7 @@ class AsyncEngine:
         if self._finalizer is not None:
             self._finalizer.detach()
             atexit.unregister(self._finalizer)
-        self._pool = None
+        self._supply = None
 
     async def __aenter__(self) -> AsyncEngine:
         return await self.start()
@@ -163,17 +165,17 @@ class AsyncEngine:
         await self.close()
 
     async def warm_up(self, count: int | None = None) -> None:
-        """Wait until ``count`` kernels (default: the pool size) are started and waiting."""
-        await self._running_pool().wait_ready(count)
+        """Wait until ``count`` kernels (default: ``spare_kernels``) are started and waiting."""
+        await self._running_supply().wait_ready(count)
 
     def status(self) -> EngineStatus:
-        pool = self._pool
+        supply = self._supply
         return EngineStatus(
             isolation=self.isolation, isolation_reason=self.isolation_reason,
             cgroups=self._cgroups.version if self._cgroups is not None else "none",
-            live_kernels=pool.live_count if pool else 0, ready_kernels=pool.ready_count if pool else 0,
-            max_kernels=self._max_kernels, kernels_started=pool.started if pool else 0,
-            kernels_failed=pool.failed if pool else 0)
+            live_kernels=supply.live_count if supply else 0, ready_kernels=supply.ready_count if supply else 0,
+            max_kernels=self._max_kernels, kernels_started=supply.started if supply else 0,
+            kernels_failed=supply.failed if supply else 0)
 
     # --- sessions --------------------------------------------------------------------------------
 
@@ -195,10 +197,10 @@ class AsyncEngine:
         """Like :meth:`session`, already started."""
         return await self.session(images, values, limits, videos, video_options).start()
 
-    def _running_pool(self) -> KernelPool:
-        if self._pool is None:
+    def _running_supply(self) -> KernelSupply:
+        if self._supply is None:
             raise RuntimeError("the engine is not running: use 'async with AsyncEngine()' or await start()")
-        return self._pool
+        return self._supply
 
 
 class AsyncSession:
@@ -231,12 +233,12 @@ class AsyncSession:
         return self
 
     async def _new_kernel(self) -> None:
-        pool = self.engine._running_pool()
-        kernel = await pool.acquire()
+        supply = self.engine._running_supply()
+        kernel = await supply.acquire()
         try:
             await self._load_inputs(kernel)
         except BaseException:
-            await pool.release(kernel)
+            await supply.release(kernel)
             raise
         self._kernel = kernel
 
@@ -267,17 +269,17 @@ class AsyncSession:
         :class:`EpisodeLimitError` when an episode budget is used up."""
         if self._closed:
             raise RuntimeError("this session is closed")
-        self.engine._running_pool()  # a clear error if the engine was closed under the session
+        self.engine._running_supply()  # a clear error if the engine was closed under the session
         if not isinstance(code, str):
             raise TypeError(f"code must be a str, got {type(code).__name__}")
         limits = self.limits
         if limits.max_cells is not None and self.cells_run >= limits.max_cells:
             raise EpisodeLimitError(f"the episode already ran its {limits.max_cells} cells")
         timeout = limits.cell_timeout if cell_timeout is None else min(cell_timeout, limits.cell_timeout)
-        if limits.episode_timeout is not None:
-            left = limits.episode_timeout - self.execution_time
+        if limits.max_execution_time is not None:
+            left = limits.max_execution_time - self.execution_time
             if left <= 0:
-                raise EpisodeLimitError(f"the episode used its {limits.episode_timeout:g} s of execution time")
+                raise EpisodeLimitError(f"the episode used its {limits.max_execution_time:g} s of execution time")
             timeout = min(timeout, left)
         notes = []
         if self._kernel is not None and self._kernel.exited:
@@ -290,8 +292,8 @@ class AsyncSession:
                              "other variables gone)")
                 self._lost_since_last_cell = False
         images_allowed = None
-        if limits.max_images_per_episode is not None:
-            images_allowed = max(0, limits.max_images_per_episode - self.images_shown)
+        if limits.max_images_per_session is not None:
+            images_allowed = max(0, limits.max_images_per_session - self.images_shown)
         assert self._kernel is not None
         try:
             outcome = await self._kernel.execute(code, limits, timeout=timeout, images_allowed=images_allowed,
@@ -326,7 +328,7 @@ class AsyncSession:
         kernel, self._kernel = self._kernel, None
         if kernel is not None:
             self.restarts += 1
-            await self.engine._running_pool().release(kernel)
+            await self.engine._running_supply().release(kernel)
 
     async def close(self) -> None:
         """Kill the episode's kernel (never reused). Safe to call twice."""
@@ -334,8 +336,8 @@ class AsyncSession:
             return
         self._closed = True
         kernel, self._kernel = self._kernel, None
-        if kernel is not None and self.engine._pool is not None:
-            await self.engine._pool.release(kernel)
+        if kernel is not None and self.engine._supply is not None:
+            await self.engine._supply.release(kernel)
 
     async def __aenter__(self) -> AsyncSession:
         return await self.start()
@@ -346,6 +348,7 @@ class AsyncSession:
 
 # --- synchronous facade ---------------------------------------------------------------------------
 
+@renamed_keywords(pool_size="spare_kernels")
 class Engine:
     """Synchronous facade over :class:`AsyncEngine`; runs it on a private event-loop thread.
 
@@ -354,8 +357,8 @@ class Engine:
     """
 
     def __init__(self, limits: ExecutionLimits | None = None, sandbox: SandboxConfig | None = None,
-                 pool_size: int = 2, max_kernels: int = 64) -> None:
-        self._async = AsyncEngine(limits, sandbox, pool_size, max_kernels)
+                 spare_kernels: int = 2, max_kernels: int = 64) -> None:
+        self._async = AsyncEngine(limits, sandbox, spare_kernels, max_kernels)
         self._loop = LoopThread("pyvision-engine", owner_label="this engine")
         try:
             self._call(self._async.start())
@@ -365,6 +368,11 @@ class Engine:
 
     def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         return self._loop.run_coroutine(coroutine, timeout)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Engine:
+        """The engine itself: it is a shared resource (kernels, an event loop), so copies of what holds it — a
+        Gymnasium spec whose ``kwargs`` name it — share it."""
+        return self
 
     @property
     def core(self) -> AsyncEngine:
@@ -559,13 +567,12 @@ _default_lock = threading.Lock()
 def default_engine() -> Engine:
     """The engine environments use when none is given: started on first use, closed at exit.
 
-    Its pool size is ``$PYVISION_POOL_SIZE`` (default 2). Replace it with :func:`set_default_engine`.
+    It keeps ``$PYVISION_SPARE_KERNELS`` spare kernels (default 2). Replace it with :func:`set_default_engine`.
     """
     global _default_engine
     with _default_lock:
         if _default_engine is None or _default_engine.closed:
-            pool_size = int(os.environ.get("PYVISION_POOL_SIZE", "2"))
-            _default_engine = Engine(pool_size=pool_size)
+            _default_engine = Engine(spare_kernels=int(os.environ.get("PYVISION_SPARE_KERNELS", "2")))
             atexit.register(_close_at_exit, _default_engine, os.getpid())
         return _default_engine
 

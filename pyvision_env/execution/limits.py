@@ -2,7 +2,7 @@
 
 Two frozen dataclasses, both validated on construction:
 
-* :class:`ExecutionLimits` — budgets per cell (time, output, images) and per episode
+* :class:`ExecutionLimits` — budgets per cell (time, output, images) and per session, i.e. per episode
   (execution time, cells, images), plus the resources of one kernel (memory, disk, processes).
 * :class:`SandboxConfig` — how kernels are isolated (bubblewrap or the reported weaker mode),
   which modules are pre-imported, and which host paths are hidden.
@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..deprecation import renamed_keywords
+
 MiB = 1 << 20
 GiB = 1 << 30
 
@@ -35,6 +37,7 @@ def _check_positive(owner: object, names: tuple[str, ...], allow_none: bool = Fa
             raise ValueError(f"{type(owner).__name__}.{name} must be > 0, got {value!r}")
 
 
+@renamed_keywords(episode_timeout="max_execution_time", max_images_per_episode="max_images_per_session")
 @dataclass(frozen=True)
 class ExecutionLimits:
     """Budgets for model-written code. Every field has a sane default; sizes are in bytes, times in seconds."""
@@ -60,13 +63,15 @@ class ExecutionLimits:
     max_aspect_ratio: float = 200.0
     """Images whose long side exceeds ``max_aspect_ratio`` times the short side are rejected."""
 
-    # --- per episode (one kernel's lifetime, restarts included) ----------------------------------
-    episode_timeout: float | None = 600.0
-    """Total execution time of all cells of an episode; ``None`` for no limit."""
+    # --- per session (one episode's kernel, restarts included) ------------------------------------
+    max_execution_time: float | None = 600.0
+    """Total execution time of all cells of a session; ``None`` for no limit. (Not the environment's
+    ``episode_timeout``, which bounds an episode's wall clock, model time included.)"""
     max_cells: int | None = 200
-    """Cells per episode; ``None`` for no limit."""
-    max_images_per_episode: int | None = 128
-    """Images returned per episode; ``None`` for no limit."""
+    """Cells per session; ``None`` for no limit."""
+    max_images_per_session: int | None = 128
+    """Images returned per session; ``None`` for no limit. (Not the environment's ``max_images``, which
+    truncates the episode; this one only stops returning images.)"""
 
     # --- resources of one kernel -----------------------------------------------------------------
     memory_bytes: int = 2 * GiB
@@ -85,7 +90,7 @@ class ExecutionLimits:
                                "max_images_per_cell", "max_image_pixels", "max_image_bytes", "max_aspect_ratio",
                                "memory_bytes", "max_file_bytes", "disk_bytes", "max_processes",
                                "max_open_files"))
-        _check_positive(self, ("episode_timeout", "max_cells", "max_images_per_episode"), allow_none=True)
+        _check_positive(self, ("max_execution_time", "max_cells", "max_images_per_session"), allow_none=True)
         if not 0.0 <= self.text_tail_fraction < 1.0:
             raise ValueError(f"ExecutionLimits.text_tail_fraction must be in [0, 1), got {self.text_tail_fraction}")
         if self.max_aspect_ratio < 1:
@@ -107,7 +112,7 @@ DEFAULT_PRELOAD = (
     "matplotlib.use('Agg')",
     "import matplotlib.pyplot as plt",
 )
-"""Statements run in every new kernel before it enters the pool (the names PyVision models expect)."""
+"""Statements run in every new kernel before it is handed out (the names PyVision models expect)."""
 
 DEFAULT_HIDDEN_PATHS = ("/root", "/home", "/etc/ssh", "/run", "/var/run", "/var/lib", "/srv", "/mnt", "/media")
 """Host paths replaced by an empty directory inside the sandbox (the Python installation stays visible)."""

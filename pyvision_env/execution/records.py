@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import enum
-import json
-import math
 from dataclasses import dataclass, field
-from typing import Any
 
 from PIL import Image
 
@@ -96,38 +92,3 @@ class EngineStatus:
     @property
     def weak(self) -> bool:
         return self.isolation != "bubblewrap"
-
-
-OPERATIONS_EXPRESSION = "_pyvision_operations()"
-"""Ask for this among a cell's ``expressions`` to get the image operations it ran (see
-:func:`read_operations`)."""
-
-OPERATION_KINDS = ("crop", "resize", "rotate", "flip", "enhance")
-
-
-def read_operations(text: str | None) -> list[dict[str, Any]]:
-    """The image operations a cell ran, from the text of :data:`OPERATIONS_EXPRESSION`.
-
-    Each record has ``"op"`` (one of :data:`OPERATION_KINDS`); crops of an input image (or of anything derived
-    from one by crops, resizes, copies, conversions, point maps and 90-degree turns or flips) also have
-    ``"image"`` (its index) and ``"box"`` (``[x0, y0, x1, y1]`` in that input's pixels). Malformed text or
-    records are skipped: the kernel runs the model's code, which could have replaced the function.
-
-    >>> read_operations(repr('[{"op": "crop", "image": 0, "box": [1, 2, 3, 4]}, {"op": "rotate"}, 7]'))
-    [{'op': 'crop', 'image': 0, 'box': [1.0, 2.0, 3.0, 4.0]}, {'op': 'rotate'}]
-    """
-    try:
-        records = json.loads(ast.literal_eval(text)) if text else []
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return []
-    operations = []
-    for record in records if isinstance(records, list) else []:
-        if not isinstance(record, dict) or record.get("op") not in OPERATION_KINDS:
-            continue
-        operation: dict[str, Any] = {"op": record["op"]}
-        index, box = record.get("image"), record.get("box")
-        if type(index) is int and index >= 0 and isinstance(box, list) and len(box) == 4 \
-                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in box):
-            operation["image"], operation["box"] = index, [float(v) for v in box]
-        operations.append(operation)
-    return operations

@@ -29,6 +29,7 @@ from typing import Any
 import gymnasium as gym
 
 from ..execution import Engine
+from ..make import make_env
 from ..vector import PyVisionVectorEnv
 
 BACKENDS = ("local", "ray")
@@ -110,7 +111,7 @@ class EnvPool:
 
     def make_env(self, suite: Any, **env_kwargs: Any) -> gym.Env:
         """One environment of ``suite`` (a registered name, or a TaskSet for a local pool), with
-        :func:`~pyvision_env.registry.make_env` arguments (``reward=``, ``max_turns=``...)."""
+        :func:`~pyvision_env.make.make_env` arguments (``reward=``, ``max_turns=``...)."""
         raise NotImplementedError
 
     def vector_env(self, num_envs: int, suite: Any, **env_kwargs: Any) -> PyVisionVectorEnv:
@@ -143,11 +144,9 @@ class LocalEnvPool(EnvPool):
                  ) -> None:
         self.config = config or PoolConfig()
         self._owns_engine = engine is None
-        self.engine = engine or Engine(pool_size=min(concurrency, 8), max_kernels=2 * concurrency + 8)
+        self.engine = engine or Engine(spare_kernels=min(concurrency, 8), max_kernels=2 * concurrency + 8)
 
     def make_env(self, suite: Any, **env_kwargs: Any) -> gym.Env:
-        from ..registry import make_env
-
         return make_env(suite, engine=self.engine, **env_kwargs)
 
     @property

@@ -30,7 +30,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import importlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -41,12 +41,16 @@ from typing import Any
 
 import gymnasium as gym
 
-from ..env import PyVisionEnv, _make_protocol, _resolve_tasks
+from ..env import PyVisionEnv, protocol_for
 from ..execution import Engine, SandboxConfig
 from ..execution.limits import DEFAULT_HIDDEN_PATHS
 from ..execution.loop import LoopThread
+from ..graders import get_grader
+from ..make import make_env
 from ..messages import Message
+from ..registry import list_suites, resolve_tasks
 from ..spaces import MessagesSpace, ResponseSpace
+from ..tasks import TaskSet
 from . import EnvPool, PoolBusy, PoolConfig, WorkerLost
 
 log = logging.getLogger(__name__)
@@ -59,40 +63,38 @@ class EnvNotOpen(KeyError):
 class EnvWorker:
     """A Ray actor hosting environments and their kernels (see the module docstring); made by the pool."""
 
-    def __init__(self, index: int, engine_pool_size: int, max_kernels: int, allow_weak_isolation: bool) -> None:
+    def __init__(self, index: int, engine_spare_kernels: int, max_kernels: int, allow_weak_isolation: bool) -> None:
         import ray
 
         self.index = index
         session_dir = _ray_session_dir()
         hidden = DEFAULT_HIDDEN_PATHS + ((os.path.dirname(session_dir),) if session_dir else ())
         sandbox = SandboxConfig(isolation="auto" if allow_weak_isolation else "bubblewrap", hidden_paths=hidden)
-        self.engine = Engine(sandbox=sandbox, pool_size=engine_pool_size, max_kernels=max_kernels)
+        self.engine = Engine(sandbox=sandbox, spare_kernels=engine_spare_kernels, max_kernels=max_kernels)
         self.node = ray.get_runtime_context().get_node_id()
         self.envs: dict[str, gym.Env] = {}
 
     async def ready(self) -> dict[str, Any]:
         """Where this worker runs and what it knows: node, pid, isolation, the suites registered here."""
-        from ..registry import list_suites
-
         return {"index": self.index, "node": self.node, "pid": os.getpid(), "isolation": self.engine.isolation,
                 "suites": [suite.name for suite in list_suites()]}
 
-    async def open(self, key: str, suite: Any, env_kwargs: dict[str, Any], modules: tuple[str, ...] = ()) -> None:
-        """Host environment ``key`` of ``suite`` (a name or a TaskSet) after importing ``modules`` (those that
-        register the graders its tasks name)."""
-        from ..registry import make_env
-
-        for module in modules:
-            importlib.import_module(module)
+    async def open(self, key: str, suite: Any, env_kwargs: dict[str, Any]) -> None:
+        """Host environment ``key`` of ``suite`` (a name or a TaskSet)."""
         if key not in self.envs:
             self.envs[key] = await asyncio.to_thread(make_env, suite, engine=self.engine, **env_kwargs)
 
     async def reset(self, key: str, seed: int | None, options: dict[str, Any] | None
-                    ) -> tuple[list[Message], dict[str, Any]]:
-        return await self._run(self._env(key).areset(seed=seed, options=options))
+                    ) -> tuple[tuple[list[Message], dict[str, Any]], dict[str, float]]:
+        """The reset's result, and the environment's timings of it."""
+        env = self._env(key)
+        return await self._run(env.areset(seed=seed, options=options)), env.unwrapped.timings
 
-    async def step(self, key: str, action: str) -> tuple[list[Message], float, bool, bool, dict[str, Any]]:
-        return await self._run(self._env(key).astep(action))
+    async def step(self, key: str, action: str
+                   ) -> tuple[tuple[list[Message], float, bool, bool, dict[str, Any]], dict[str, float]]:
+        """The step's result, and the environment's timings of it."""
+        env = self._env(key)
+        return await self._run(env.astep(action)), env.unwrapped.timings
 
     async def close_env(self, key: str) -> None:
         env = self.envs.pop(key, None)
@@ -161,7 +163,7 @@ class RayEnvPool(EnvPool):
         self.capacity = min(config.max_concurrent_episodes or config.workers * config.envs_per_worker,
                             config.workers * config.envs_per_worker)
         self._running = 0
-        self._payloads: dict[tuple[Any, Any], tuple[Any, tuple[str, ...]]] = {}
+        self._payloads: dict[tuple[Any, Any], Any] = {}
         self._payload_lock = threading.Lock()
         self._closed = False
         try:
@@ -169,8 +171,8 @@ class RayEnvPool(EnvPool):
                 num_cpus=config.cpus_per_worker, memory=config.memory_per_worker, resources=dict(config.resources),
                 max_restarts=config.worker_restarts, max_task_retries=0,
                 scheduling_strategy="SPREAD" if config.spread else "DEFAULT")
-            pool_size = min(config.envs_per_worker, 8)
-            self.workers = [_Worker(i, worker_class.remote(i, pool_size, 2 * config.envs_per_worker + 8,
+            spare_kernels = min(config.envs_per_worker, 8)
+            self.workers = [_Worker(i, worker_class.remote(i, spare_kernels, 2 * config.envs_per_worker + 8,
                                                            config.allow_weak_isolation))
                             for i in range(config.workers)]
             infos = ray.get([worker.actor.ready.remote() for worker in self.workers], timeout=config.start_timeout)
@@ -284,28 +286,20 @@ class RayEnvPool(EnvPool):
             worker.stale = True
             self._changed.notify_all()
 
-    def payload(self, suite: Any, split: str | None, tasks: Any) -> tuple[Any, tuple[str, ...]]:
+    def payload(self, suite: Any, split: str | None, tasks: TaskSet) -> Any:
         """What to send workers for ``suite`` (resolved to ``tasks``): its name if they know it, else ``tasks``
-        (put in Ray's object store once) with the modules that register the graders they name."""
+        with their graders resolved (put in Ray's object store once). A grader travels as the function itself,
+        so a worker needs no registry entry for it: unpickling imports the module that defines it."""
         import ray
 
         if isinstance(suite, str) and suite in self._known_suites:
-            return suite, ()
+            return suite
         key = (suite if isinstance(suite, str) else id(suite), split)
         with self._payload_lock:
             if key not in self._payloads:
-                self._payloads[key] = (ray.put(tasks), _grader_modules(tasks))
+                self._payloads[key] = ray.put(TaskSet(tasks.name, [dataclasses.replace(task, grader=get_grader(
+                    task.grader)) for task in tasks], tasks.description))
             return self._payloads[key]
-
-
-def _grader_modules(tasks: Any) -> tuple[str, ...]:
-    """Modules whose import registers the named graders of ``tasks`` (beyond the built-in ones)."""
-    from ..graders import GRADERS
-
-    names = {task.grader if isinstance(task.grader, str) else (task.grader or {}).get("name")
-             for task in tasks if not callable(task.grader)}
-    return tuple(sorted({GRADERS[name].__module__ for name in names if name in GRADERS}
-                        - {"pyvision_env.graders"}))
 
 
 async def _make_condition() -> asyncio.Condition:
@@ -313,9 +307,9 @@ async def _make_condition() -> asyncio.Condition:
 
 
 class RemoteEnv(gym.Env):
-    """A :class:`~pyvision_env.env.PyVisionEnv` (with its reward wrapper) hosted by a :class:`RayEnvPool`
-    worker. Same API: ``reset``/``step``/``close`` and the ``areset``/``astep``/``aclose`` coroutines (which
-    run on the pool's loop, :attr:`engine`); ``tasks`` and ``protocol`` are local copies.
+    """A :class:`~pyvision_env.env.PyVisionEnv` (with its wrappers) hosted by a :class:`RayEnvPool` worker. Same
+    API: ``reset``/``step``/``close``, the ``areset``/``astep``/``aclose`` coroutines (which run on the pool's
+    loop, :attr:`engine`) and ``timings`` (the worker's); ``tasks`` and ``protocol`` are local copies.
     """
 
     metadata = PyVisionEnv.metadata
@@ -329,13 +323,15 @@ class RemoteEnv(gym.Env):
         self.key = uuid.uuid4().hex
         self.env_kwargs = env_kwargs
         split = env_kwargs.get("split")
-        self.tasks = _resolve_tasks(suite, split)
-        self.protocol = _make_protocol(env_kwargs.get("protocol", "pyvision"), env_kwargs.get("protocol_options"),
-                                       env_kwargs.get("system_prompt"))
+        self.tasks = resolve_tasks(suite, split)
+        self.protocol = protocol_for(env_kwargs.get("protocol", "pyvision"), env_kwargs.get("protocol_options"),
+                                     env_kwargs.get("system_prompt"))
+        self.trace_operations = bool(env_kwargs.get("trace_operations"))
+        self.timings: dict[str, float] = {}
         self.observation_space = MessagesSpace()
         self.action_space = ResponseSpace(self.protocol.max_response_chars)
         self.render_mode = None
-        self._payload, self._modules = pool.payload(suite, split, self.tasks)
+        self._payload = pool.payload(suite, split, self.tasks)
         self._worker: _Worker | None = None
         """The worker of the episode in progress (holding one of its slots)."""
         self._hosts: set[int] = set()
@@ -362,21 +358,22 @@ class RemoteEnv(gym.Env):
         self._worker = worker
         try:
             try:
-                return await self.pool.call(worker, "reset", self.key, seed, options)
+                result, self.timings = await self.pool.call(worker, "reset", self.key, seed, options)
             except EnvNotOpen:  # first episode of this env on that worker, or the worker restarted
-                await self.pool.call(worker, "open", self.key, self._payload, self.env_kwargs, self._modules)
+                await self.pool.call(worker, "open", self.key, self._payload, self.env_kwargs)
                 self._hosts.add(worker.index)
-                return await self.pool.call(worker, "reset", self.key, seed, options)
+                result, self.timings = await self.pool.call(worker, "reset", self.key, seed, options)
         except BaseException:
             await self._release()
             raise
+        return result
 
     async def astep(self, action: str) -> tuple[list[Message], float, bool, bool, dict[str, Any]]:
         if self._worker is None:
             raise RuntimeError("call reset() before step(): no episode is running")
         worker, generation = self._worker, self._worker.generation
         try:
-            result = await self.pool.call(worker, "step", self.key, action)
+            result, self.timings = await self.pool.call(worker, "step", self.key, action)
         except EnvNotOpen:  # the call reached the worker after Ray restarted it: the episode died with it
             await self.pool.lost(worker, generation)
             await self._release()

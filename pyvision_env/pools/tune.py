@@ -24,7 +24,8 @@ from typing import Any
 
 import gymnasium as gym
 
-from ..registry import list_suites, make_env
+from ..make import make_env
+from ..registry import list_suites
 from ..suites import SUITES, VIDEO_SUITES
 from ..tasks import TaskSet
 
@@ -44,7 +45,7 @@ def register_ray_envs(suites: Iterable[str] | None = None) -> list[str]:
         if wanted is not None and name not in wanted:
             continue
         try:
-            tasks = None if name in SUITES or name in VIDEO_SUITES else suite.tasks()
+            tasks = None if name in SUITES or name in VIDEO_SUITES else suite.load()
         except (OSError, ValueError) as error:  # LayoutError and TaskFormatError are ValueErrors
             if wanted is not None:
                 raise

@@ -11,8 +11,9 @@
 The video suites (``video-event``, ``video-count``, ``video-measure``, ``video-needle``; see
 :mod:`.video`) are registered the same way, as ``PyVision/VideoEvent-v0`` and so on.
 
-Each registered image suite holds 100 tasks of seed 0 (``tally``: 500), split 80/20 into ``train`` and ``held-out`` by index. They
-are generated on first use into ``$PYVISION_CACHE`` (default ``~/.cache/pyvision``) under
+Each registered image suite holds 100 tasks of seed 0 (``tally``: 500), split 80/20 into ``train`` and
+``held-out`` by index: what the suite's ``load()`` returns (a :class:`SyntheticSuite` is a
+:class:`~pyvision_env.tasks.TaskSource`). They are generated on first use into ``$PYVISION_CACHE`` (default ``~/.cache/pyvision``) under
 ``suites/<name>/v<version>/seed<seed>-n<count>/`` with a ``tasks.jsonl`` that
 :func:`~pyvision_env.tasks.load_jsonl` reads. Every task has ground-truth ``regions`` and
 ``metadata["required_ops"]`` (``["crop"]``, ``["rotate"]`` or ``["flip"]``, ``["count"]``, ``["enhance"]``).
@@ -27,8 +28,6 @@ Example::
 
 from __future__ import annotations
 
-import functools
-
 from .. import registry
 from . import contrast, count, orientation, tally, zoom
 from .common import CACHE_ENV, SyntheticSuite, cache_root
@@ -37,8 +36,6 @@ from .video import VIDEO_SUITES
 SUITES: dict[str, SyntheticSuite] = {suite.name: suite for suite in (zoom.SUITE, orientation.SUITE,
                                                                      count.SUITE, contrast.SUITE,
                                                                      tally.SUITE)}
-DEFAULT_COUNT = 100
-DEFAULT_SEED = 0
 
 
 def register_builtin_suites() -> list[str]:
@@ -46,15 +43,12 @@ def register_builtin_suites() -> list[str]:
     registered = {suite.name for suite in registry.list_suites()}
     for name, suite in {**SUITES, **VIDEO_SUITES}.items():
         if name not in registered:
-            registry.register_suite(name, functools.partial(suite.load, suite.default_count, DEFAULT_SEED),
-                                    description=suite.description, tags=suite.tags)
+            registry.register_suite(name, suite)
     return [registry.env_id_for(name) for name in (*SUITES, *VIDEO_SUITES)]
 
 
 __all__ = [
     "CACHE_ENV",
-    "DEFAULT_COUNT",
-    "DEFAULT_SEED",
     "SUITES",
     "VIDEO_SUITES",
     "SyntheticSuite",

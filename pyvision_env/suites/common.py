@@ -2,7 +2,7 @@
 
 A suite is a :class:`SyntheticSuite`: a name, a version and ``make_task(rng, index)`` returning a task with
 one in-memory image, or a ``(task, Clip)`` pair for a video task. :meth:`SyntheticSuite.load` generates the
-tasks once (per-task RNGs seeded by ``(seed, index)``, as :func:`~pyvision_env.tasks.from_generator`), writes
+tasks once (per-task RNGs seeded by ``(seed, index)``, as :func:`~pyvision_env.tasks.generate_tasks`), writes
 them as PNG or MP4 files and a ``tasks.jsonl`` into the cache, and afterwards only reads that folder.
 
 Example::
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..tasks import Region, Task, TaskSet, from_generator, load_jsonl
+from ..tasks import Region, Task, TaskSet, generate_tasks, load_jsonl
 from ..video import write_video
 
 CACHE_ENV = "PYVISION_CACHE"
@@ -196,7 +196,7 @@ class SyntheticSuite:
                             keyframe_interval=clip.keyframe_interval)
                 return dataclasses.replace(task, videos=(f"{task.id}.mp4",), split=split_of(index))
 
-            tasks = from_generator(make_and_save, count, seed, self.name)
+            tasks = generate_tasks(make_and_save, count, seed, self.name)
             with (staging / "tasks.jsonl").open("w", encoding="utf-8") as handle:
                 for task in tasks:
                     handle.write(json.dumps(task.to_json(), sort_keys=True) + "\n")

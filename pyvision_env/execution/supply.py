@@ -1,8 +1,8 @@
-"""A pool of pre-started kernels under a global cap on live kernels.
+"""The engine's supply of kernels: spare kernels started ahead of demand, under a global cap on live kernels.
 
 Starting a kernel (and importing numpy, PIL and matplotlib in it) takes about a second; handing out a
-kernel that is already waiting takes well under a millisecond. The pool keeps ``size`` kernels ready
-plus one per caller waiting in :meth:`KernelPool.acquire`, never more than ``max_kernels`` alive in all
+kernel that is already waiting takes well under a millisecond. The supply keeps ``spares`` kernels ready
+plus one per caller waiting in :meth:`KernelSupply.acquire`, never more than ``max_kernels`` alive in all
 (ready, starting and in use). Every kernel is used for one episode only and then killed.
 """
 
@@ -18,14 +18,14 @@ from .kernel import Kernel, KernelStartError
 log = logging.getLogger(__name__)
 
 
-class KernelPool:
+class KernelSupply:
     """Hands out fresh kernels; see the module docstring. All methods run on one event loop."""
 
-    def __init__(self, start_kernel: Callable[[], Awaitable[Kernel]], size: int, max_kernels: int) -> None:
-        if size < 0 or max_kernels < 1:
-            raise ValueError(f"pool size must be >= 0 and max_kernels >= 1, got {size} and {max_kernels}")
+    def __init__(self, start_kernel: Callable[[], Awaitable[Kernel]], spares: int, max_kernels: int) -> None:
+        if spares < 0 or max_kernels < 1:
+            raise ValueError(f"spare kernels must be >= 0 and max_kernels >= 1, got {spares} and {max_kernels}")
         self._start_kernel = start_kernel
-        self.size = min(size, max_kernels)
+        self.spares = min(spares, max_kernels)
         self.max_kernels = max_kernels
         self.live: set[Kernel] = set()
         self._ready: deque[Kernel] = deque()
@@ -49,10 +49,10 @@ class KernelPool:
         return len(self.live) + self._starting
 
     def fill(self) -> None:
-        """Start kernels until ``size`` are ready or starting (and waiters are served), within the cap."""
+        """Start kernels until ``spares`` are ready or starting (and waiters are served), within the cap."""
         if self._closed:
             return
-        wanted = self.size + self._waiters - len(self._ready) - self._starting
+        wanted = self.spares + self._waiters - len(self._ready) - self._starting
         for _ in range(min(wanted, self.max_kernels - self.live_count)):
             self._starting += 1
             task = asyncio.get_running_loop().create_task(self._start_one())
@@ -60,19 +60,19 @@ class KernelPool:
             task.add_done_callback(self._tasks.discard)
 
     async def wait_ready(self, count: int | None = None) -> None:
-        """Wait until ``count`` (default: the pool size) kernels are ready; for warm-up and benchmarks."""
-        count = self.size if count is None else count
+        """Wait until ``count`` (default: ``spares``) kernels are ready; for warm-up and benchmarks."""
+        count = self.spares if count is None else count
         failed_before = self.failed
         async with self._changed:
             self.fill()
             await self._changed.wait_for(lambda: len(self._ready) >= count or self.failed > failed_before)
         if len(self._ready) < count:
-            raise KernelStartError(f"the pool could not start {count} kernels: {self.last_error}")
+            raise KernelStartError(f"the engine could not start {count} kernels: {self.last_error}")
 
     async def acquire(self) -> Kernel:
         """A fresh, ready kernel; waits while the cap is reached. Raises :class:`KernelStartError`."""
         if self._closed:
-            raise RuntimeError("the kernel pool is closed")
+            raise RuntimeError("the kernel supply is closed")
         self._waiters += 1
         try:
             async with self._changed:
@@ -86,7 +86,7 @@ class KernelPool:
                     if self._errors:
                         raise self._errors.popleft()
                     if self._closed:
-                        raise RuntimeError("the kernel pool was closed while waiting for a kernel")
+                        raise RuntimeError("the kernel supply was closed while waiting for a kernel")
                     await self._changed.wait()
         finally:
             self._waiters -= 1
