@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+from pyvision_env.deprecation import renamed_keywords
 from pyvision_env.messages import ImagePart, Message, TextPart
 from pyvision_env.protocols import Protocol, get_protocol
 from pyvision_env.protocols.base import merge_text
@@ -37,27 +38,31 @@ class Policy(ABC):
         """The response to the messages the environment just returned."""
 
     def act_batch(self, observations: Sequence[list[Message]], infos: Sequence[dict[str, Any]]) -> list[str]:
-        """One response per slot; slot ``i`` always continues the conversation of slot ``i``."""
-        slots = self.__dict__.get("_slots", [])
+        """One response per slot; slot ``i`` always continues the conversation of slot ``i``. Each slot is a
+        deep copy of this policy (override ``__deepcopy__`` for state that must not be copied)."""
+        slots = self.__dict__.setdefault("_slots", [])
         while len(slots) < len(observations):
-            clone = object.__new__(type(self))
-            clone.__dict__.update(copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "_slots"}))
-            slots.append(clone)
-        self._slots = slots
+            slots.append(copy.deepcopy(self))
         return [slot.act(obs, info) for slot, obs, info in zip(slots, observations, infos)]
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The policy without its batch slots: copies and pickles of a policy start with none."""
+        return {key: value for key, value in self.__dict__.items() if key != "_slots"}
 
+
+@renamed_keywords(max_images="context_images", max_visual_tokens="context_visual_tokens")
 class Conversation:
     """The messages of one episode so far (observations and the policy's own responses), and the view of them
-    a model gets under an image budget.
+    a model gets within its context's image budget.
 
-    ``max_images`` / ``max_visual_tokens`` (with ``token_rule``, a :class:`VisualTokenRule`) bound the images
-    :meth:`visible` keeps: the oldest images are replaced, each with its placeholder tokens (they are rendered
+    ``context_images`` / ``context_visual_tokens`` (with ``token_rule``, a :class:`VisualTokenRule`) bound the
+    images :meth:`visible` keeps (not to be confused with the environment's ``max_images``, which ends an
+    episode): the oldest images are replaced, each with its placeholder tokens (they are rendered
     from the image part, so they leave together), by a short text saying an image was omitted. The history
     itself is never changed.
 
     >>> from PIL import Image
-    >>> conversation = Conversation(max_images=1)
+    >>> conversation = Conversation(context_images=1)
     >>> conversation.observe([Message("user", (ImagePart(Image.new("RGB", (8, 8))), TextPart("a")))], {"turn": 0})
     >>> conversation.observe([Message("user", (ImagePart(Image.new("RGB", (8, 8))), TextPart("b")))], {"turn": 1})
     >>> [len(m.images) for m in conversation.visible()], conversation.visible()[0].plain_text
@@ -66,11 +71,12 @@ class Conversation:
 
     OMITTED = "[an earlier image was omitted to fit the context]"
 
-    def __init__(self, max_images: int | None = None, max_visual_tokens: int | None = None,
+    def __init__(self, context_images: int | None = None, context_visual_tokens: int | None = None,
                  token_rule: VisualTokenRule | None = None) -> None:
-        if max_visual_tokens is not None and token_rule is None:
+        if context_visual_tokens is not None and token_rule is None:
             token_rule = VisualTokenRule.for_family("qwen2.5-vl")
-        self.max_images, self.max_visual_tokens, self.token_rule = max_images, max_visual_tokens, token_rule
+        self.context_images, self.context_visual_tokens = context_images, context_visual_tokens
+        self.token_rule = token_rule
         self.messages: list[Message] = []
 
     def observe(self, observation: list[Message], info: dict[str, Any]) -> None:
@@ -89,8 +95,8 @@ class Conversation:
         kept, tokens = 0, 0
         for _, _, image in reversed(images):
             cost = self.token_rule.count(*image.size) if self.token_rule is not None else 0
-            if (self.max_images is not None and kept + 1 > self.max_images) or \
-                    (self.max_visual_tokens is not None and tokens + cost > self.max_visual_tokens):
+            if (self.context_images is not None and kept + 1 > self.context_images) or \
+                    (self.context_visual_tokens is not None and tokens + cost > self.context_visual_tokens):
                 break
             kept, tokens = kept + 1, tokens + cost
         dropped = {(i, j) for i, j, _ in images[:len(images) - kept]}
@@ -109,6 +115,7 @@ class Conversation:
         return ""
 
 
+@renamed_keywords(max_images="context_images", max_visual_tokens="context_visual_tokens")
 class ChatPolicy(Policy):
     """Base of the model policies: one :class:`Conversation` per environment slot (with the image budget),
     the model's replies added to it as the protocol renders them, usage recorded per step.
@@ -116,10 +123,10 @@ class ChatPolicy(Policy):
     Subclasses implement :meth:`complete_batch`.
     """
 
-    def __init__(self, protocol: Protocol | str = "pyvision", max_images: int | None = None,
-                 max_visual_tokens: int | None = None) -> None:
+    def __init__(self, protocol: Protocol | str = "pyvision", context_images: int | None = None,
+                 context_visual_tokens: int | None = None) -> None:
         self.protocol = get_protocol(protocol)
-        self.budget = {"max_images": max_images, "max_visual_tokens": max_visual_tokens}
+        self.budget = {"context_images": context_images, "context_visual_tokens": context_visual_tokens}
         self.usage: list[dict[str, Any]] = []
         """Per step: token counts, finish reason and whatever else the backend reports."""
 

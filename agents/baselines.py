@@ -1,11 +1,14 @@
-"""Baselines without tools: :class:`DirectAnswerPolicy` (answers from the first view) and
-:class:`RandomPolicy` (random responses, seeded); and :class:`GuessingMixture`, a tool-using policy that
-skips its tools and guesses in a share of the episodes (an imperfect cold-start teacher).
+"""Baselines without tools: :class:`DirectAnswerPolicy` (answers from the first view),
+:class:`UniformVideoPolicy` (answers from the video frames given up front) and :class:`RandomPolicy` (random
+responses, seeded); and :class:`GuessingMixture`, a tool-using policy that skips its tools and guesses in a
+share of the episodes (an imperfect cold-start teacher).
 
 The direct-answer policy runs the scripted policies' own analysis routines (:mod:`agents.scripted`), here, on
 the first image of the observation — the view the environment downscaled for the model — and never
 transforms it (no zoom, rotation or enhancement). It stands for a model that only looks: the built-in suites
-are built so that it does clearly worse than a policy that uses the tools.
+are built so that it does clearly worse than a policy that uses the tools. The uniform video baseline
+(``video_context="uniform"``) likewise stands for a model that sees every sampled frame perfectly, but only
+those frames.
 
 Example::
 
@@ -26,13 +29,14 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
-from pyvision_env.messages import Message
+from pyvision_env.messages import ImagePart, Message, TextPart
 from pyvision_env.protocols import Protocol, get_protocol
 
 from .base import Policy
-from .scripted import (
+from .scripted.common import (
     COLORS,
     SHAPES,
     asked_alphabet,
@@ -43,6 +47,7 @@ from .scripted import (
     kernel_code,
     read_text,
 )
+from .scripted.video import ASKED_SECONDS, BLUE, GREEN, YELLOW, bar_width, card_box, lit
 
 _OPTIONS = re.compile(r"^\(([A-Z])\) ", re.MULTILINE)
 
@@ -175,3 +180,63 @@ class GuessingMixture(Policy):
         while len(slots) < len(observations):
             slots.append(GuessingMixture(copy.deepcopy(self.policy), self.guesses, self.guess_rate, self.rng))
         return [slot.act(obs, info) for slot, obs, info in zip(slots, observations, infos)]
+
+
+# --- the uniform-sampling video baseline -------------------------------------------------------------------------------
+
+
+def sampled_frames(observation: list[Message]) -> list[tuple[float, Image.Image]]:
+    """The ``(seconds, frame)`` pairs the first message gives, from its ``[12.0 s]`` labels."""
+    pairs, seconds = [], None
+    for message in observation:
+        for part in message.content:
+            if isinstance(part, TextPart):
+                labels = re.findall(r"\[(\d+(?:\.\d+)?) s\] $", part.text)
+                seconds = float(labels[-1]) if labels else None
+            elif isinstance(part, ImagePart) and seconds is not None:
+                pairs.append((seconds, part.image))
+                seconds = None
+    return pairs
+
+
+def uniform_answer(question: str, frames: list[tuple[float, Image.Image]], original_width: int) -> str:
+    """The answer read off the sampled frames alone (see :class:`UniformVideoPolicy`)."""
+    if not frames:
+        return "0"
+    times = [seconds for seconds, _ in frames]
+    if "turns green" in question:
+        on = [lit(frame, GREEN, min_pixels=40) for _, frame in frames]
+        first = next((i for i, state in enumerate(on) if state), None)
+        if first is None:
+            return "0"
+        return str(round((times[max(0, first - 1)] + times[first]) / 2))  # the middle of the gap
+    if "flashes" in question:
+        on = [lit(frame, YELLOW, min_pixels=40) for _, frame in frames]
+        return str(sum(1 for i, state in enumerate(on) if state and (i == 0 or not on[i - 1])))
+    if "blue bar" in question:
+        asked = ASKED_SECONDS.search(question)
+        target = float(asked.group(1)) if asked else 0.0
+        scale = original_width / frames[0][1].width
+        widths = [bar_width(frame, BLUE) * scale for _, frame in frames]
+        return str(round(float(np.interp(target, times, widths))))
+    for _, frame in frames:
+        box = card_box(frame, min_pixels=150)
+        if box is not None:
+            return read_text(frame.crop(box), alphabet="0123456789")[0] or "0"
+    return "0"
+
+
+class UniformVideoPolicy(Policy):
+    """Answers at the first turn from the uniformly sampled frames the environment gave, analysing each of
+    them perfectly (it interpolates between samples where that helps) but seeing nothing else."""
+
+    name = "uniform-video"
+
+    def __init__(self, protocol: Protocol | str = "pyvision") -> None:
+        self.protocol = get_protocol(protocol)
+
+    def act(self, observation: list[Message], info: dict[str, Any]) -> str:
+        text = "\n".join(message.plain_text for message in observation if message.role != "system")
+        size = re.search(r"\((\d+)x(\d+), \d+ frames", text)
+        answer = uniform_answer(text, sampled_frames(observation), int(size.group(1)) if size else 1)
+        return self.protocol.render_action(thought="From the sampled frames.", answer=answer)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyvision_env.deprecation import renamed_keywords
 from pyvision_env.messages import ImagePart, Message, TextPart
 from pyvision_env.protocols import Protocol
 
@@ -193,6 +194,7 @@ class HFChatModel:
         return results
 
 
+@renamed_keywords(max_images="context_images", max_visual_tokens="context_visual_tokens")
 class HFPolicy(ChatPolicy):
     """A local VLM answering in the environment's protocol; one conversation per environment slot, a batch of
     slots in one ``generate`` call.
@@ -200,16 +202,16 @@ class HFPolicy(ChatPolicy):
     Args:
         model: an :class:`HFChatModel` or a model folder.
         protocol: the environment's protocol (how replies enter the conversation).
-        max_images / max_visual_tokens: the conversation's image budget (see :class:`Conversation`).
+        context_images / context_visual_tokens: the conversation's image budget (see :class:`Conversation`).
         **sampling: fields of :class:`Sampling` (``max_new_tokens``, ``temperature``, ``top_p``, ``stop``).
     """
 
     name = "hf"
 
     def __init__(self, model: HFChatModel | str | os.PathLike, *, protocol: Protocol | str = "pyvision",
-                 device: str = "auto", seed: int | None = None, max_images: int | None = None,
-                 max_visual_tokens: int | None = None, **sampling: Any) -> None:
-        super().__init__(protocol, max_images, max_visual_tokens)
+                 device: str = "auto", seed: int | None = None, context_images: int | None = None,
+                 context_visual_tokens: int | None = None, **sampling: Any) -> None:
+        super().__init__(protocol, context_images, context_visual_tokens)
         self.model = model if isinstance(model, HFChatModel) else HFChatModel(model, device=device, seed=seed)
         self.sampling = Sampling(**sampling)
 

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from pyvision_env.deprecation import renamed_keywords
 from pyvision_env.messages import Message, to_openai
 from pyvision_env.protocols import Protocol
 
@@ -41,6 +42,7 @@ class PolicyError(RuntimeError):
     overflow) or kept failing after every retry."""
 
 
+@renamed_keywords(max_images="context_images", max_visual_tokens="context_visual_tokens")
 class OpenAIPolicy(ChatPolicy):
     """Chat completions from an OpenAI-compatible endpoint, one conversation per environment slot.
 
@@ -52,7 +54,7 @@ class OpenAIPolicy(ChatPolicy):
         temperature, top_p, max_tokens, stop: sampling parameters (``None`` leaves the server's default).
         timeout: seconds per request; max_retries: retries of a transient failure; backoff: first delay (s).
         max_concurrency: requests in flight at once for :meth:`act_batch`.
-        max_images / max_visual_tokens: the conversation's image budget.
+        context_images / context_visual_tokens: the conversation's image budget.
         extra_body: more request fields (e.g. ``{"top_k": 20}`` for vLLM).
     """
 
@@ -62,9 +64,9 @@ class OpenAIPolicy(ChatPolicy):
                  protocol: Protocol | str = "pyvision", temperature: float | None = None,
                  top_p: float | None = None, max_tokens: int | None = 1024, stop: Sequence[str] | None = None,
                  timeout: float = 120.0, max_retries: int = 4, backoff: float = 0.5, max_concurrency: int = 8,
-                 max_images: int | None = None, max_visual_tokens: int | None = None,
+                 context_images: int | None = None, context_visual_tokens: int | None = None,
                  extra_body: dict[str, Any] | None = None) -> None:
-        super().__init__(protocol, max_images, max_visual_tokens)
+        super().__init__(protocol, context_images, context_visual_tokens)
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")

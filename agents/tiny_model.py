@@ -53,10 +53,10 @@ def training_corpus() -> list[str]:
     scripted policies' code."""
     from pyvision_env.protocols import PROTOCOLS
 
-    from . import scripted, video_policies
+    from .scripted import HELPER_SOURCE, VIDEO_HELPER_SOURCE
 
     texts = [protocol().system_prompt for protocol in PROTOCOLS.values()]
-    texts += [scripted.HELPER_SOURCE, video_policies.VIDEO_HELPER_SOURCE]
+    texts += [HELPER_SOURCE, VIDEO_HELPER_SOURCE]
     texts += ["<code>\n```python\nplt.imshow(image_clue_0.crop((10, 20, 110, 120))); plt.show()\n```\n</code>",
               "<answer>\\boxed{42}</answer>", "How many red circles are in the image? Answer with a number."]
     return texts * 4

@@ -5,12 +5,12 @@ It has the tokenizer and chat template of :func:`agents.tiny_model.make_tiny_mod
 with the Qwen special tokens, taken from a tiny VL model built next to it), hidden size 64, 2 layers, head size
 32 (vLLM's CPU attention has no kernel for 16), an untied output head (greedy text varies instead of repeating
 the last token): about 0.2 M parameters, random from ``seed``. It cannot see images: give it text, or let a
-policy replace images by a note (``VLLMPolicy(..., max_images=0)``).
+policy replace images by a note (``VLLMPolicy(..., context_images=0)``).
 
 Example::
 
     >>> path = make_tiny_text_model("/tmp/tiny-qwen2-text")                     # doctest: +SKIP
-    >>> policy = VLLMPolicy(str(path), max_images=0, max_model_len=2048)           # doctest: +SKIP
+    >>> policy = VLLMPolicy(str(path), context_images=0, max_model_len=2048)           # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ template and its multimodal processor expands each image. PyVision's ``pyvision`
 ``</code>`` (kept in the output), as the released models were sampled.
 
 A text-only model cannot see images: a conversation with an image raises :class:`ValueError` unless the
-policy is built with ``max_images=0``, which replaces every image by :attr:`Conversation.OMITTED
+policy is built with ``context_images=0``, which replaces every image by :attr:`Conversation.OMITTED
 <agents.base.Conversation.OMITTED>` (the text-only path). On a CPU build of vLLM the engine defaults to
 :data:`CPU_ENGINE_ARGS`; vision models do not run there (the Qwen2-VL processors need torchvision, see pitfalls).
 
@@ -13,7 +13,7 @@ Example::
 
     >>> policy = VLLMPolicy("Qwen/Qwen2.5-VL-7B-Instruct", protocol="pyvision", temperature=1.0)  # doctest: +SKIP
     >>> policy.act_batch(observations, infos)                                                    # doctest: +SKIP
-    >>> VLLMPolicy("/tmp/tiny-qwen2-text", max_images=0, max_model_len=2048)   # text-only, CPU  # doctest: +SKIP
+    >>> VLLMPolicy("/tmp/tiny-qwen2-text", context_images=0, max_model_len=2048)   # text-only, CPU  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pyvision_env.deprecation import renamed_keywords
 from pyvision_env.messages import ImagePart, Message, to_openai
 from pyvision_env.protocols import Protocol
 
@@ -36,6 +37,7 @@ reserving ``gpu_memory_utilization`` (92 %) of the machine's memory. Given argum
 ``VLLM_CPU_KVCACHE_SPACE``) win."""
 
 
+@renamed_keywords(max_images="context_images")
 class VLLMPolicy(ChatPolicy):
     """Responses from ``vllm.LLM`` for a batch of conversations.
 
@@ -46,7 +48,7 @@ class VLLMPolicy(ChatPolicy):
         temperature, top_p, max_tokens: sampling.
         seed: the engine's seed; request ``k`` of the policy samples with seed ``seed + k`` (reproducible, and
             distinct between slots). ``None``: unseeded requests.
-        max_images: images per prompt (vLLM's ``limit_mm_per_prompt``) and the conversation's image budget;
+        context_images: images per prompt (vLLM's ``limit_mm_per_prompt``) and the conversation's image budget;
             ``0`` for a text-only model (images become a text note).
         engine_args: more ``vllm.LLM`` arguments (``max_model_len``, ``gpu_memory_utilization``, ...).
     """
@@ -54,22 +56,22 @@ class VLLMPolicy(ChatPolicy):
     name = "vllm"
 
     def __init__(self, model: str, *, protocol: Protocol | str = "pyvision", temperature: float = 1.0,
-                 top_p: float = 1.0, max_tokens: int = 1024, seed: int | None = None, max_images: int | None = 16,
-                 **engine_args: Any) -> None:
+                 top_p: float = 1.0, max_tokens: int = 1024, seed: int | None = None,
+                 context_images: int | None = 16, **engine_args: Any) -> None:
         path = Path(model).expanduser()
         if (path.exists() or path.is_absolute() or str(model).startswith(".")) and not (path / "config.json").is_file():
             raise ModelLoadError(f"{model} is not a model folder (no config.json)")
         from vllm import LLM, SamplingParams
         from vllm.platforms import current_platform
 
-        super().__init__(protocol, max_images)
+        super().__init__(protocol, context_images)
         if current_platform.is_cpu() and not {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(engine_args):
             engine_args = {**CPU_ENGINE_ARGS, **engine_args}
         if seed is not None:
             engine_args["seed"] = seed
         self.model_name = str(model)
-        self.llm = LLM(model=self.model_name, limit_mm_per_prompt={"image": 16 if max_images is None else max_images},
-                       **engine_args)
+        images = 16 if context_images is None else context_images
+        self.llm = LLM(model=self.model_name, limit_mm_per_prompt={"image": images}, **engine_args)
         self.multimodal = bool(self.llm.model_config.is_multimodal_model)
         self.seed, self.requests = seed, 0
         self.sampling = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens,
@@ -80,7 +82,7 @@ class VLLMPolicy(ChatPolicy):
         if not self.multimodal and any(isinstance(part, ImagePart) for messages in conversations
                                        for message in messages for part in message.content):
             raise ValueError(f"{self.model_name} is a text-only model and cannot take images; build the policy "
-                             "with max_images=0 (`--max-images 0`) to replace them by a text note")
+                             "with context_images=0 (`--context-images 0`) to replace them by a text note")
         params = []
         for _ in conversations:
             sampling = self.sampling.clone()

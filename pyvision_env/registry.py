@@ -23,6 +23,7 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,23 @@ def resolve_tasks(source: str | TaskSet | Sequence[Task], split: str | None = No
     else:
         tasks = TaskSet("tasks", source)
     return tasks.split(split) if split is not None else tasks
+
+
+SUITES_ENTRY_POINT_GROUP = "pyvision.suites"
+"""Entry-point group of functions that register suites when called (``benchmarks`` registers the public
+benchmarks found under ``$PYVISION_BENCHMARKS``); :func:`register_installed_suites` calls them."""
+
+
+def register_installed_suites() -> list[str]:
+    """Call every function of the ``pyvision.suites`` entry-point group (what ``pyvision tasks`` lists);
+    returns the problems of those that failed, one line each."""
+    problems = []
+    for entry in metadata.entry_points(group=SUITES_ENTRY_POINT_GROUP):
+        try:
+            entry.load()()
+        except Exception as error:  # noqa: BLE001  (one broken source must not hide the other suites)
+            problems.append(f"the suites of {entry.name!r} ({entry.value}) are not registered: {error}")
+    return problems
 
 
 def list_suites() -> list[Suite]:

@@ -204,6 +204,7 @@ def add_view_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--no-open", action="store_true", help="do not open a browser")
     parser.add_argument("--max-episodes", type=int, default=DEFAULT_MAX_EPISODES, metavar="N",
                         help="render at most N episodes; 0 renders all (default: %(default)s)")
+    parser.set_defaults(handler=run_view)
     return parser
 
 

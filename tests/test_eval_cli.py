@@ -59,7 +59,7 @@ def test_eval_records_failed_episodes_and_goes_on(tiny, capsys, tmp_path):
                  "--no-record", "--out", str(tmp_path / "run")]) == 0
     captured = capsys.readouterr()
     row = next(line for line in captured.out.splitlines() if line.startswith("| count |"))
-    assert row.startswith("| count | openai | 2 | 1 | 0.0% |") and row.endswith("| 2 |")
+    assert row.startswith("| count | openai | pyvision | 2 | 1 | 0.0% |") and row.endswith("| 2 |")
     assert "cannot reach the endpoint" in captured.err
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agents.scripted import scripted_policy
-from benchmarks.harness import (
+from benchmarks.evaluation.harness import (
     RESULTS,
     Evaluation,
     ResultsFileError,
@@ -58,12 +58,28 @@ def test_two_suites_k_samples_concurrent_workers(tmp_path):
     episodes = (tmp_path / "run" / "episodes" / "episodes.jsonl").read_text().splitlines()
     assert len(episodes) == 12 and (tmp_path / "run" / "episodes" / "episodes.html").is_file()
     markdown = (tmp_path / "run" / "summary.md").read_text()
-    assert "| count | scripted-count | 3 | 2 | 100.0% | 100.0% |" in markdown
+    assert "| count | scripted-count | pyvision | 3 | 2 | 100.0% | 100.0% |" in markdown
     table = list(csv.DictReader((tmp_path / "run" / "summary.csv").open()))
     assert [row["suite"] for row in table] == ["count", "zoom"] and float(table[0]["accuracy"]) == 1.0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["suites"] == summary["suites"]
     assert "![accuracy by suite and category](summary.png)" in markdown
     assert_plot(tmp_path / "run" / "summary.png", panels=1 + sum(map(len, summary["breakdowns"].values())))
+
+
+def test_a_number_of_episodes_plays_the_tasks_in_order_and_cycles(tmp_path):
+    """What ``pyvision run`` asks: episodes from a first task on, the suite's second round as the next sample."""
+    tasks = 100  # the registered count suite
+    evaluation = Evaluation(["count"], scripted, tmp_path, episodes=3, first_task=tasks - 2, progress=False)
+    assert [(item.task_index, item.sample) for item in evaluation.work()] == [(98, 0), (99, 0), (0, 1)]
+    summary = evaluation.run()
+    (row,) = summary["suites"]
+    assert (row["episodes"], row["tasks"], row["accuracy"]) == (3, 3, 1.0)
+    record = read_results(tmp_path)[0]
+    assert record["protocol"] == "pyvision" and record["error"] is None and record["attempts"] == 1
+    assert record["seconds"] > 0 and record["format_errors"] == 0 and record["images_shown"] >= 1
+    for bad in ({"episodes": 0}, {"episodes": 2, "samples": 2}, {"episodes": 2, "limit": 1}, {"first_task": -1}):
+        with pytest.raises(ValueError):
+            Evaluation(["count"], scripted, tmp_path / "bad", **bad)
 
 
 def test_an_interrupted_evaluation_continues_where_it_stopped(tmp_path):
@@ -88,7 +104,7 @@ def test_an_interrupted_evaluation_continues_where_it_stopped(tmp_path):
     assert after[:len(before)] == before  # nothing scored is recomputed
     assert sorted(json.loads(line)["task_id"] for line in after) == sorted(
         json.loads(line)["task_id"] for line in after[:8]) and len(after) == 8
-    assert "| count | scripted-count | 8 | 1 | 100.0% |" in done.stdout
+    assert "| count | scripted-count | pyvision | 8 | 1 | 100.0% |" in done.stdout
 
 
 def test_a_damaged_results_file_is_a_clear_error(tmp_path):
@@ -148,5 +164,5 @@ def test_cli_evaluates_a_robustness_variant_and_refuses_bad_options(tmp_path, ca
         main(["eval", "--suite", "count", "--robust", "mirror", "--out", str(tmp_path / "bad")])
     with pytest.raises(SystemExit, match="unknown suite 'nope'"):
         main(["eval", "--suite", "nope", "--out", str(tmp_path / "bad")])
-    with pytest.raises(SystemExit, match="samples, concurrency and limit must be at least 1"):
+    with pytest.raises(SystemExit, match="samples, concurrency, limit and episodes must be at least 1"):
         main(["eval", "--suite", "count", "--samples", "0", "--out", str(tmp_path / "bad")])

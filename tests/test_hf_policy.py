@@ -100,7 +100,7 @@ def test_batched_generation_equals_one_by_one(model):
 
 
 def test_image_budget_drops_old_images_with_their_tokens(model):
-    conversation = Conversation(max_images=1)
+    conversation = Conversation(context_images=1)
     conversation.observe(multi_turn()[:2], {"turn": 0})
     conversation.respond(Message.text("assistant", "<code>x</code>"))
     conversation.observe([multi_turn()[3]], {"turn": 1})
@@ -111,7 +111,7 @@ def test_image_budget_drops_old_images_with_their_tokens(model):
     full_text, _ = model.render(conversation.messages)
     assert text.count("<|image_pad|>") < full_text.count("<|image_pad|>")
     assert text.count("<|vision_start|>") == 1  # the dropped image's markers left with it
-    by_tokens = Conversation(max_visual_tokens=20)  # the images cost 12 and 14 tokens (Qwen2.5-VL rule)
+    by_tokens = Conversation(context_visual_tokens=20)  # the images cost 12 and 14 tokens (Qwen2.5-VL rule)
     by_tokens.observe(multi_turn()[:4], {"turn": 0})
     assert sum(len(m.images) for m in by_tokens.visible()) == 1
 

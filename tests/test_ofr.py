@@ -27,7 +27,7 @@ def ids(rollouts):
 
 
 def select(groups, **config):
-    return OFRSelector(OFRConfig(**{"exhaustion": "partial", **config})).select(groups)
+    return OFRSelector(OFRConfig(**config)).select(groups)
 
 
 def test_module_doctests_pass_and_import_does_not_load_torch():
@@ -114,7 +114,7 @@ def test_selection_by_trajectories_cuts_the_boundary_group_and_by_groups_keeps_w
 def test_exhaustion_raise_names_the_counts():
     groups = [group("a", [1, 0]), group("b", [1, 1])]
     with pytest.raises(OFRExhausted, match=r"only 2 of the 4 target trajectories .*'zero_std': 2") as error:
-        OFRSelector(OFRConfig(target_size=4)).select(groups)
+        OFRSelector(OFRConfig(target_size=4, exhaustion="raise")).select(groups)
     assert (error.value.survived, error.value.target, error.value.generated_groups) == (2, 4, 2)
 
 
@@ -151,8 +151,8 @@ def make_generator(batches):
 def test_collect_oversamples_until_the_target_survives():
     generate, calls = make_generator([[group("zero", [0] * 4)] * 2, [group("a", [1, 0, 0, 0]),
                                                                     group("b", [1, 1, 0, 0])]])
-    config = OFRConfig(target_size=8, group_size=4, oversampling=1.0, exhaustion="raise")
-    selection = OFRSelector(config).collect(generate)
+    config = OFRConfig(target_size=8, oversampling=1.0, exhaustion="raise")
+    selection = OFRSelector(config, group_size=4).collect(generate)
     assert calls == [2, 2] and len(selection.kept) == 8 and not selection.short
     assert selection.metrics["generation_rounds"] == 2 and selection.metrics["generated_groups"] == 4
     assert ids(selection.kept[:4]) == ids(group("b", [1, 1, 0, 0]))
@@ -160,20 +160,24 @@ def test_collect_oversamples_until_the_target_survives():
 
 def test_collect_never_loops_forever():
     generate, calls = make_generator([[group("zero", [1] * 8)] * 3])
-    config = OFRConfig(target_size=16, oversampling=1.5, max_generation_rounds=5)
+    config = OFRConfig(target_size=16, oversampling=1.5, max_generation_rounds=5, exhaustion="raise")
     with pytest.raises(OFRExhausted, match=r"only 0 of the 16 target .* in 5 generation rounds") as error:
         OFRSelector(config).collect(generate)
     assert calls == [3] * 5 and error.value.rounds == 5 and error.value.generated_groups == 15
-    partial = OFRSelector(OFRConfig(target_size=16, max_generation_rounds=3, exhaustion="partial"))
+    partial = OFRSelector(OFRConfig(target_size=16, max_generation_rounds=3))  # "partial" is the default
     selection = partial.collect(make_generator([[]])[0])  # even an empty generator ends
     assert selection.kept == [] and selection.short and selection.metrics["generation_rounds"] == 3
     assert math.isnan(selection.metrics["std_mean_before"])
 
 
 def test_groups_per_round_from_oversampling():
-    assert OFRConfig(target_size=512, oversampling=0.5).groups_per_round == 32
-    assert OFRConfig(target_size=10, unit="groups", oversampling=2.5).groups_per_round == 25
-    assert OFRConfig(target_size=1, oversampling=0.01).groups_per_round == 1
+    assert OFRConfig(target_size=512, oversampling=0.5).groups_per_round(group_size=8) == 32
+    assert OFRConfig(target_size=10, unit="groups", oversampling=2.5).groups_per_round(group_size=8) == 25
+    assert OFRConfig(target_size=1, oversampling=0.01).groups_per_round(group_size=8) == 1
+    assert OFRSelector(OFRConfig(target_size=512, oversampling=0.5), group_size=4).groups_per_round == 64
+    with pytest.warns(DeprecationWarning, match="OFRSelector"):
+        legacy = OFRConfig(target_size=512, oversampling=0.5, group_size=4)
+    assert OFRSelector(legacy).groups_per_round == 64
 
 
 def test_metrics_on_a_hand_made_batch():

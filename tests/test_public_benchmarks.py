@@ -8,7 +8,7 @@ import json
 import gymnasium as gym
 import pytest
 
-from benchmarks.public import public_benchmarks, register_public_benchmarks
+from benchmarks.evaluation.public import public_benchmarks, register_public_benchmarks
 from pyvision_env.cli import main
 
 from .conftest import quiet_engine
@@ -25,7 +25,7 @@ def test_every_loader_is_listed_with_the_layout_it_expects():
     benchmarks = public_benchmarks()
     assert set(benchmarks) >= EXPECTED
     for bench in benchmarks.values():
-        assert bench.title and bench.layout.strip(), bench.name
+        assert bench.description and bench.layout.strip(), bench.name
     assert benchmarks["video-mme"].video and not benchmarks["vstar"].video
 
 
@@ -63,7 +63,7 @@ def test_released_tables_are_read_a_row_at_a_time(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from benchmarks.public.common import LayoutError, read_parquet, read_tsv
+    from benchmarks.evaluation.public.common import LayoutError, read_parquet, read_tsv
 
     public_benchmarks()  # imports every loader module, which registers its benchmarks
     tsv = tmp_path / "hr_bench_4k.tsv"

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from benchmarks.public import load_public_benchmark
-from benchmarks.public.common import LayoutError
-from benchmarks.public.dynamath import INSTRUCTIONS, aggregate
+from benchmarks.evaluation.public import load_public_benchmark
+from benchmarks.evaluation.public.common import LayoutError
+from benchmarks.evaluation.public.dynamath import INSTRUCTIONS, aggregate
 
 PERIOD = ("What is the period of this function y = a*sin(b*x), where both a and b are integers? Answer the "
           "question with a floating-point number.")

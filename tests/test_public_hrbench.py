@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from benchmarks.public import hrbench, load_public_benchmark
-from benchmarks.public.common import LayoutError
+from benchmarks.evaluation.public import hrbench, load_public_benchmark
+from benchmarks.evaluation.public.common import LayoutError
 
 COLUMNS = ["index", "question", "answer", "category", "A", "B", "C", "D", "cycle_category", "image"]
 

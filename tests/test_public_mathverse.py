@@ -7,9 +7,9 @@ import json
 import pytest
 from PIL import Image
 
-from benchmarks.public import load_public_benchmark
-from benchmarks.public.common import LayoutError
-from benchmarks.public.mathverse import aggregate
+from benchmarks.evaluation.public import load_public_benchmark
+from benchmarks.evaluation.public.common import LayoutError
+from benchmarks.evaluation.public.mathverse import aggregate
 from pyvision_env.graders import get_grader
 from pyvision_env.tasks import Task
 

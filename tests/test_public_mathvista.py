@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from benchmarks.public import load_public_benchmark
-from benchmarks.public.common import LayoutError
-from benchmarks.public.mathvista import aggregate, edit_distance
+from benchmarks.evaluation.public import load_public_benchmark
+from benchmarks.evaluation.public.common import LayoutError
+from benchmarks.evaluation.public.mathvista import aggregate, edit_distance
 from pyvision_env.graders import get_grader
 
 

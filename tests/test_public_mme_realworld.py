@@ -8,8 +8,8 @@ import json
 import pytest
 from PIL import Image
 
-from benchmarks.public import load_public_benchmark, mme_realworld
-from benchmarks.public.common import LayoutError
+from benchmarks.evaluation.public import load_public_benchmark, mme_realworld
+from benchmarks.evaluation.public.common import LayoutError
 
 POSITION = ["(A) In the upper right area of the picture", "(B) In the upper left area of the picture",
             "(C) In the lower right area of the picture", "(D) In the lower left area of the picture",

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from benchmarks.public.common import LayoutError, benchmark
-from benchmarks.public.videomme import INSTRUCTION, aggregate, official_letter
+from benchmarks.evaluation.public.common import LayoutError, benchmark
+from benchmarks.evaluation.public.videomme import INSTRUCTION, aggregate, official_letter
 from pyvision_env.video import PyAVVideoReader, write_video
 
 QUESTIONS = "videomme/test-00000-of-00001.parquet"

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from benchmarks.public.common import LayoutError, benchmark
-from benchmarks.public.vsibench import (
+from benchmarks.evaluation.public.common import LayoutError, benchmark
+from benchmarks.evaluation.public.vsibench import (
     CHOICE_INSTRUCTION,
     NUMERIC_INSTRUCTION,
     aggregate,

@@ -8,8 +8,8 @@ import json
 import pytest
 from PIL import Image
 
-from benchmarks.public import load_public_benchmark, vstar
-from benchmarks.public.common import LayoutError
+from benchmarks.evaluation.public import load_public_benchmark, vstar
+from benchmarks.evaluation.public.common import LayoutError
 
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
 

@@ -7,9 +7,9 @@ import json
 import pytest
 from PIL import Image
 
-from benchmarks.public import load_public_benchmark
-from benchmarks.public.common import LayoutError
-from benchmarks.public.wemath import aggregate, extract_letter
+from benchmarks.evaluation.public import load_public_benchmark
+from benchmarks.evaluation.public.common import LayoutError
+from benchmarks.evaluation.public.wemath import aggregate, extract_letter
 
 OPTIONS = "A. 300, 400;B. 400, 300;C. 3000, 4000;D. 4000, 3000; E. No correct answer"
 

@@ -39,7 +39,8 @@ def test_eval_through_ray_scores_and_leaves_no_process_behind(tmp_path):
         time.sleep(0.2)
     stdout, stderr = driver.communicate(timeout=120)
     assert driver.returncode == 0, stderr[-3000:]
-    assert "| count | scripted-count | 2 | 1 | 100.0% |" in stdout and "| zoom | scripted-zoom | 2 | 1 | 100.0% |" in stdout
+    assert "| count | scripted-count | pyvision | 2 | 1 | 100.0% |" in stdout
+    assert "| zoom | scripted-zoom | pyvision | 2 | 1 | 100.0% |" in stdout
     lines = [line for _, line in seen.values()]
     for kind in ("gcs_server", "raylet", "ipykernel_launcher", "bwrap"):
         assert any(kind in line for line in lines), f"no {kind} process was seen: {lines}"

@@ -14,7 +14,7 @@ import pytest
 import ray
 
 from agents.scripted import scripted_policy
-from benchmarks.harness import Evaluation, read_results
+from benchmarks.evaluation.harness import Evaluation, read_results
 from pyvision_env.pools import LocalEnvPool, PoolBusy, PoolConfig, WorkerLost
 from pyvision_env.pools.ray_pool import RayEnvPool, RemoteEnv
 from pyvision_env.vector import PyVisionVectorEnv

@@ -7,7 +7,7 @@ import os
 import pytest
 from PIL import Image
 
-from benchmarks.robustness import TRANSFORMS, register_robust_variant, robust_variant
+from benchmarks.evaluation.robustness import TRANSFORMS, register_robust_variant, robust_variant
 from pyvision_env import registry
 from pyvision_env.suites import SUITES
 from pyvision_env.tasks import Task, TaskSet

@@ -14,10 +14,10 @@ import gymnasium as gym
 import pytest
 
 from agents.baselines import DirectAnswerPolicy, RandomPolicy
-from agents.scripted import SCRIPTED_POLICIES, ScriptedPolicy, scripted_policy
+from agents.scripted import IMAGE_POLICIES, SCRIPTED_POLICIES, ScriptedPolicy, scripted_policy
 from pyvision_env import PyVisionEnv, TaskSet
 from pyvision_env.protocols import PROTOCOLS
-from pyvision_env.suites import CACHE_ENV, SUITES
+from pyvision_env.suites import CACHE_ENV, SUITES, VIDEO_SUITES
 
 SCRIPTED_TASKS = 6
 DIRECT_TASKS = 3
@@ -116,7 +116,7 @@ def test_random_policy_is_seeded_and_runs(small_suites, engine):
 
 
 def test_scripted_policies_cover_the_suites_and_copy_mid_episode(small_suites):
-    assert set(SCRIPTED_POLICIES) == set(SUITES)
+    assert set(IMAGE_POLICIES) == set(SUITES) and set(SCRIPTED_POLICIES) == set(SUITES) | set(VIDEO_SUITES)
     assert all(issubclass(policy, ScriptedPolicy) for policy in SCRIPTED_POLICIES.values())
     with pytest.raises(KeyError):
         scripted_policy("no-such-suite", "pyvision")

@@ -73,7 +73,7 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
         load_tiny_model(tmp_path / "nothing-here")
 
 
-def test_phrase_tokens_and_init_std_build_the_demo_model(tmp_path):
+def test_phrase_tokens_and_init_std_build_the_demo_model(tmp_path, capsys):
     from transformers import AutoTokenizer
 
     from trainers.demo import TINY_MODEL, tokenizer_corpus
@@ -82,7 +82,10 @@ def test_phrase_tokens_and_init_std_build_the_demo_model(tmp_path):
     conversation = next(text for text in corpus if "Text Result:" in text)
     plain = AutoTokenizer.from_pretrained(make_tiny_model(tmp_path / "plain", corpus=corpus))
     folder = tmp_path / "demo"
-    assert main(["make-tiny-model", str(folder), "--demo"]) == 0
+    assert main(["train-demo", "--model-only", "--out", str(folder)]) == 0
+    assert main(["make-tiny-model", str(tmp_path / "old"), "--demo"]) == 0  # the old way, for one release
+    assert "DeprecationWarning: `pyvision make-tiny-model --demo`" in capsys.readouterr().err
+    assert (tmp_path / "old" / "tokenizer.json").read_text() == (folder / "tokenizer.json").read_text()
     phrases = AutoTokenizer.from_pretrained(folder)  # loads with the phrase pre-tokenizer, not Qwen's word regex
     ids = phrases(conversation)["input_ids"]
     assert phrases.decode(ids) == conversation

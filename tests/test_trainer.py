@@ -66,7 +66,7 @@ def test_config_reads_yaml_with_overrides_and_refuses_bad_settings(tmp_path):
     path.write_text("steps: 7\nalgorithm:\n  lr: 1e-4\nofr:\n  drop_end_reasons: [over_length]\n")
     config = load_config(GRPOConfig, path, ["algorithm.clip_high=0.28", "env.options={kernel_start: first-call}"])
     assert (config.steps, config.algorithm.lr, config.algorithm.clip_high) == (7, 1e-4, 0.28)
-    assert config.ofr.drop_end_reasons == ["over_length"] and config.env.options == {"kernel_start": "first-call"}
+    assert config.ofr.drop_end_reasons == ("over_length",) and config.env.options == {"kernel_start": "first-call"}
     with pytest.raises(ConfigError, match=r"unknown setting 'algorithm\.learning_rate'.*lr"):
         load_config(GRPOConfig, overrides=["algorithm.learning_rate=1"])
     with pytest.raises(ConfigError, match="steps must be int"):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import pyvision_env  # noqa: F401  (registers the suites)
+from agents.baselines import UniformVideoPolicy, sampled_frames
 from agents.scripted import scripted_policy
-from agents.video_policies import UniformVideoPolicy, sampled_frames
 from pyvision_env import PyVisionEnv
 from pyvision_env.suites import CACHE_ENV, VIDEO_SUITES
 from pyvision_env.video import PyAVVideoReader

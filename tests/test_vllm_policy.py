@@ -2,7 +2,7 @@
 
 vLLM cannot run the tiny Qwen2.5-VL on CPU (its processors need torchvision, see pitfalls), so the model here is
 the tiny *text-only* Qwen2 of :mod:`agents.tiny_text_model`, and the policy takes the explicit text-only path:
-``max_images=0`` replaces every image of the suite by a text note; without it an image is a clear error.
+``context_images=0`` replaces every image of the suite by a text note; without it an image is a clear error.
 
 One engine serves the whole module (start ~20-30 s on 2 cores). It runs in this process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the default starts an engine-core and a worker process that each
@@ -28,13 +28,13 @@ from PIL import Image  # noqa: E402
 from vllm import SamplingParams  # noqa: E402
 
 from agents.base import Conversation  # noqa: E402
+from agents.episodes import play_episode  # noqa: E402
 from agents.hf import ModelLoadError  # noqa: E402
 from agents.tiny_text_model import make_tiny_text_model  # noqa: E402
 from agents.vllm_policy import VLLMPolicy  # noqa: E402
 from pyvision_env.cli import main  # noqa: E402
 from pyvision_env.env import PyVisionEnv  # noqa: E402
 from pyvision_env.messages import ImagePart, Message, TextPart  # noqa: E402
-from pyvision_env.runner import run_episodes  # noqa: E402
 
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "HF_HUB_OFFLINE": "1",
               "TOKENIZERS_PARALLELISM": "false"}
@@ -49,12 +49,12 @@ def text_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def policy(text_model):
-    """The module's one engine: greedy, ``MAX_TOKENS`` per response, text-only (``max_images=0``)."""
+    """The module's one engine: greedy, ``MAX_TOKENS`` per response, text-only (``context_images=0``)."""
     with pytest.MonkeyPatch.context() as patch:
         for key, value in ENGINE_ENV.items():
             patch.setenv(key, value)
         started = time.perf_counter()
-        policy = VLLMPolicy(str(text_model), temperature=0.0, max_tokens=MAX_TOKENS, seed=0, max_images=0,
+        policy = VLLMPolicy(str(text_model), temperature=0.0, max_tokens=MAX_TOKENS, seed=0, context_images=0,
                             **ENGINE_ARGS)
         print(f"\nvLLM engine start: {time.perf_counter() - started:.1f} s")
         yield policy
@@ -77,12 +77,12 @@ def test_episodes_on_the_count_suite_text_only(policy, engine):
     reset_policy(policy)
     env = PyVisionEnv("count", max_turns=2, engine=engine)
     try:
-        summary = run_episodes(env, policy, 2, suite="count", progress=False)
+        results = [play_episode(env, policy, options={"task_index": index}) for index in range(2)]
     finally:
         env.close()
-    assert [e.error for e in summary.episodes] == [None, None]
-    assert "| count | vllm | pyvision | 2 |" in summary.table()
-    steps = sum(e.turns for e in summary.episodes)
+    assert [r.task_id for r in results] == [task.id for task in env.tasks[:2]]
+    assert all(r.error is None and r.end_reason in ("answered", "format_error", "max_turns") for r in results)
+    steps = sum(r.turns for r in results)
     assert steps >= 2 and len(policy.usage) == steps
     for usage in policy.usage:
         assert usage["prompt_tokens"] > 0 and 0 < usage["completion_tokens"] <= MAX_TOKENS
@@ -131,7 +131,7 @@ def test_seeded_sampling_is_reproducible_and_differs_between_slots(policy):
 
 def test_images_reach_a_text_only_model_only_as_a_clear_error(policy):
     conversation = [Message("user", (ImagePart(Image.new("RGB", (28, 28))), TextPart("How many?")))]
-    with pytest.raises(ValueError, match=r"text-only model.*max_images=0"):
+    with pytest.raises(ValueError, match=r"text-only model.*context_images=0"):
         policy.complete_batch([conversation])
 
 
@@ -146,10 +146,10 @@ def test_pyvision_eval_cli_text_only(text_model, tmp_path):
     """``pyvision eval --policy vllm`` end to end in a fresh process (its own engine, CPU defaults)."""
     command = [sys.executable, "-m", "pyvision_env.cli", "eval", "--suite", "count", "--policy", "vllm", "--model",
                str(text_model), "--limit", "2", "--max-turns", "2", "--max-tokens", str(MAX_TOKENS),
-               "--temperature", "0", "--max-images", "0", "--out", str(tmp_path / "run")]
+               "--temperature", "0", "--context-images", "0", "--out", str(tmp_path / "run")]
     done = subprocess.run(command, env={**os.environ, **ENGINE_ENV}, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "| count | vllm | 2 | 1 |" in done.stdout
+    assert "| count | vllm | pyvision | 2 | 1 |" in done.stdout
     assert "failed:" not in done.stderr   # no failed episode
     episodes = (tmp_path / "run" / "episodes" / "episodes.jsonl").read_text().splitlines()
     assert len(episodes) == 2

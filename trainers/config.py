@@ -26,6 +26,8 @@ import yaml
 
 from pyvision_env.pools import PoolConfig
 
+from .ofr import OFRConfig
+
 C = TypeVar("C")
 
 
@@ -54,7 +56,7 @@ class ModelConfig:
 @dataclass
 class EnvConfig:
     suite: str = "tally"
-    """A registered suite (``pyvision suites`` lists them)."""
+    """A registered suite (``pyvision tasks`` lists them)."""
     split: str | None = "train"
     """Training tasks: this split of the suite (``None``: all)."""
     eval_split: str | None = "held-out"
@@ -122,25 +124,6 @@ class AlgorithmConfig:
 
 
 @dataclass
-class OFRSection:
-    enabled: bool = True
-    """Oversample, filter and rank (mechanisms.md §3); off: train on one round of groups as generated."""
-    target_size: int = 32
-    """Trajectories (or groups, see ``unit``) per update (PyVision-RL: 512)."""
-    unit: str = "trajectories"
-    oversampling: float = 1.0
-    """Groups generated per round per group kept (PyVision-RL: 0.5)."""
-    max_generation_rounds: int = 4
-    exhaustion: str = "partial"
-    """When too few survive: ``raise``, ``partial`` (train on what survived) or ``backfill``."""
-    drop_end_reasons: list[str] = field(default_factory=lambda: ["over_length", "max_images", "max_visual_tokens",
-                                                                 "error"])
-    """Trajectories that ended so are not trained on (``error``: the generation backend failed)."""
-    require_tool_image: bool = False
-    """Drop trajectories that never received a tool-produced image (PyVision-RL: on)."""
-
-
-@dataclass
 class EvalConfig:
     every: int = 10
     """Evaluate every this many updates (and before the first and after the last); 0: never."""
@@ -167,7 +150,7 @@ class LoggingConfig:
     collapse_window: int = 5
     collapse_ratio: float = 0.5
     """Warn when tool calls per episode (mean of the last ``collapse_window`` updates) fall below this share of
-    their early level (the interaction-collapse signal, mechanisms.md §1)."""
+    their early level (interaction collapse: outcome-only RL makes agents stop calling tools)."""
 
 
 @dataclass
@@ -185,7 +168,8 @@ class GRPOConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    ofr: OFRSection = field(default_factory=OFRSection)
+    ofr: OFRConfig = field(default_factory=OFRConfig)
+    """Batch selection (:class:`~trainers.ofr.OFRConfig`): oversample, filter and rank."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -294,10 +278,15 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
             except ConfigError as error:
                 errors.append(str(error))
         raise ConfigError(errors[0])
-    if origin is list:
-        if not isinstance(value, list):
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, got {value!r}")
-        return [_convert(args[0], item, f"{key}[{i}]") for i, item in enumerate(value)]
+        items = [_convert(args[0], item, f"{key}[{i}]") for i, item in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, got {value!r}")
@@ -337,5 +326,6 @@ def describe(cls: type, prefix: str = "") -> list[str]:
             lines += describe(hints[f.name], prefix + f.name + ".")
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        lines.append(f"{prefix}{f.name} = {default!r}" + (f"  # {docs[f.name]}" if f.name in docs else ""))
+        shown = getattr(default, "__name__", None) if callable(default) else repr(default)
+        lines.append(f"{prefix}{f.name} = {shown}" + (f"  # {docs[f.name]}" if f.name in docs else ""))
     return lines

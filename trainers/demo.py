@@ -23,10 +23,10 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,6 @@ def tokenizer_corpus() -> list[str]:
     """The demo's conversations as the chat template renders them (with and without the tool, every colour and
     count, on training tasks), so that the tiny tokenizer gives them few tokens."""
     import jinja2
-    from PIL import Image
 
     from agents.hf import template_messages
     from agents.scripted import TallyScriptedPolicy
@@ -67,7 +66,7 @@ def tokenizer_corpus() -> list[str]:
     template = jinja2.Template(CHAT_TEMPLATE)
     texts = []
     for task in SUITES["tally"].load().split("train")[:30]:
-        images = [Image.open(path) for path in task.images]
+        images = [_read_image(path) for path in task.images]
         question = protocol.initial_messages(EpisodeInputs(task, images, [image.size for image in images]))
         rgb = TallyScriptedPolicy.RGB[task.metadata["color"]]
         code = f"print((np.asarray(image_clue_0) == {rgb}).all(-1).sum() // 64)"
@@ -80,25 +79,48 @@ def tokenizer_corpus() -> list[str]:
     return texts * 4
 
 
+def _read_image(path: str) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return image.copy()
+
+
+def make_demo_model(out: Path, seed: int = 0) -> Path:
+    """The demo's tiny model in ``out`` (:data:`TINY_MODEL`, its tokenizer taught :func:`tokenizer_corpus`)."""
+    from agents.tiny_model import make_tiny_model
+
+    return make_tiny_model(out, corpus=tokenizer_corpus(), seed=seed, **TINY_MODEL)
+
+
 def record_teacher(out: Path, episodes: int, guess_rate: float, seed: int) -> dict[str, Any]:
-    """Play the guessing teacher on training tasks, recording every episode under ``out``."""
+    """Play the guessing teacher on training tasks in order, recording every episode under ``out``; returns
+    its numbers (episodes, accuracy, tool calls and turns per episode, seconds)."""
+    from tqdm.auto import tqdm
+
     from agents.baselines import GuessingMixture
+    from agents.episodes import play_episode
     from agents.scripted import scripted_policy
     from pyvision_env.env import PyVisionEnv
     from pyvision_env.execution import Engine
-    from pyvision_env.runner import run_episodes
     from pyvision_env.wrappers.recording import RecordEpisodes
 
+    started = time.perf_counter()
     with Engine(spare_kernels=2) as engine:
         env = RecordEpisodes(PyVisionEnv("tally", split="train", system_prompt=system_prompt(), max_turns=3,
                                          kernel_start="first-call", engine=engine), out)
         try:
             teacher = GuessingMixture(scripted_policy("tally", env.unwrapped.protocol),
                                       [str(n) for n in range(1, 10)], guess_rate, seed=seed)
-            summary = run_episodes(env, teacher, episodes, suite="tally", progress=True)
+            tasks = len(env.unwrapped.tasks)
+            results = [play_episode(env, teacher, options={"task_index": number % tasks})
+                       for number in tqdm(range(episodes), desc="teacher", unit="ep")]
         finally:
             env.close()
-    return summary.row()
+    return {"episodes": len(results), "accuracy": statistics.fmean(r.correct for r in results),
+            "tool_calls": statistics.fmean(r.tool_calls for r in results),
+            "turns": statistics.fmean(r.turns for r in results), "wall_s": time.perf_counter() - started}
 
 
 def trajectory_sample(trajectory: Trajectory, chat: ChatTokenizer, title: str) -> Any:
@@ -126,8 +148,6 @@ def trajectory_sample(trajectory: Trajectory, chat: ChatTokenizer, title: str) -
 def run_demo(out: Path, *, rl_steps: int | None = None, teacher_episodes: int = 200,
              guess_rate: float = 0.5, seed: int = 0) -> dict[str, Any]:
     """Run the whole demo into ``out`` (replaced); returns the before/after numbers."""
-    from agents.tiny_model import make_tiny_model
-
     from .checkpoint import latest_checkpoint
     from .grpo import GRPOTrainer
     from .metrics import plot_run
@@ -140,7 +160,7 @@ def run_demo(out: Path, *, rl_steps: int | None = None, teacher_episodes: int = 
     timings: dict[str, float] = {}
 
     clock = time.perf_counter()
-    model_path = make_tiny_model(out / "tiny-model", corpus=tokenizer_corpus(), seed=seed, **TINY_MODEL)
+    model_path = make_demo_model(out / "tiny-model", seed=seed)
     timings["model"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -197,23 +217,3 @@ def _intro(config: GRPOConfig, teacher: dict[str, Any], before: dict[str, Any], 
             f"{after['accuracy']:.1%} after {config.steps} RL updates; tool calls per episode "
             f"{before['tool_calls']:.2f} -> {after['tool_calls']:.2f}.\n\n"
             f"Tool calls per episode during RL (sampled rollouts, per update): {curve}.")
-
-
-def add_parser(commands: Any) -> None:
-    parser = commands.add_parser(
-        "train-demo", help="the CPU training demo: tiny VLM, cold-start SFT, RL with OFR and the tool reward",
-        description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder, replaced "
-                        "(default: %(default)s)")
-    parser.add_argument("--rl-steps", type=int, help="RL updates (default: the demo config's)")
-    parser.add_argument("--teacher-episodes", type=int, default=200, help="cold-start episodes (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def main(args: argparse.Namespace) -> int:
-    results = run_demo(args.out, rl_steps=args.rl_steps, teacher_episodes=args.teacher_episodes, seed=args.seed)
-    before, after = results["before_rl"], results["after_rl"]
-    print(f"held-out accuracy: {before['accuracy']:.1%} after SFT -> {after['accuracy']:.1%} after RL; "
-          f"tool calls per episode {before['tool_calls']:.2f} -> {after['tool_calls']:.2f}")
-    print(f"report: {args.out / 'report.html'}")
-    return 0

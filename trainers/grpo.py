@@ -47,7 +47,7 @@ from .config import GRPOConfig
 from .metrics import CollapseAlarm, MetricsLogger, plot_run
 from .modeling import load_policy, make_optimizer, start_run
 from .objective import collate, grpo_loss, sequence_logprobs
-from .ofr import OFRConfig, OFRSelector, Rollout, group_advantages
+from .ofr import OFRSelector, Rollout, group_advantages
 from .rollout import EpisodeSpec, RolloutCollector, Trajectory
 from .tokens import ImageTokenMismatch, check_images
 
@@ -160,11 +160,7 @@ class GRPOTrainer:
                                                 rollout.max_length, rollout.max_batch, self.pool.episode_attempts)
                                if self.eval_envs else None)
         self.sampler = TaskSampler(len(self.train_envs.envs[0].unwrapped.tasks), config.seed)
-        self.ofr = OFRSelector(OFRConfig(
-            target_size=config.ofr.target_size, unit=config.ofr.unit, oversampling=config.ofr.oversampling,
-            group_size=rollout.group_size, max_generation_rounds=config.ofr.max_generation_rounds,
-            exhaustion=config.ofr.exhaustion, drop_end_reasons=tuple(config.ofr.drop_end_reasons),
-            require_tool_image=config.ofr.require_tool_image)) if config.ofr.enabled else None
+        self.ofr = OFRSelector(config.ofr, group_size=rollout.group_size) if config.ofr.enabled else None
         self.logger = MetricsLogger(self.run_dir, tensorboard=config.logging.tensorboard)
         self.alarm = CollapseAlarm("tool_calls", config.logging.collapse_window, config.logging.collapse_ratio)
         self.step_number = 0

@@ -1,4 +1,4 @@
-"""Oversampling–filtering–ranking (OFR) of rollout groups before a policy update (PyVision-RL, mechanisms.md §3).
+"""Oversampling–filtering–ranking (OFR) of rollout groups before a policy update (PyVision-RL).
 
 Pure Python + numpy (no torch), so it can be tested and used by any trainer. One update's data is chosen in
 three steps:
@@ -13,7 +13,7 @@ three steps:
 
 If too few survive, the exhaustion policy decides: ``"raise"`` (:class:`OFRExhausted`), ``"partial"`` (train
 on what survived) or ``"backfill"`` (fill up with zero-std groups; see :class:`OFRConfig`). It never loops
-forever.
+forever. :class:`OFRConfig` is also the ``ofr:`` section of the trainer's configuration.
 
 Advantages are not computed here: compute them with :func:`group_advantages` on each group as generated,
 before filtering (PyVision-RL computes them per generation batch, so dropping a trajectory never moves its
@@ -30,18 +30,25 @@ Example::
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-DEFAULT_DROP_END_REASONS = ("over_length", "max_images", "max_visual_tokens")
+from pyvision_env.deprecation import REMOVED_IN
+
+DEFAULT_DROP_END_REASONS = ("over_length", "max_images", "max_visual_tokens", "error")
 """End reasons dropped by default. ``over_length`` is the generator's (the response hit the length limit);
-``max_images`` and ``max_visual_tokens`` are the env's image limits (``pyvision_env.env.TRUNCATING``).
-PyVision-RL drops over-length and image-limit trajectories and keeps ``answered``, ``max_turns`` and errors
+``max_images`` and ``max_visual_tokens`` are the env's image limits (``pyvision_env.env.TRUNCATING``); ``error``
+is the trainer's (the generation backend failed, so the trajectory holds nothing to learn from). PyVision-RL
+drops over-length and image-limit trajectories and keeps ``answered``, ``max_turns`` and the model's errors
 (``format_error``, ``tool_error``); ``timeout`` and ``execution_budget`` are kept too unless listed."""
+
+DEFAULT_GROUP_SIZE = 8
+"""Rollouts per group when the selector is not told (PyVision-RL's G)."""
 
 UNITS = ("trajectories", "groups")
 EXHAUSTION_POLICIES = ("raise", "partial", "backfill")
@@ -100,13 +107,16 @@ def group_advantages(rewards: Sequence[float], normalize_std: bool = False, eps:
 
 @dataclass(frozen=True)
 class OFRConfig:
-    """What one update keeps and how hard :meth:`OFRSelector.collect` tries.
+    """What one update keeps and how hard :meth:`OFRSelector.collect` tries (also the trainer's ``ofr:``
+    section; the rollouts per group are the selector's ``group_size``, the trainer's ``rollout.group_size``).
 
-    >>> OFRConfig(target_size=512, oversampling=0.5, group_size=8).groups_per_round  # PyVision-RL: 32 prompts
+    >>> OFRConfig(target_size=512, oversampling=0.5).groups_per_round(group_size=8)  # PyVision-RL: 32 prompts
     32
     """
 
-    target_size: int
+    enabled: bool = True
+    """Whether the trainer selects with OFR (off: it trains on one round of groups as generated)."""
+    target_size: int = 32
     """Trajectories (``unit="trajectories"``, PyVision-RL: 512) or groups (``unit="groups"``) per update."""
     unit: Literal["trajectories", "groups"] = "trajectories"
     """``trajectories``: rank all surviving rollouts by their group's key, keep the top ``target_size`` (a
@@ -115,56 +125,60 @@ class OFRConfig:
     oversampling: float = 1.0
     """Groups generated per round per group kept: ``ceil(oversampling × target groups)`` (at least 1), target
     groups being ``target_size`` or ``ceil(target_size / group_size)``. PyVision-RL: 32 of 64 → 0.5."""
-    group_size: int = 8
-    """Rollouts per group, used only to turn a trajectory target into groups per round."""
-    max_generation_rounds: int = 8
+    max_generation_rounds: int = 4
     """Bound on generator calls per :meth:`OFRSelector.collect` (no bound is the known way to stall)."""
     drop_zero_std: bool = True
     """Drop groups whose rewards are all equal. With the accumulative tool bonus, an all-correct group with
     different tool counts has std > 0 and survives."""
     drop_end_reasons: tuple[str, ...] = DEFAULT_DROP_END_REASONS
+    """Trajectories that ended so are not trained on (see :data:`DEFAULT_DROP_END_REASONS`)."""
     max_length: int | None = None
     """Drop rollouts longer than this many tokens (PyVision-RL: 128k); ``None``: no limit."""
     drop_image_mismatch: bool = True
     require_tool_image: bool = False
-    """Drop rollouts that never received a tool-produced image (PyVision-RL's image tasks do)."""
+    """Drop rollouts that never received a tool-produced image (PyVision-RL: on for its image tasks)."""
     predicates: tuple[Callable[[Rollout], bool], ...] = ()
-    """User filters: a rollout is kept only if every predicate returns true (drop reason
-    ``predicate:<function name>``)."""
+    """User filters (in Python, not in YAML): a rollout is kept only if every predicate returns true (drop
+    reason ``predicate:<function name>``)."""
     rank_key: Callable[[Group], float] = group_reward_std
-    """Ranking key of a group (all its rollouts as generated), highest first; ties keep generation order."""
-    exhaustion: Literal["raise", "partial", "backfill"] = "raise"
-    """When fewer than ``target_size`` survive: raise :class:`OFRExhausted`; ``partial``: return the survivors;
+    """Ranking key of a group (all its rollouts as generated), highest first; ties keep generation order (in
+    Python, not in YAML)."""
+    exhaustion: Literal["raise", "partial", "backfill"] = "partial"
+    """When fewer than ``target_size`` survive: ``raise`` :class:`OFRExhausted`; ``partial``: return the survivors;
     ``backfill``: add rollouts of groups dropped *only* for zero std (they pass every other filter), best key
     first then generation order, up to the target — they carry zero advantage under a group baseline, so they
     keep the batch size without adding signal; rollouts dropped by any other filter are never used. If still
     short, the result is partial."""
     success_threshold: float = 1.0
     """A rollout solved its task if ``reward >= success_threshold`` (for the solve-none/all/partial metrics)."""
+    group_size: InitVar[int | None] = None
+    """Deprecated: give ``OFRSelector(config, group_size=...)``."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, group_size: int | None) -> None:
+        if group_size is not None:
+            warnings.warn(f"OFRConfig(group_size=...) is deprecated and goes in {REMOVED_IN}; use "
+                          "OFRSelector(config, group_size=...)", DeprecationWarning, stacklevel=3)
+        object.__setattr__(self, "_legacy_group_size", group_size)
         if self.target_size < 1:
             raise ValueError(f"target_size must be >= 1, got {self.target_size}")
         if self.unit not in UNITS:
             raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
         if not self.oversampling > 0:
             raise ValueError(f"oversampling must be > 0, got {self.oversampling}")
-        if self.group_size < 1 or self.max_generation_rounds < 1:
-            raise ValueError("group_size and max_generation_rounds must be >= 1")
+        if self.max_generation_rounds < 1:
+            raise ValueError("max_generation_rounds must be >= 1")
         if self.exhaustion not in EXHAUSTION_POLICIES:
             raise ValueError(f"exhaustion must be one of {EXHAUSTION_POLICIES}, got {self.exhaustion!r}")
         if isinstance(self.drop_end_reasons, str):
             raise TypeError("drop_end_reasons must be a tuple of end reasons, not a string")
 
-    @property
-    def target_groups(self) -> int:
-        """The target in groups."""
-        return self.target_size if self.unit == "groups" else math.ceil(self.target_size / self.group_size)
+    def target_groups(self, group_size: int) -> int:
+        """The target in groups of ``group_size`` rollouts."""
+        return self.target_size if self.unit == "groups" else math.ceil(self.target_size / group_size)
 
-    @property
-    def groups_per_round(self) -> int:
-        """Groups asked of the generator per round."""
-        return max(1, math.ceil(self.oversampling * self.target_groups))
+    def groups_per_round(self, group_size: int) -> int:
+        """Groups asked of the generator per round, for groups of ``group_size`` rollouts."""
+        return max(1, math.ceil(self.oversampling * self.target_groups(group_size)))
 
 
 class OFRExhausted(RuntimeError):
@@ -209,16 +223,24 @@ class _Screened:
 
 
 class OFRSelector:
-    """Filters and ranks groups of rollouts into one update's batch (see the module docstring).
+    """Filters and ranks groups of ``group_size`` rollouts into one update's batch (see the module docstring).
 
-    >>> selector = OFRSelector(OFRConfig(target_size=1, unit="groups", exhaustion="partial"))
+    >>> selector = OFRSelector(OFRConfig(target_size=1, unit="groups"), group_size=2)
     >>> selection = selector.collect(lambda n: [[Rollout("t", 0.0), Rollout("t", 0.0)]] * n)
     >>> selection.short, selection.metrics["generation_rounds"], selection.metrics["solve_none"]
-    (True, 8.0, 1.0)
+    (True, 4.0, 1.0)
     """
 
-    def __init__(self, config: OFRConfig):
-        self.config = config
+    def __init__(self, config: OFRConfig, group_size: int | None = None):
+        group_size = group_size or config._legacy_group_size or DEFAULT_GROUP_SIZE
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        self.config, self.group_size = config, group_size
+
+    @property
+    def groups_per_round(self) -> int:
+        """Groups asked of the generator per round."""
+        return self.config.groups_per_round(self.group_size)
 
     def select(self, groups: Sequence[Group]) -> Selection:
         """Filter, rank and truncate ``groups``; apply the exhaustion policy if too few survive.
@@ -242,7 +264,7 @@ class OFRSelector:
         rounds = 0
         while rounds < config.max_generation_rounds and survived < config.target_size:
             rounds += 1
-            for group in generate_batch(config.groups_per_round):
+            for group in generate_batch(self.groups_per_round):
                 item = self._screen(group)
                 screened.append(item)
                 if config.unit == "groups":

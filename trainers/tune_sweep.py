@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import GRPOConfig, load_config
-from .demo import CONFIGS, TINY_MODEL, tokenizer_corpus
+from .demo import CONFIGS, make_demo_model
 
 SHORT_RUN = ("steps=2", "env.num_envs=4", "rollout.group_size=2", "ofr.target_size=4", "ofr.oversampling=1.0",
              "ofr.max_generation_rounds=2", "eval.every=2", "eval.episodes=8", "algorithm.mini_batch_size=4",
@@ -65,11 +65,9 @@ def run_sweep(out: Path, grid: dict[str, list[str]], *, model: Path | None = Non
 
     out.mkdir(parents=True, exist_ok=True)
     if model is None:
-        from agents.tiny_model import make_tiny_model
-
         model = out / "model"
         if not (model / "config.json").is_file():
-            make_tiny_model(model, corpus=tokenizer_corpus(), **TINY_MODEL)
+            make_demo_model(model)
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(address=ray_address or "local", include_dashboard=False, configure_logging=False)
@@ -101,7 +99,7 @@ def run_sweep(out: Path, grid: dict[str, list[str]], *, model: Path | None = Non
 
 def write_table(out: Path, rows: list[dict[str, Any]], keys: list[str]) -> None:
     """``sweep.csv`` and ``sweep.md`` (settings first, then :data:`COLUMNS`, updates, seconds, error)."""
-    from benchmarks.harness import markdown_table
+    from pyvision_env.reporting import markdown_table
 
     fields = [*keys, *COLUMNS, "updates", "seconds", "error"]
     buffer = io.StringIO()
@@ -126,7 +124,7 @@ def plot_curves(path: Path, curves: list[tuple[dict[str, Any], Any]]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmarks import save_figure
+    from pyvision_env.reporting import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for settings, history in curves:

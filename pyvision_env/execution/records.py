@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import textwrap
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -66,6 +67,25 @@ class CellResult:
             return f"{self.stdout}{self.result}\n" if self.stdout.endswith("\n") or not self.stdout \
                 else f"{self.stdout}\n{self.result}\n"
         return self.stdout
+
+    def describe(self) -> str:
+        """The result as a person would read it in a terminal: text, stderr, the error, image sizes, notes.
+
+        >>> print(CellResult(status=CellStatus.ERROR, error_name="NameError", error_value="x").describe(), end="")
+        NameError: x
+        """
+        parts = []
+        if self.text:
+            parts.append(self.text if self.text.endswith("\n") else self.text + "\n")
+        if self.stderr:
+            parts.append(textwrap.indent(self.stderr, "stderr| "))
+        if self.error_name:
+            parts.append(f"{self.error_name}: {self.error_value}\n")
+        if self.images:
+            sizes = ", ".join(f"{image.width}x{image.height}" for image in self.images)
+            parts.append(f"[{len(self.images)} image(s): {sizes}]\n")
+        parts += [f"note: {note}\n" for note in self.notes]
+        return "".join(parts)
 
     def summary(self) -> str:
         """One line for logs: status, duration, sizes."""

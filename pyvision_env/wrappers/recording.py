@@ -267,10 +267,12 @@ class EpisodeRecord:
 
 
 def episodes_file(path: str | os.PathLike) -> Path:
-    """The episodes JSONL of a run folder (``<dir>/episodes.jsonl``), or ``path`` itself when it is a file."""
+    """The episodes JSONL of a run folder (``<dir>/episodes.jsonl``, or ``<dir>/episodes/episodes.jsonl`` in an
+    evaluation's run folder), or ``path`` itself when it is a file."""
     path = Path(path)
     if path.is_dir():
-        path = path / EPISODES_FILE
+        nested = path / "episodes" / EPISODES_FILE
+        path = nested if nested.is_file() and not (path / EPISODES_FILE).is_file() else path / EPISODES_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no episodes file at {path} (give a run folder holding {EPISODES_FILE}, or "
                                 "the JSONL file)")

@@ -280,4 +280,4 @@ def load(root: Path) -> TaskSet:
         tasks = list(github_tasks(root, require(NAME, root, "data/testmini.json")))
     if not tasks:
         raise benchmark(NAME).error("the annotation file holds no questions", root)
-    return TaskSet(NAME, tasks, benchmark(NAME).title)
+    return TaskSet(NAME, tasks, benchmark(NAME).description)

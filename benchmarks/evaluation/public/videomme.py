@@ -190,4 +190,4 @@ def load(root: Path) -> TaskSet:
              for number, record in enumerate(read_parquet(NAME, root, path), 1)]
     if not tasks:
         raise benchmark(NAME).error(f"{path} holds no questions", root)
-    return TaskSet(NAME, tasks, benchmark(NAME).title)
+    return TaskSet(NAME, tasks, benchmark(NAME).description)

@@ -244,4 +244,4 @@ def load(root: Path) -> TaskSet:
         tasks = list(parquet_tasks(root, files))
     else:
         raise benchmark(NAME).error("found neither trial<k>/ folders nor data/sample<k>-*.parquet", root)
-    return TaskSet(NAME, tasks, benchmark(NAME).title)
+    return TaskSet(NAME, tasks, benchmark(NAME).description)

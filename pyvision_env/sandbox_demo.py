@@ -1,4 +1,4 @@
-"""``pyvision demo``: what the execution engine does, in one short run.
+"""``pyvision sandbox-demo``: what the execution engine does, in one short run.
 
 A model answering "what number is written on the small sign?" about a large generated image would
 write cells like these; each runs in a fresh, sandboxed, stateful kernel and the results are printed
@@ -7,14 +7,13 @@ as the model would receive them. Shown images are saved so a person can look at 
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .execution import Engine, ExecutionLimits
+from .execution import CellResult, Engine, ExecutionLimits
 
 SIGN_BOX = (1130, 840, 1190, 880)
 """Where the small sign with the number sits in the generated 1600x1200 image."""
@@ -69,8 +68,8 @@ def make_scene(seed: int = 0) -> Image.Image:
     return image
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    out: Path = args.out
+def run_demo(out: Path) -> int:
+    """Run the demonstration, saving shown images under ``out``; returns the exit status."""
     out.mkdir(parents=True, exist_ok=True)
     scene_path = out / "scene.png"
     make_scene().save(scene_path)
@@ -104,10 +103,8 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe(result) -> str:
-    from .cli import format_result
-
-    return f"=> {result.status.value} in {result.duration * 1000:.0f} ms\n{format_result(result)}".rstrip("\n")
+def _describe(result: CellResult) -> str:
+    return f"=> {result.status.value} in {result.duration * 1000:.0f} ms\n{result.describe()}".rstrip("\n")
 
 
 def _indent(text: str) -> str:

@@ -178,4 +178,4 @@ def load(root: Path) -> TaskSet:
         raise benchmark(NAME).error(f"{path} is not a non-empty list of records", root)
     tasks = [make_task(root, path.parent, record, f"{path.name} record {number}")
              for number, record in enumerate(records, 1)]
-    return TaskSet(NAME, tasks, benchmark(NAME).title)
+    return TaskSet(NAME, tasks, benchmark(NAME).description)

@@ -200,7 +200,7 @@ def load_questions(name: str, root: Path, path: Path) -> TaskSet:
     tasks = [make_task(name, root, record, where) for where, record in rows(name, root, path)]
     if not tasks:
         raise benchmark(name).error(f"{path} holds no questions", root)
-    return TaskSet(name, tasks, benchmark(name).title)
+    return TaskSet(name, tasks, benchmark(name).description)
 
 
 @public_benchmark("vsi-bench", "VSI-Bench", video=True, layout="""

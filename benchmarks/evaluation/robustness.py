@@ -6,7 +6,7 @@ above/below) are not changed either, so leave such suites out or filter them fir
 
 Example::
 
-    from benchmarks.robustness import register_robust_variant
+    from benchmarks.evaluation.robustness import register_robust_variant
     env_id = register_robust_variant("zoom", "rot90")      # -> "PyVision/ZoomRot90-v0"
     robust_variant(load_suite("vstar"), "hflip")           # -> TaskSet('vstar-hflip', 191 tasks)
 """

@@ -106,7 +106,7 @@ def load(name: str, root: Path) -> TaskSet:
         listed = ", ".join(str(task.images[0]) for task in missing[:3])
         raise benchmark(name).error(f"{len(missing)} of {len(tasks)} images not found (e.g. {listed})", root)
     try:
-        return TaskSet(name, tasks, benchmark(name).title)
+        return TaskSet(name, tasks, benchmark(name).description)
     except ValueError as error:  # duplicate question ids, or no record at all
         raise benchmark(name).error(str(error), root) from None
 

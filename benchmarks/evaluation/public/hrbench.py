@@ -72,7 +72,7 @@ def load(name: str, stem: str, root: Path) -> TaskSet:
     rows = read_tsv(name, root, path) if path.suffix == ".tsv" else read_parquet(name, root, path)
     tasks = [_task(name, root, row, f"{path.name} row {number}") for number, row in enumerate(rows, 1)]
     try:
-        return TaskSet(name, tasks, benchmark(name).title)
+        return TaskSet(name, tasks, benchmark(name).description)
     except ValueError as error:  # duplicate indices, or no row at all
         raise benchmark(name).error(str(error), root) from None
 

@@ -187,4 +187,4 @@ def load(root: Path) -> TaskSet:
     if text_only.is_file():
         tasks += [make_task(root, record, f"{text_only.name} record {number}", "text-only-")
                   for number, record in enumerate(records(root, text_only), 1)]
-    return TaskSet(NAME, tasks, benchmark(NAME).title)
+    return TaskSet(NAME, tasks, benchmark(NAME).description)

@@ -18,9 +18,11 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import dataclasses
 import hashlib
 import io
 import json
+import os
 import re
 import sys
 import textwrap
@@ -44,48 +46,71 @@ class LayoutError(TaskFormatError):
     """A benchmark's local copy is missing or malformed; the message shows the layout the loader expects."""
 
 
+DATA_ENV = "PYVISION_BENCHMARKS"
+"""Environment variable naming the folder that holds one sub-folder per benchmark (its name)."""
+
+
 @dataclass(frozen=True)
 class PublicBenchmark:
-    """A public benchmark the project can read from a local copy of its released files."""
+    """A public benchmark the project can read from a local copy of its released files: a
+    :class:`~pyvision_env.tasks.TaskSource` whose ``load()`` reads ``root``, by default
+    ``$PYVISION_BENCHMARKS/<name>``."""
 
     name: str
-    title: str
+    description: str
+    """The benchmark's title (``"V* Bench"``)."""
     layout: str
     """The files the loader reads, relative to the benchmark's folder (shown in every :class:`LayoutError`)."""
     loader: Loader
     video: bool = False
+    root: Path | None = None
+    """The local copy ``load()`` reads when given no folder (:meth:`at` sets it)."""
 
-    def load(self, root: str | Path) -> TaskSet:
-        """The benchmark's tasks from ``root`` (its local folder)."""
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return ("public", "video") if self.video else ("public",)
+
+    def at(self, root: str | os.PathLike) -> PublicBenchmark:
+        """This benchmark read from ``root``."""
+        return dataclasses.replace(self, root=Path(root))
+
+    def load(self, root: str | os.PathLike | None = None) -> TaskSet:
+        """The benchmark's tasks from ``root`` (its local folder; default: :attr:`root`, else
+        ``$PYVISION_BENCHMARKS/<name>``)."""
+        if root is None:
+            root = self.root or (Path(os.environ[DATA_ENV]) / self.name if os.environ.get(DATA_ENV) else None)
+            if root is None:
+                raise self.error(f"no local copy given (pass its folder or set ${DATA_ENV})", Path("<folder>"))
         root = Path(root)
         if not root.is_dir():
             raise self.error(f"{root} is not a folder", root)
         return self.loader(root)
 
     def error(self, problem: str, root: Path) -> LayoutError:
-        return LayoutError(f"{self.title} ({self.name}): {problem}.\nExpected layout under {root}:\n"
+        return LayoutError(f"{self.description} ({self.name}): {problem}.\nExpected layout under {root}:\n"
                            f"{textwrap.indent(self.layout, '  ')}")
 
 
-BENCHMARKS: dict[str, PublicBenchmark] = {}
+PUBLIC_BENCHMARKS: dict[str, PublicBenchmark] = {}
+"""Every public benchmark loader, by name (filled as the loader modules are imported)."""
 
 
 def public_benchmark(name: str, title: str, layout: str, *, video: bool = False) -> Callable[[Loader], Loader]:
     """Register the decorated ``load(root) -> TaskSet`` as benchmark ``name`` (see the module example)."""
 
     def register(loader: Loader) -> Loader:
-        if name in BENCHMARKS:
+        if name in PUBLIC_BENCHMARKS:
             raise ValueError(f"public benchmark {name!r} is registered twice")
-        BENCHMARKS[name] = PublicBenchmark(name, title, textwrap.dedent(layout).strip("\n"), loader, video)
+        PUBLIC_BENCHMARKS[name] = PublicBenchmark(name, title, textwrap.dedent(layout).strip("\n"), loader, video)
         return loader
 
     return register
 
 
 def benchmark(name: str) -> PublicBenchmark:
-    if name not in BENCHMARKS:
-        raise KeyError(f"unknown public benchmark {name!r}; known: {', '.join(sorted(BENCHMARKS))}")
-    return BENCHMARKS[name]
+    if name not in PUBLIC_BENCHMARKS:
+        raise KeyError(f"unknown public benchmark {name!r}; known: {', '.join(sorted(PUBLIC_BENCHMARKS))}")
+    return PUBLIC_BENCHMARKS[name]
 
 
 def require(name: str, root: Path, *relative: str) -> Path:

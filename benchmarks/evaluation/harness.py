@@ -1,12 +1,13 @@
-"""The evaluation harness behind ``pyvision eval``: any policy on any set of suites, ``k`` samples per task,
-several episodes at once, resumable, every episode recorded.
+"""The evaluation harness behind ``pyvision eval`` and ``pyvision run``: any policy on any set of suites, ``k``
+samples per task (or a number of episodes), several episodes at once, resumable, every episode recorded.
 
 A run folder holds:
 
-* ``results.jsonl`` — one line per scored episode (suite, task id, sample, correct, score, turns, tool calls,
-  tool errors, visual tokens, times, the answer given, the task's metadata). A run started again on the same
-  folder skips every (suite, task, sample) already there: an interrupted evaluation continues where it
-  stopped and nothing scored is recomputed.
+* ``results.jsonl`` — one line per scored episode: where it ran (suite, task id, sample, policy, protocol,
+  attempts, times, the task's metadata) and its :class:`~agents.episodes.EpisodeResult` (correct, score, turns,
+  tool calls and errors, visual tokens, the answer given...). A run started again on the same folder skips
+  every (suite, task, sample) already there: an interrupted evaluation continues where it stopped and nothing
+  scored is recomputed.
 * ``episodes/`` — the recording of every episode (``pyvision view``).
 * ``summary.md``, ``summary.csv``, ``summary.json``, ``summary.png`` — per suite: accuracy (avg@k), pass@k, mean score,
   turns, tool calls, tool errors, visual tokens and wall time; per-category breakdowns; and each public
@@ -16,7 +17,7 @@ A run folder holds:
 
 Example::
 
-    from benchmarks.harness import Evaluation
+    from benchmarks.evaluation.harness import Evaluation
     evaluation = Evaluation(["zoom", "count"], lambda suite, protocol: scripted_policy(suite, protocol),
                             Path("runs/eval"), samples=4, concurrency=4)
     summary = evaluation.run()          # -> {"suites": [...], "breakdowns": {...}, "benchmark_metrics": {...}}
@@ -45,8 +46,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from agents.base import Policy
+from agents.episodes import EpisodeResult, play_episode
 from pyvision_env.pools import EnvPool, LocalEnvPool, WorkerLost
 from pyvision_env.protocols import Protocol
+from pyvision_env.reporting import markdown_table, save_figure
+from pyvision_env.wrappers.recording import RecordEpisodes, append_line
 
 RESULTS = "results.jsonl"
 MAX_AUTO_CATEGORIES = 40
@@ -103,6 +107,8 @@ class Evaluation:
     """Evaluate a policy on ``suites`` (registered names) into run folder ``out``; see the module docstring.
 
     ``samples``: episodes per task (avg@k and pass@k); ``limit``: the first tasks of each suite only;
+    ``episodes``: instead, that many episodes per suite on its tasks in order from ``first_task``, cycling (a
+    task's second round is its next sample: what ``pyvision run`` plays);
     ``concurrency``: episodes run at once (one environment and one policy per worker thread);
     ``env_options``: more :class:`~pyvision_env.env.PyVisionEnv` arguments (``max_turns``, ``split``, ...);
     ``pool``: where the environments run (:mod:`pyvision_env.pools`; default: a local pool for the run). An
@@ -111,16 +117,23 @@ class Evaluation:
     """
 
     def __init__(self, suites: Sequence[str], make_policy: PolicyFactory, out: str | os.PathLike, *,
-                 samples: int = 1, limit: int | None = None, concurrency: int = 1, protocol: str = "pyvision",
-                 record: bool = True, progress: bool = True, by: Sequence[str] = (),
-                 env_options: dict[str, Any] | None = None, pool: EnvPool | None = None) -> None:
+                 samples: int = 1, limit: int | None = None, episodes: int | None = None, first_task: int = 0,
+                 concurrency: int = 1, protocol: str = "pyvision", record: bool = True, progress: bool = True,
+                 by: Sequence[str] = (), env_options: dict[str, Any] | None = None,
+                 pool: EnvPool | None = None) -> None:
         if not suites:
             raise ValueError("give at least one suite")
-        if samples < 1 or concurrency < 1 or (limit is not None and limit < 1):
-            raise ValueError(f"samples, concurrency and limit must be at least 1; got {samples}, {concurrency}, "
-                             f"{limit}")
+        if samples < 1 or concurrency < 1 or (limit is not None and limit < 1) or (episodes is not None
+                                                                                   and episodes < 1):
+            raise ValueError(f"samples, concurrency, limit and episodes must be at least 1; got {samples}, "
+                             f"{concurrency}, {limit}, {episodes}")
+        if episodes is not None and (samples != 1 or limit is not None):
+            raise ValueError("give episodes, or samples and limit, not both")
+        if first_task < 0:
+            raise ValueError(f"first_task must be at least 0, got {first_task}")
         self.suites, self.make_policy, self.out = list(dict.fromkeys(suites)), make_policy, Path(out)
         self.samples, self.limit, self.concurrency, self.protocol = samples, limit, concurrency, protocol
+        self.episodes, self.first_task = episodes, first_task
         self.record, self.progress, self.by = record, progress, tuple(by)
         self.env_options = dict(env_options or {})
         self.pool = pool
@@ -136,6 +149,10 @@ class Evaluation:
         for suite in self.suites:
             split = self.env_options.get("split")
             tasks = load_suite(suite).split(split) if split else load_suite(suite)
+            if self.episodes is not None:
+                places = [divmod(self.first_task + number, len(tasks)) for number in range(self.episodes)]
+                items += [WorkItem(suite, index, tasks[index].id, sample) for sample, index in places]
+                continue
             chosen = list(tasks)[:self.limit] if self.limit else list(tasks)
             items += [WorkItem(suite, index, task.id, sample) for sample in range(self.samples)
                       for index, task in enumerate(chosen)]
@@ -208,56 +225,32 @@ class Evaluation:
                 env.close()
 
     def _open(self, suite: str, pool: EnvPool) -> tuple[Any, Policy]:
-        from pyvision_env.wrappers.recording import RecordEpisodes
-
         env = pool.make_env(suite, protocol=self.protocol, **self.env_options)
         if self.record:
             env = RecordEpisodes(env, self.out / "episodes", metadata={"suite": suite})
         return env, self.make_policy(suite, env.unwrapped.protocol)
 
     def _episode(self, env: Any, policy: Policy, item: WorkItem, attempts: int) -> dict[str, Any]:
-        """Play one episode (again, up to ``attempts`` times, while its worker dies) into a result record."""
+        """Play one episode (again, up to ``attempts`` times, while its worker dies) into a result record: where
+        it ran, and its :class:`~agents.episodes.EpisodeResult`."""
         task = env.unwrapped.tasks[item.task_index]
-        base = {"suite": item.suite, "task_id": item.task_id, "sample": item.sample,
-                "metadata": dict(task.metadata), "policy": getattr(policy, "name", type(policy).__name__)}
         started, attempt = time.time(), 0
         while True:
             attempt += 1
             try:
-                info, total = self._play(env, policy, item)
+                result = play_episode(env, policy, options={"task_index": item.task_index})
             except WorkerLost as lost:
                 if attempt < attempts:
                     continue
-                return self._failed(base, "worker_lost", lost, started, attempt)
+                result = EpisodeResult.failed(item.task_id, "worker_lost", lost, time.time() - started)
             except Exception as error:  # noqa: BLE001 - a failing policy scores 0 for this episode and the run goes on
-                return self._failed(base, "policy_error", error, started, attempt)
-            return {**base, "correct": bool(info["correct"]), "score": float(info["score"] or 0.0), "reward": total,
-                    "turns": info["turn"], "tool_calls": info["tool_calls"], "tool_errors": info["tool_errors"],
-                    "visual_tokens": info["visual_tokens"], "end_reason": info["end_reason"],
-                    "answer": info.get("answer"), "error": None, "attempts": attempt, "started": started,
-                    "ended": time.time()}
-
-    @staticmethod
-    def _play(env: Any, policy: Policy, item: WorkItem) -> tuple[dict[str, Any], float]:
-        observation, info = env.reset(options={"task_index": item.task_index})
-        done, total = False, 0.0
-        while not done:
-            observation, reward, terminated, truncated, info = env.step(policy.act(observation, info))
-            total += float(reward)
-            done = terminated or truncated
-        return info, total
-
-    @staticmethod
-    def _failed(base: dict[str, Any], reason: str, error: BaseException, started: float, attempts: int
-                ) -> dict[str, Any]:
-        return {**base, "correct": False, "score": 0.0, "reward": 0.0, "turns": 0, "tool_calls": 0,
-                "tool_errors": 0, "visual_tokens": 0, "end_reason": reason, "answer": None,
-                "error": f"{type(error).__name__}: {error}", "attempts": attempts, "started": started,
-                "ended": time.time()}
+                result = EpisodeResult.failed(item.task_id, "policy_error", error, time.time() - started)
+            return {"suite": item.suite, "sample": item.sample, "metadata": dict(task.metadata),
+                    "policy": getattr(policy, "name", type(policy).__name__),
+                    "protocol": env.unwrapped.protocol.name, **result.to_json(), "attempts": attempt,
+                    "started": started, "ended": time.time()}
 
     def _append(self, record: dict[str, Any]) -> None:
-        from pyvision_env.wrappers.recording import append_line
-
         append_line(self.out / RESULTS, json.dumps(record, default=str) + "\n")
 
 
@@ -292,7 +285,8 @@ def _suite_row(suite: str, results: list[dict[str, Any]]) -> dict[str, Any]:
         sessions[result.get("session", "")].append(result)
     wall = sum(max(r["ended"] for r in rs) - min(r["started"] for r in rs) for rs in sessions.values())
     mean = lambda key: statistics.fmean(float(r[key]) for r in results)  # noqa: E731
-    return {"suite": suite, "policy": results[0].get("policy", ""), "tasks": len(per_task), "samples": k,
+    return {"suite": suite, "policy": results[0].get("policy", ""), "protocol": results[0].get("protocol", ""),
+            "tasks": len(per_task), "samples": k,
             "episodes": len(results), "accuracy": mean("correct"),
             "pass_at_k": statistics.fmean(pass_at_k(len(o), sum(o), k) for o in per_task.values()),
             "score": mean("score"), "turns": mean("turns"), "tool_calls": mean("tool_calls"),
@@ -328,21 +322,11 @@ def _benchmark_aggregate(suite: str) -> Callable[[list[dict[str, Any]]], dict[st
     return getattr(sys.modules[bench.loader.__module__], "aggregate", None)
 
 
-COLUMNS = (("suite", "suite", "{}"), ("policy", "policy", "{}"), ("tasks", "tasks", "{}"),
-           ("samples", "k", "{}"), ("accuracy", "accuracy (avg@k)", "{:.1%}"), ("pass_at_k", "pass@k", "{:.1%}"),
+COLUMNS = (("suite", "suite", "{}"), ("policy", "policy", "{}"), ("protocol", "protocol", "{}"),
+           ("tasks", "tasks", "{}"), ("samples", "k", "{}"), ("accuracy", "accuracy (avg@k)", "{:.1%}"), ("pass_at_k", "pass@k", "{:.1%}"),
            ("score", "mean score", "{:.3f}"), ("turns", "turns", "{:.2f}"), ("tool_calls", "tool calls", "{:.2f}"),
            ("tool_errors", "tool errors", "{:.2f}"), ("visual_tokens", "visual tokens", "{:.0f}"),
            ("wall_s", "wall s", "{:.1f}"), ("failed", "failed", "{}"))
-
-
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
-    """A Markdown table of ``rows`` with ``(key, title, format)`` columns (text left, numbers right)."""
-    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |",
-             "|" + "|".join("---" if fmt == "{}" else "---:" for _, _, fmt in columns) + "|"]
-    for row in rows:
-        cells = ["" if row.get(key) is None else fmt.format(row[key]) for key, _, fmt in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -387,8 +371,6 @@ def plot_summary(summary: dict[str, Any], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from . import save_figure
-
     panels = [(f"{suite} by {key}", key, groups) for suite, keys in summary["breakdowns"].items()
               for key, groups in keys.items()][:MAX_PLOTTED_BREAKDOWNS]
     columns = min(3, 1 + len(panels))
@@ -427,8 +409,6 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: Path, metric: str = "a
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from . import save_figure
 
     labels = [label for label in (rows[0] if rows else {}) if label != "suite"]
     width = 0.8 / max(1, len(labels))
