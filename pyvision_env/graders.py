@@ -31,10 +31,18 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from typing import Protocol as Interface
 
-if TYPE_CHECKING:
-    from .tasks import Task
+
+class GradedTask(Interface):
+    """What a grader reads of a task (a :class:`~pyvision_env.tasks.Task` has it all)."""
+
+    id: str
+    question: str
+    answer: str
+    choices: tuple[str, ...] | None
+    metadata: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,7 @@ class Grade:
     detail: str = ""
 
 
-Grader = Callable[[str, "Task"], Grade]
+Grader = Callable[[str, GradedTask], Grade]
 
 
 # --- answer extraction -----------------------------------------------------------------------------
@@ -119,7 +127,7 @@ def parse_number(text: str) -> float | None:
 
 # --- built-in graders ------------------------------------------------------------------------------
 
-def exact_match(prediction: str, task: Task) -> Grade:
+def exact_match(prediction: str, task: GradedTask) -> Grade:
     """Normalised exact match against the answer or any alias in ``task.metadata["aliases"]``."""
     got = normalize(answer_text(prediction))
     accepted = [task.answer, *task.metadata.get("aliases", [])]
@@ -130,7 +138,7 @@ def exact_match(prediction: str, task: Task) -> Grade:
 _LETTER = re.compile(r"^\(?([A-Za-z])(?:[).:]|\s|$)")
 
 
-def multiple_choice(prediction: str, task: Task) -> Grade:
+def multiple_choice(prediction: str, task: GradedTask) -> Grade:
     """The chosen letter: ``B``, ``(B)``, ``B.``, ``B) text``, ``Answer: B``, or the exact option text."""
     got = answer_text(prediction)
     got = re.sub(r"^(?:the\s+)?(?:answer|option|choice)\s*(?:is)?\s*[:：]?\s*", "", got, flags=re.I).strip()
@@ -149,7 +157,7 @@ def multiple_choice(prediction: str, task: Task) -> Grade:
     return Grade(float(correct), correct, letter or got)
 
 
-def numeric(prediction: str, task: Task, abs_tol: float = 1e-6, rel_tol: float = 0.0) -> Grade:
+def numeric(prediction: str, task: GradedTask, abs_tol: float = 1e-6, rel_tol: float = 0.0) -> Grade:
     """Correct when ``|pred - answer| <= max(abs_tol, rel_tol * |answer|)``."""
     value, expected = parse_number(answer_text(prediction)), parse_number(str(task.answer))
     if expected is None:
@@ -163,7 +171,7 @@ def numeric(prediction: str, task: Task, abs_tol: float = 1e-6, rel_tol: float =
 MRA_THRESHOLDS = tuple(0.50 + 0.05 * i for i in range(10))
 
 
-def mean_relative_accuracy(prediction: str, task: Task) -> Grade:
+def mean_relative_accuracy(prediction: str, task: GradedTask) -> Grade:
     """VSI-Bench's MRA: mean over thresholds t of ``1[|pred - gt| / |gt| < 1 - t]``; correct when >= 0.5."""
     value, expected = parse_number(answer_text(prediction)), parse_number(str(task.answer))
     if expected is None or expected == 0:
@@ -181,7 +189,7 @@ class CallableGrader:
 
     fn: Callable[[str, Any], bool | float]
 
-    def __call__(self, prediction: str, task: Task) -> Grade:
+    def __call__(self, prediction: str, task: GradedTask) -> Grade:
         got = answer_text(prediction)
         value = self.fn(got, task)
         score = float(value)
@@ -206,7 +214,7 @@ class LLMJudge:
                    "Candidate answer: {prediction}\nReply with exactly one word: CORRECT if the candidate "
                    "means the same as the reference, otherwise INCORRECT.")
 
-    def __call__(self, prediction: str, task: Task) -> Grade:
+    def __call__(self, prediction: str, task: GradedTask) -> Grade:
         got = answer_text(prediction)
         body = json.dumps({"model": self.model, "temperature": 0.0, "max_tokens": 8, "messages": [
             {"role": "user", "content": self.prompt.format(question=task.question, answer=task.answer,

@@ -51,7 +51,7 @@ from ..messages import Message
 from ..registry import list_suites, resolve_tasks
 from ..spaces import MessagesSpace, ResponseSpace
 from ..tasks import TaskSet
-from . import EnvPool, PoolBusy, PoolConfig, WorkerLost
+from .base import EnvPool, PoolBusy, PoolConfig, WorkerLost
 
 log = logging.getLogger(__name__)
 
