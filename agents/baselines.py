@@ -182,7 +182,7 @@ class GuessingMixture(Policy):
         return [slot.act(obs, info) for slot, obs, info in zip(slots, observations, infos)]
 
 
-# --- the uniform-sampling video baseline -------------------------------------------------------------------------------
+# --- the uniform-sampling video baseline ---------------------------------------------------------------
 
 
 def sampled_frames(observation: list[Message]) -> list[tuple[float, Image.Image]]:

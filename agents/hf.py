@@ -7,7 +7,7 @@ generates; :class:`HFPolicy` keeps one conversation per environment and answers 
 Rendering (:meth:`HFChatModel.render`): the messages go through ``tokenizer.apply_chat_template`` with an
 ``{"type": "image"}`` part per image, and each image's single ``<|image_pad|>`` becomes as many as the
 image processor's grid gives (``t * h * w / merge_size**2``) — what Qwen's processor does, without needing
-its video processor (unavailable without torchvision, see pitfalls). Models whose processor works are used
+its video processor (unavailable without torchvision). Models whose processor works are used
 through ``AutoProcessor`` instead.
 
 Example::

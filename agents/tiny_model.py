@@ -8,7 +8,7 @@ Everything is made here, nothing is downloaded:
 * a shrunken ``Qwen2_5_VLConfig`` (hidden size 64, 2 layers, a 2-block vision tower: about 0.2 M
   parameters) with random weights from ``seed``;
 * the PIL image processor (transformers' torchvision-based one is unusable without torchvision), saved on
-  its own: a combined ``Qwen2_5_VLProcessor`` cannot be saved without a video processor (see pitfalls).
+  its own: a combined ``Qwen2_5_VLProcessor`` cannot be saved without a video processor (which needs torchvision).
 
 The folder loads with ``from_pretrained`` and generates (random text, deterministically for a seed).
 

@@ -1,5 +1,5 @@
 """A tiny random text-only Qwen2 (``Qwen2ForCausalLM``) built offline, for engines that cannot run the tiny
-Qwen2.5-VL on CPU (vLLM: its Qwen2-VL processors need torchvision, see pitfalls).
+Qwen2.5-VL on CPU (vLLM: its Qwen2-VL processors need torchvision, which does not install beside the CPU torch).
 
 It has the tokenizer and chat template of :func:`agents.tiny_model.make_tiny_model` (the same byte-level BPE
 with the Qwen special tokens, taken from a tiny VL model built next to it), hidden size 64, 2 layers, head size

@@ -7,7 +7,7 @@ template and its multimodal processor expands each image. PyVision's ``pyvision`
 A text-only model cannot see images: a conversation with an image raises :class:`ValueError` unless the
 policy is built with ``context_images=0``, which replaces every image by :attr:`Conversation.OMITTED
 <agents.base.Conversation.OMITTED>` (the text-only path). On a CPU build of vLLM the engine defaults to
-:data:`CPU_ENGINE_ARGS`; vision models do not run there (the Qwen2-VL processors need torchvision, see pitfalls).
+:data:`CPU_ENGINE_ARGS`; vision models do not run there (the Qwen2-VL processors need torchvision, unusable beside the CPU torch).
 
 Example::
 

@@ -1,6 +1,6 @@
 """``VLLMPolicy`` on vLLM's real offline engine, on CPU (``make test-vllm`` runs these in ``.venv-vllm``).
 
-vLLM cannot run the tiny Qwen2.5-VL on CPU (its processors need torchvision, see pitfalls), so the model here is
+vLLM cannot run the tiny Qwen2.5-VL on CPU (its processors need torchvision, unusable beside the CPU torch), so the model here is
 the tiny *text-only* Qwen2 of :mod:`agents.tiny_text_model`, and the policy takes the explicit text-only path:
 ``context_images=0`` replaces every image of the suite by a text note; without it an image is a clear error.
 

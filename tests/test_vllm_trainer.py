@@ -1,6 +1,6 @@
 """The trainer's vLLM backend on vLLM's real engine, on CPU (``make test-vllm`` runs these in ``.venv-vllm``).
 
-vLLM cannot run the tiny Qwen2.5-VL on CPU (its processors need torchvision, see pitfalls), so the model is the
+vLLM cannot run the tiny Qwen2.5-VL on CPU (its processors need torchvision, unusable beside the CPU torch), so the model is the
 tiny text-only Qwen2 of :mod:`agents.tiny_text_model`, its weights held by a Hugging Face model as the trainer
 holds them: token prompts in, sampled ids and log-probs out; the log-probs are those the trainer recomputes;
 weights changed on the trainer's side reach the engine through :meth:`VLLMBackend.sync_weights`.

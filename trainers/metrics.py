@@ -163,7 +163,7 @@ class CollapseAlarm:
     """Warns when a per-episode interaction metric falls well below its early level: interaction collapse.
 
     Under an outcome-only reward, tool-using vision models learn to call tools less and less until they answer
-    directly (mechanisms.md §1: tool calls per episode are the primary health signal of a run). The early level
+    directly (PyVision-RL: tool calls per episode are the primary health signal of a run). The early level
     is the mean of the first ``window`` values of ``key``; once ``2 * window`` values were seen, :meth:`update`
     returns a warning when the mean of the last ``window`` values is below ``ratio`` × the early level. It
     fires once, then stays silent until the level recovers to the threshold, after which it may fire again.
