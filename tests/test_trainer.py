@@ -21,7 +21,7 @@ from agents.tiny_model import make_tiny_model
 from pyvision_env.messages import ImagePart, Message, TextPart
 from trainers.backends import HFBackend, PixelCache
 from trainers.checkpoint import latest_checkpoint
-from trainers.config import ConfigError, GRPOConfig, ModelConfig, SFTConfig, load_config
+from trainers.config import ConfigError, GRPOConfig, ModelConfig, SFTConfig, load_config, to_dict
 from trainers.demo import tokenizer_corpus
 from trainers.grpo import GRPOTrainer, TaskSampler
 from trainers.modeling import load_policy
@@ -77,6 +77,11 @@ def test_config_reads_yaml_with_overrides_and_refuses_bad_settings(tmp_path):
         load_config(GRPOConfig, overrides=["steps"])
     with pytest.raises(ConfigError, match="pool: pool backend must be one of"):
         load_config(GRPOConfig, overrides=["pool.backend=spark"])
+    with pytest.raises(ConfigError, match="ofr.exhaustion must be one of 'raise', 'partial', 'backfill'"):
+        load_config(GRPOConfig, overrides=["ofr.exhaustion=retry"])
+    written = tmp_path / "config.json"  # what a run writes in its folder reads back as the same settings
+    written.write_text(json.dumps(to_dict(config)))
+    assert load_config(GRPOConfig, written) == config
 
 
 def test_task_sampler_covers_every_task_each_epoch_and_resumes():

@@ -302,8 +302,24 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """The config as plain data (what :func:`load_config` reads back)."""
-    return dataclasses.asdict(config)
+    """The config as plain data (what :func:`load_config` reads back). Settings only Python can give — functions,
+    such as ``ofr.rank_key`` — are left out.
+
+    >>> "rank_key" in to_dict(GRPOConfig())["ofr"], to_dict(GRPOConfig())["ofr"]["target_size"]
+    (False, 32)
+    """
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items() if not _python_only(item)}
+        if isinstance(value, (list, tuple)):
+            return [plain(item) for item in value]
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def _python_only(value: Any) -> bool:
+    return callable(value) or (isinstance(value, (list, tuple)) and any(callable(item) for item in value))
 
 
 def describe(cls: type, prefix: str = "") -> list[str]:
