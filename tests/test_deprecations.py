@@ -61,3 +61,18 @@ def test_moved_modules_still_import(old, new, name):
     with pytest.warns(DeprecationWarning, match=f"module {old} moved to {new}"):
         module = importlib.import_module(old)
     assert getattr(module, name) is getattr(importlib.import_module(new.split(" and ")[-1]), name)
+
+
+def test_the_old_environment_variable_sizes_the_default_engine(monkeypatch):
+    from pyvision_env.execution import default_engine, set_default_engine
+
+    monkeypatch.delenv("PYVISION_SPARE_KERNELS", raising=False)
+    monkeypatch.setenv("PYVISION_POOL_SIZE", "0")
+    previous = set_default_engine(None)
+    try:
+        with pytest.warns(DeprecationWarning, match=r"\$PYVISION_SPARE_KERNELS"):
+            engine = default_engine()
+        assert engine._async._spare_kernels == 0
+        engine.close()
+    finally:
+        set_default_engine(previous)

@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 import zmq.asyncio
 from PIL import Image
 
-from ..deprecation import renamed_keywords
+from ..deprecation import REMOVED_IN, renamed_keywords
 from ..video import reader as video_reader
 from ..video.reader import VideoOptions
 from .kernel import Kernel, KernelDiedError
@@ -572,7 +572,12 @@ def default_engine() -> Engine:
     global _default_engine
     with _default_lock:
         if _default_engine is None or _default_engine.closed:
-            _default_engine = Engine(spare_kernels=int(os.environ.get("PYVISION_SPARE_KERNELS", "2")))
+            spares = os.environ.get("PYVISION_SPARE_KERNELS")
+            if spares is None and "PYVISION_POOL_SIZE" in os.environ:
+                warnings.warn(f"$PYVISION_POOL_SIZE is deprecated and goes in {REMOVED_IN}; set "
+                              "$PYVISION_SPARE_KERNELS", DeprecationWarning, stacklevel=2)
+                spares = os.environ["PYVISION_POOL_SIZE"]
+            _default_engine = Engine(spare_kernels=int(spares or 2))
             atexit.register(_close_at_exit, _default_engine, os.getpid())
         return _default_engine
 
