@@ -38,13 +38,13 @@ ENV_METRICS = {
 NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?( \S+)?$")
 
 
-def _check_report(out: Path, name: str, value_key: str, header: list[str], expected: set[str]) -> dict:
+def _check_report(out: Path, name: str, header: list[str], expected: set[str]) -> dict:
     """``<name>.json`` has the expected metrics with finite values, and ``<name>.md`` a matching table."""
     report = json.loads((out / f"{name}.json").read_text())
     metrics = {m["id"]: m for m in report["metrics"]}
     assert set(metrics) >= expected, expected - set(metrics)
     for key, metric in metrics.items():
-        assert math.isfinite(metric[value_key]) and metric[value_key] >= 0, key
+        assert math.isfinite(metric["value"]) and metric["value"] >= 0, key
         if metric["reference"] is not None:
             assert math.isfinite(metric["reference"]) and metric["reference"] >= 0, key
 
@@ -82,16 +82,16 @@ def test_quick_benchmark_writes_complete_reports(tmp_path):
                  "env.png"):
         assert (tmp_path / name).stat().st_size > 0, name
 
-    report = _check_report(tmp_path, "engine", "engine", ["metric", "engine", "reference", "ratio/overhead",
-                                                          "target", "pass/fail"], ENGINE_METRICS)
+    report = _check_report(tmp_path, "engine", ["metric", "engine", "reference", "ratio/overhead", "target",
+                                                "pass/fail"], ENGINE_METRICS)
     assert report["machine"]["cpu_count"] >= 1 and report["machine"]["versions"]["ipykernel"]
     assert report["engine_status"]["isolation"] in ("bubblewrap", "none")
     assert len([m for m in report["metrics"] if m["id"].startswith("throughput_c")]) >= 2
     assert len(report["raw"]["round_trip"]["engine"]) == len(report["raw"]["round_trip"]["reference"]) > 0
     assert "| metric | engine | reference |" in done.stdout  # the table went to stdout too
 
-    report = _check_report(tmp_path, "env", "value", ["metric", "env", "bare engine", "overhead", "target",
-                                                      "pass/fail"], ENV_METRICS)
+    report = _check_report(tmp_path, "env", ["metric", "env", "bare engine", "overhead", "target", "pass/fail"],
+                           ENV_METRICS)
     ids = {m["id"] for m in report["metrics"]}
     levels = {key.removeprefix("vector_steps_per_s_n") for key in ids if key.startswith("vector_steps_per_s_n")}
     assert len(levels) >= 2 and {f"vector_step_p50_n{level}" for level in levels} <= ids
@@ -163,7 +163,7 @@ def test_cluster_benchmark_report(tmp_path):
 
 
 def test_the_collected_report_has_the_machine_each_table_its_plots_and_failures(tmp_path):
-    from benchmarks.__main__ import Section, write_report
+    from benchmarks.performance.__main__ import Section, write_report
 
     (tmp_path / "ofr.png").write_bytes(b"png")
     (tmp_path / "other.png").write_bytes(b"png")

@@ -77,7 +77,7 @@ def test_config_reads_yaml_with_overrides_and_refuses_bad_settings(tmp_path):
         load_config(GRPOConfig, overrides=["steps"])
     with pytest.raises(ConfigError, match="pool: pool backend must be one of"):
         load_config(GRPOConfig, overrides=["pool.backend=spark"])
-    with pytest.raises(ConfigError, match="ofr.exhaustion must be one of 'raise', 'partial', 'backfill'"):
+    with pytest.raises(ConfigError, match=r"ofr\.exhaustion must be one of 'raise', 'partial', 'backfill'"):
         load_config(GRPOConfig, overrides=["ofr.exhaustion=retry"])
     written = tmp_path / "config.json"  # what a run writes in its folder reads back as the same settings
     written.write_text(json.dumps(to_dict(config)))

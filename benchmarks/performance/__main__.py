@@ -16,13 +16,17 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-BENCHMARKS = {
-    "cluster": "benchmarks.cluster",
-    "engine": "benchmarks.engine",
-    "env": "benchmarks.env",
-    "ofr": "benchmarks.ofr",
-    "trainer": "benchmarks.trainer",
-    "video": "benchmarks.video",
+from pyvision_env.reporting import markdown_table
+
+from .report import machine_description
+
+PERFORMANCE_BENCHMARKS = {
+    "cluster": "benchmarks.performance.cluster",
+    "engine": "benchmarks.performance.engine",
+    "env": "benchmarks.performance.env",
+    "ofr": "benchmarks.performance.ofr",
+    "trainer": "benchmarks.performance.trainer",
+    "video": "benchmarks.performance.video",
 }
 """Benchmark name -> module with ``NAME``, ``DESCRIPTION`` and ``run(out_dir, quick) -> str``."""
 
@@ -33,17 +37,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="fewer repetitions and shorter runs (for tests and CI; well under a minute)")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), metavar="DIR",
                         help="directory for the reports (default: bench-results/)")
-    parser.add_argument("--only", choices=sorted(BENCHMARKS), metavar="NAME",
-                        help=f"run one benchmark only: {', '.join(sorted(BENCHMARKS))}")
+    parser.add_argument("--only", choices=sorted(PERFORMANCE_BENCHMARKS), metavar="NAME",
+                        help=f"run one benchmark only: {', '.join(sorted(PERFORMANCE_BENCHMARKS))}")
     args = parser.parse_args(argv)
 
-    names = [args.only] if args.only else list(BENCHMARKS)
+    names = [args.only] if args.only else list(PERFORMANCE_BENCHMARKS)
     args.out.mkdir(parents=True, exist_ok=True)
     failed = []
     sections: list[Section] = []
     started = time.perf_counter()
     for name in names:
-        module = importlib.import_module(BENCHMARKS[name])
+        module = importlib.import_module(PERFORMANCE_BENCHMARKS[name])
         print(f"## {name}: {module.DESCRIPTION}\n", flush=True)
         began = time.perf_counter()
         try:
@@ -70,10 +74,13 @@ class Section:
     seconds: float
 
 
+MACHINE_COLUMNS = [("cpu_model", "CPU", "{}"), ("cores", "logical (physical) cores", "{}"),
+                   ("ram_gib", "RAM", "{:.0f} GiB"), ("gpu", "GPU", "{}"), ("platform", "platform", "{}"),
+                   ("python", "Python", "{}"), ("torch", "torch", "{}")]
+
+
 def write_report(out: Path, sections: list[Section], failed: list[str], *, quick: bool, duration: float) -> Path:
     """``out/report.md``: the machine, then each benchmark's table with the plots it wrote (``<name>*.png``)."""
-    from .engine import machine_description
-
     machine = machine_description()
     gpu = "none"
     try:
@@ -87,10 +94,8 @@ def write_report(out: Path, sections: list[Section], failed: list[str], *, quick
     lines = ["# PyVision-RL performance report", "",
              f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {'quick' if quick else 'full'} mode, {duration:.0f} s in all. "
              "Every ratio compares figures measured side by side in this run.", "", "## Machine", "",
-             "| CPU | logical (physical) cores | RAM | GPU | platform | Python | torch |",
-             "|---|---|---|---|---|---|---|",
-             f"| {machine['cpu_model']} | {machine['cpu_count']} ({machine['cpu_count_physical']}) | "
-             f"{machine['ram_gib']:.0f} GiB | {gpu} | {machine['platform']} | {machine['python']} | {torch_version} |"]
+             markdown_table([{**machine, "cores": f"{machine['cpu_count']} ({machine['cpu_count_physical']})",
+                              "gpu": gpu, "torch": torch_version}], MACHINE_COLUMNS)]
     for section in sections:
         lines += ["", f"## {section.name}: {section.description}", "", section.markdown.strip(), "",
                   f"({section.seconds:.0f} s; details in `{section.name}.md` and `{section.name}.json`)"]

@@ -15,24 +15,34 @@ arithmetic for larger clusters.
 from __future__ import annotations
 
 import io
-import json
 import math
 import pickle
-import sys
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from pyvision_env.execution import Engine, WeakIsolationWarning
+from pyvision_env.execution import Engine
 from pyvision_env.pools import LocalEnvPool, PoolConfig
+from pyvision_env.reporting import markdown_table, save_figure
 
-from .engine import BUSY_WARNING_PCT, LoadMonitor, machine_description
-from .env import BENCH_LIMITS, ENV_OPTIONS, _percentile, _tasks, _timed, make_task_images
+from .engine import BENCH_LIMITS
+from .env import ENV_OPTIONS, make_task_images, make_tasks
+from .report import (
+    LoadMonitor,
+    Report,
+    Run,
+    check,
+    load_summary,
+    log,
+    machine_summary,
+    percentile,
+    run_benchmark,
+    timed,
+)
 
 NAME = "cluster"
 DESCRIPTION = "environments on Ray actors vs in this process: vector steps/s by workers, round trip, bytes moved"
@@ -51,39 +61,34 @@ FULL = Settings(envs=16, workers=(1, 2, 4), seconds=10.0, round_trips=60)
 QUICK = Settings(envs=4, workers=(1, 2), seconds=2.0, round_trips=10)
 
 
-def _log(message: str) -> None:
-    print(f"[cluster {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def steps_per_second(envs: Any, seconds: float) -> dict[str, float]:
     """Reset every sub-environment, warm up, then vector-step ``CELL`` for ``seconds``; the env is closed."""
     try:
-        reset_s, _ = _timed(envs.reset, seed=0)
-        actions = [envs.envs[0].protocol.render_action(code=CELL)] * envs.num_envs
+        reset_s, _ = timed(envs.reset, seed=0)
+        actions = [envs.envs[0].unwrapped.protocol.render_action(code=CELL)] * envs.num_envs
         for _ in range(3):  # the first cells open the kernels and are slower
             envs.step(actions)
         latencies = []
         cpu_before = sum(psutil.Process().cpu_times()[:2])
         started = time.perf_counter()
         while time.perf_counter() - started < seconds:
-            elapsed, (*_, infos) = _timed(envs.step, actions)
-            if infos["tool_errors"].any():
-                raise RuntimeError(f"a benchmark cell failed: {infos}")
+            elapsed, (*_, infos) = timed(envs.step, actions)
+            check(not infos["tool_errors"].any(), infos)
             latencies.append(elapsed)
         wall = time.perf_counter() - started
         cpu = sum(psutil.Process().cpu_times()[:2]) - cpu_before
     finally:
         envs.close()
     steps = envs.num_envs * len(latencies)
-    return {"steps_per_s": steps / wall, "vector_step_p50": _percentile(latencies, 50), "reset_s": reset_s,
+    return {"steps_per_s": steps / wall, "vector_step_p50": percentile(latencies, 50), "reset_s": reset_s,
             "driver_cpu_ms_per_step": 1000 * cpu / steps}
 
 
 def round_trips(env: Any, count: int) -> list[float]:
     env.reset(seed=0)
-    action = env.protocol.render_action(code="print(1)")
+    action = env.unwrapped.protocol.render_action(code="print(1)")
     env.step(action)
-    times = [_timed(env.step, action)[0] for _ in range(count)]
+    times = [timed(env.step, action)[0] for _ in range(count)]
     env.close()
     return times
 
@@ -91,7 +96,7 @@ def round_trips(env: Any, count: int) -> list[float]:
 def observation_bytes(env: Any) -> dict[str, int]:
     """Pickled sizes of a reset observation and of a step showing a 512x512 crop, and PNG sizes of the images."""
     observation, _ = env.reset(seed=0)
-    shown, *_ = env.step(env.protocol.render_action(
+    shown, *_ = env.step(env.unwrapped.protocol.render_action(
         code="crop = image_clue_0.crop((0, 0, 512, 512)); display(crop)"))
     env.close()
 
@@ -131,33 +136,33 @@ def ray_process_memory() -> dict[str, float]:
     return {"ray_processes_pss_mib": total}
 
 
-def measure(settings: Settings, monitor: LoadMonitor) -> dict[str, Any]:
+def measure(settings: Settings, monitor: LoadMonitor) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Local arm, then Ray arms; returns the raw figures and the status of the local engine."""
     import ray
 
     from pyvision_env.pools.ray_pool import RayEnvPool
 
     raw: dict[str, Any] = {"ray_version": ray.__version__}
     directory = Path(tempfile.mkdtemp(prefix="pvbench-cluster-"))
-    tasks = _tasks([make_task_images(directory)["png"]])
+    tasks = make_tasks([make_task_images(directory)["png"]])
     cpus = psutil.cpu_count() or 1
-    _log("local vector env")
-    monitor.phases.append((time.perf_counter(), "local vector env"))
+    monitor.phase("local vector env")
     with Engine(limits=BENCH_LIMITS, spare_kernels=2, max_kernels=settings.envs + 4) as engine:
+        status = asdict(engine.status())
         local = LocalEnvPool(engine=engine)
         raw["local"] = steps_per_second(local.vector_env(settings.envs, tasks, **ENV_OPTIONS), settings.seconds)
         raw["local_round_trips"] = round_trips(local.make_env(tasks, **ENV_OPTIONS), settings.round_trips)
         raw["bytes"] = observation_bytes(local.make_env(tasks, **ENV_OPTIONS))
-    _log("starting a local Ray instance")
-    raw["ray_init_s"], _ = _timed(ray.init, address="local", num_cpus=cpus, include_dashboard=False,
+    log(NAME, "starting a local Ray instance")
+    raw["ray_init_s"], _ = timed(ray.init, address="local", num_cpus=cpus, include_dashboard=False,
                                   log_to_driver=False, configure_logging=False)
     try:
         raw["ray"] = {}
         for workers in settings.workers:
-            _log(f"ray pool with {workers} worker(s)")
-            monitor.phases.append((time.perf_counter(), f"ray pool, {workers} workers"))
+            monitor.phase(f"ray pool, {workers} workers")
             config = PoolConfig(backend="ray", workers=workers, envs_per_worker=-(-settings.envs // workers),
                                 cpus_per_worker=cpus / workers / 2, call_timeout=120)
-            start_s, pool = _timed(RayEnvPool, config)
+            start_s, pool = timed(RayEnvPool, config)
             with pool:
                 figures = steps_per_second(pool.vector_env(settings.envs, tasks, **ENV_OPTIONS), settings.seconds)
                 figures["pool_start_s"] = start_s
@@ -168,65 +173,59 @@ def measure(settings: Settings, monitor: LoadMonitor) -> dict[str, Any]:
                 raw["ray"][workers] = figures
     finally:
         ray.shutdown()
-    return raw
+    return raw, status
 
 
-@dataclass(frozen=True)
-class Row:
-    metric: str
-    local: str
-    ray: str
-    ratio: str
-
-
-def build_rows(raw: dict[str, Any], settings: Settings) -> list[Row]:
+def build_rows(raw: dict[str, Any], settings: Settings) -> list[dict[str, str]]:
+    """Table rows: the local figure, the Ray one and how they compare, formatted."""
     local = raw["local"]["steps_per_s"]
-    rows = [Row(f"vector steps/s, {settings.envs} envs, {workers} worker(s)", f"{local:.0f}",
-                f"{figures['steps_per_s']:.0f}", f"×{figures['steps_per_s'] / local:.2f}")
+    rows = [{"metric": f"vector steps/s, {settings.envs} envs, {workers} worker(s)", "local": f"{local:.0f}",
+             "ray": f"{figures['steps_per_s']:.0f}", "ratio": f"×{figures['steps_per_s'] / local:.2f}"}
             for workers, figures in raw["ray"].items()]
-    first = raw["ray"][min(raw["ray"])]
-    rows.append(Row("CPU of this (driving) process per sub-environment step", f"{raw['local']['driver_cpu_ms_per_step']:.2f} ms",
-                    f"{first['driver_cpu_ms_per_step']:.2f} ms",
-                    f"×{first['driver_cpu_ms_per_step'] / raw['local']['driver_cpu_ms_per_step']:.2f}"))
-    here, there = (_percentile(raw[key], 50) * 1000 for key in ("local_round_trips", "ray_round_trips"))
-    rows.append(Row("one env's step round trip (print(1)), p50", f"{here:.1f} ms", f"{there:.1f} ms",
-                    f"+{there - here:.1f} ms"))
+    here_cpu = raw["local"]["driver_cpu_ms_per_step"]
+    there_cpu = raw["ray"][min(raw["ray"])]["driver_cpu_ms_per_step"]
+    rows.append({"metric": "CPU of this (driving) process per sub-environment step", "local": f"{here_cpu:.2f} ms",
+                 "ray": f"{there_cpu:.2f} ms", "ratio": f"×{there_cpu / here_cpu:.2f}"})
+    here, there = (percentile(raw[key], 50) * 1000 for key in ("local_round_trips", "ray_round_trips"))
+    rows.append({"metric": "one env's step round trip (print(1)), p50", "local": f"{here:.1f} ms",
+                 "ray": f"{there:.1f} ms", "ratio": f"+{there - here:.1f} ms"})
     sizes = raw["bytes"]
     for kind, title in (("reset", "reset observation (2000x1500 task image)"), ("step", "step showing a 512x512 crop")):
-        rows.append(Row(f"bytes moved per {title}", f"PNG {sizes[f'{kind}_png'] / 2**10:.0f} KiB",
-                        f"pickled {sizes[f'{kind}_pickle'] / 2**10:.0f} KiB",
-                        f"×{sizes[f'{kind}_pickle'] / max(1, sizes[f'{kind}_png']):.1f}"))
-    rows.append(Row("memory of one idle worker actor (PSS, no kernel)", "—", f"{raw['worker_pss_mib']:.0f} MiB", "—"))
-    rows.append(Row("memory of Ray's own processes on the node (PSS)", "—",
-                    f"{raw['ray_processes_pss_mib']:.0f} MiB", "—"))
+        rows.append({"metric": f"bytes moved per {title}", "local": f"PNG {sizes[f'{kind}_png'] / 2**10:.0f} KiB",
+                     "ray": f"pickled {sizes[f'{kind}_pickle'] / 2**10:.0f} KiB",
+                     "ratio": f"×{sizes[f'{kind}_pickle'] / max(1, sizes[f'{kind}_png']):.1f}"})
+    rows += [{"metric": "memory of one idle worker actor (PSS, no kernel)", "local": "—",
+              "ray": f"{raw['worker_pss_mib']:.0f} MiB", "ratio": "—"},
+             {"metric": "memory of Ray's own processes on the node (PSS)", "local": "—",
+              "ray": f"{raw['ray_processes_pss_mib']:.0f} MiB", "ratio": "—"}]
     return rows
 
 
-def render_markdown(rows: list[Row], raw: dict[str, Any], machine: dict[str, Any], settings: Settings,
-                    duration: float) -> str:
-    lines = ["| metric | local (this process) | Ray actors | ratio |", "|---|---:|---:|---:|"]
-    lines += [f"| {row.metric} | {row.local} | {row.ray} | {row.ratio} |" for row in rows]
+COLUMNS = [("metric", "metric", "{}"), ("local", "local (this process)", "{}"), ("ray", "Ray actors", "{}"),
+           ("ratio", "ratio", "{}")]
+
+
+def render(run: Run) -> Report:
+    """The table of local against Ray figures, and the notes on the machine and the settings."""
+    raw, machine, settings = run.raw, run.machine, run.settings
     notes = [
-        "",
-        f"Machine: {machine['cpu_model']}, {machine['cpu_count']} CPUs, {machine['ram_gib']:.1f} GiB RAM; Ray "
-        f"{raw['ray_version']} (local instance started in {raw['ray_init_s']:.1f} s). Every worker and the local "
-        "engine run on this one machine, so added workers add no cores: the ratios show the cost of the actor "
-        "hop, not a cluster's scaling (docs/scaling.md has the arithmetic for that).",
+        f"Machine: {machine_summary(machine)}; Ray {raw['ray_version']} (local instance started in "
+        f"{raw['ray_init_s']:.1f} s). Every worker and the local engine run on this one machine, so added workers "
+        "add no cores: the ratios show the cost of the actor hop, not a cluster's scaling (docs/scaling.md has "
+        "the arithmetic for that).",
         f"Settings: {settings.envs} sub-environments, {settings.seconds:g} s of steps per arm, workers "
         f"reserving {machine['cpu_count']}/(2·workers) CPUs each; pool start (actors and their engines): "
-        + ", ".join(f"{w} worker(s) {f['pool_start_s']:.1f} s" for w, f in raw["ray"].items()) + f". Total {duration:.0f} s.",
+        + ", ".join(f"{w} worker(s) {f['pool_start_s']:.1f} s" for w, f in raw["ray"].items())
+        + f". Total {run.duration:.0f} s.",
+        load_summary(machine),
         "Driver CPU: user+system time of this process (all its threads) over the timed steps; locally it includes "
         "the environments' own work (the engine runs in this process), through Ray only the proxies' (the first "
         "worker count's arm).",
         "Bytes: an observation goes from worker to driver pickled (PIL images as raw pixels); PNG is what a "
         "compressing transport would send (this run does not compress).",
     ]
-    busy = {name: value for name, value in machine["background_load"]["others_by_phase_pct"].items()
-            if value > BUSY_WARNING_PCT}
-    if busy:
-        where = ", ".join(f"{name} {value:.0f} %" for name, value in busy.items())
-        notes.insert(1, f"**Warning: the machine was not idle — other processes used the CPUs during: {where}.**")
-    return "\n".join(lines + notes) + "\n"
+    rows = build_rows(raw, settings)
+    return Report(markdown_table(rows, COLUMNS), rows, notes)
 
 
 def plot(raw: dict[str, Any], out_dir: Path) -> Path:
@@ -234,8 +233,6 @@ def plot(raw: dict[str, Any], out_dir: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from . import save_figure
 
     fig, axis = plt.subplots(figsize=(6.5, 4))
     workers = sorted(raw["ray"])
@@ -252,20 +249,5 @@ def plot(raw: dict[str, Any], out_dir: Path) -> Path:
 
 def run(out_dir: Path, quick: bool = False) -> str:
     """Measure, write ``cluster.md``, ``cluster.json`` and ``cluster.png`` into ``out_dir``; return the Markdown."""
-    settings = QUICK if quick else FULL
-    out_dir.mkdir(parents=True, exist_ok=True)
-    machine = machine_description()
-    started = time.perf_counter()
-    with warnings.catch_warnings(), LoadMonitor() as monitor:
-        warnings.simplefilter("ignore", WeakIsolationWarning)
-        raw = measure(settings, monitor)
-    duration = time.perf_counter() - started
-    machine["background_load"] = monitor.summary()
-    rows = build_rows(raw, settings)
-    markdown = render_markdown(rows, raw, machine, settings, duration)
-    (out_dir / "cluster.md").write_text(f"# Cluster benchmark\n\n{markdown}")
-    report = {"benchmark": NAME, "quick": quick, "duration_s": duration, "settings": asdict(settings),
-              "machine": machine, "rows": [asdict(row) for row in rows], "raw": raw}
-    (out_dir / "cluster.json").write_text(json.dumps(report, indent=1, default=str))
-    plot(raw, out_dir)
-    return markdown
+    return run_benchmark(out_dir, quick, NAME, "Cluster benchmark", (FULL, QUICK), measure=measure, render=render,
+                         plot=plot)

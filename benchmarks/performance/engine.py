@@ -35,45 +35,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import json
 import math
 import os
-import platform
 import random
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psutil
-import zmq
 import zmq.asyncio
 from jupyter_client.manager import AsyncKernelManager
-from tqdm import tqdm
 
-from pyvision_env.execution import (
-    AsyncEngine,
-    AsyncSession,
-    CellStatus,
-    Engine,
-    ExecutionLimits,
-    Session,
-    WeakIsolationWarning,
-)
+from pyvision_env.execution import AsyncEngine, AsyncSession, CellStatus, Engine, ExecutionLimits, Session
 from pyvision_env.execution.kernel import KERNEL_FLAGS
 from pyvision_env.execution.limits import DEFAULT_PRELOAD, SandboxConfig
+from pyvision_env.reporting import save_figure
 
-from . import save_figure
+from .report import (
+    LoadMonitor,
+    Metric,
+    Report,
+    Run,
+    check,
+    load_summary,
+    machine_summary,
+    percentile,
+    percentile_ms,
+    progress,
+    run_benchmark,
+)
 
 NAME = "engine"
 DESCRIPTION = "sandboxed kernel engine vs a bare jupyter_client kernel"
@@ -99,7 +94,6 @@ ACQUIRE_TARGET_MS = 50.0
 """The issue's target for a pooled acquire at p50 (a cold start is ~500 ms)."""
 OVERHEAD_TARGET_PCT = 10.0
 INTERRUPT_TARGET_MS = 100.0
-BUSY_WARNING_PCT = 10.0
 
 
 @dataclass(frozen=True)
@@ -176,84 +170,6 @@ def _ignore(msg: dict) -> None:
 
 # --- measurements -----------------------------------------------------------------------------------
 
-def _progress(total: int, desc: str) -> tqdm:
-    return tqdm(total=total, desc=f"engine: {desc}", unit="it", leave=False, file=sys.stderr, disable=None,
-                dynamic_ncols=True)
-
-
-def _log(message: str) -> None:
-    print(f"[engine {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def _phase(name: str) -> None:
-    _log(name)
-    if _monitor is not None:
-        _monitor.phases.append((time.perf_counter(), name))
-
-
-class LoadMonitor:
-    """Samples once a second how much of the machine's CPU *other* processes use.
-
-    Other = all busy CPU time of the machine minus that of this process and its descendants (the kernels).
-    Other sessions on a shared machine inflate every figure; the report says when that happened.
-    """
-
-    def __init__(self, interval: float = 1.0) -> None:
-        self.interval = interval
-        self.samples: list[tuple[float, float]] = []
-        """(``perf_counter`` time, others' share of all CPUs in % over the last interval)."""
-        self.phases: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-load-monitor", daemon=True)
-
-    def __enter__(self) -> LoadMonitor:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    @staticmethod
-    def _busy_seconds() -> float:
-        times = psutil.cpu_times()
-        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
-
-    @staticmethod
-    def _own_seconds() -> dict[int, float]:
-        me = psutil.Process()
-        seconds = {}
-        for proc in [me, *me.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                times = proc.cpu_times()
-                seconds[proc.pid] = times.user + times.system
-        return seconds
-
-    def _run(self) -> None:
-        cpus = psutil.cpu_count() or 1
-        last_busy, last_own, last_at = self._busy_seconds(), self._own_seconds(), time.perf_counter()
-        while not self._stop.wait(self.interval):
-            busy, own, now = self._busy_seconds(), self._own_seconds(), time.perf_counter()
-            ours = sum(max(0.0, value - last_own.get(pid, 0.0)) for pid, value in own.items())
-            others = max(0.0, busy - last_busy - ours) / ((now - last_at) * cpus) * 100
-            self.samples.append((now, min(others, 100.0)))
-            last_busy, last_own, last_at = busy, own, now
-
-    def summary(self) -> dict[str, Any]:
-        values = [value for _, value in self.samples]
-        phases = {}
-        bounds = [*self.phases, (math.inf, "")]
-        for (start, name), (end, _) in itertools.pairwise(bounds):
-            inside = [value for at, value in self.samples if start <= at < end]
-            phases[name] = float(np.mean(inside)) if inside else math.nan
-        return {"others_mean_pct": float(np.mean(values)) if values else math.nan,
-                "others_max_pct": max(values) if values else math.nan,
-                "others_by_phase_pct": phases, "samples": self.samples}
-
-
-_monitor: LoadMonitor | None = None
-
-
 async def _cold_start(settings: Settings, context: zmq.asyncio.Context, root: Path) -> dict[str, list[float]]:
     """Engine without a pool: ``open_session()`` starts a kernel in the sandbox and runs the preload."""
     samples: dict[str, list[float]] = {"engine": [], "reference": []}
@@ -282,7 +198,7 @@ async def _cold_start(settings: Settings, context: zmq.asyncio.Context, root: Pa
 async def _acquire(engine: AsyncEngine, count: int) -> list[float]:
     """``open_session()`` with a ready kernel waiting; the pool is refilled before each sample."""
     samples = []
-    with _progress(count, "pooled acquire") as bar:
+    with progress(NAME, count, "pooled acquire") as bar:
         for _ in range(count):
             await engine.warm_up()
             started = time.perf_counter()
@@ -299,7 +215,7 @@ async def _interleave(runners: dict[str, Callable[[], Awaitable[float]]], count:
     """Run each runner ``warmup + count`` times, all of them once per iteration in a shuffled order."""
     rng = random.Random(0)
     names = list(runners)
-    with _progress(warmup + count, desc) as bar:
+    with progress(NAME, warmup + count, desc) as bar:
         for i in range(warmup + count):
             rng.shuffle(names)
             for name in names:
@@ -321,7 +237,7 @@ async def _round_trips(count: int, session: AsyncSession, sync_session: Session,
         result = await session.run(TRIVIAL_CELL)
         elapsed = time.perf_counter() - started
         samples["engine_cpu"].append(time.process_time() - cpu)
-        _check_result(result.ok and result.result == "2", result)
+        check(result.ok and result.result == "2", result)
         samples["engine_internal"].append(result.duration)
         return elapsed
 
@@ -330,7 +246,7 @@ async def _round_trips(count: int, session: AsyncSession, sync_session: Session,
         result = sync_session.run(TRIVIAL_CELL)  # blocks this loop; nothing else is waiting meanwhile
         elapsed = time.perf_counter() - started
         samples["engine_sync_cpu"].append(time.process_time() - cpu)
-        _check_result(result.ok and result.result == "2", result)
+        check(result.ok and result.result == "2", result)
         return elapsed
 
     async def reference_once() -> float:
@@ -338,7 +254,7 @@ async def _round_trips(count: int, session: AsyncSession, sync_session: Session,
         reply = await reference.run(TRIVIAL_CELL)
         elapsed = time.perf_counter() - started
         samples["reference_cpu"].append(time.process_time() - cpu)
-        _check_result(reply.get("status") == "ok", reply)
+        check(reply.get("status") == "ok", reply)
         return elapsed
 
     await _interleave({"engine": engine_once, "engine_sync": sync_once, "reference": reference_once}, count,
@@ -357,7 +273,7 @@ async def _images(count: int, session: AsyncSession, reference: BareKernel) -> d
         started = time.perf_counter()
         result = await session.run(IMAGE_CELL)
         elapsed = time.perf_counter() - started
-        _check_result(result.ok and len(result.images) == 1 and result.images[0].size == (512, 512), result)
+        check(result.ok and len(result.images) == 1 and result.images[0].size == (512, 512), result)
         return elapsed
 
     async def reference_once() -> float:
@@ -371,7 +287,7 @@ async def _images(count: int, session: AsyncSession, reference: BareKernel) -> d
         started = time.perf_counter()
         reply = await reference.run(IMAGE_CELL, hook)
         samples["reference_until_idle"].append(time.perf_counter() - started)
-        _check_result(reply.get("status") == "ok" and bool(arrived), reply)
+        check(reply.get("status") == "ok" and bool(arrived), reply)
         return arrived[0] - started
 
     await _interleave({"engine": engine_once, "reference": reference_once}, count, samples, "image round trips",
@@ -406,7 +322,7 @@ async def _interrupts(settings: Settings, session: AsyncSession,
             started = time.perf_counter()
             result = await session.run(code)
             ended = time.perf_counter()
-            _check_result(result.status is CellStatus.TIMEOUT and not result.state_lost and bool(sent), result)
+            check(result.status is CellStatus.TIMEOUT and not result.state_lost and bool(sent), result)
             samples["engine_from_deadline"].append(ended - started - INTERRUPT_AFTER)
             return ended - sent[-1]
 
@@ -417,7 +333,7 @@ async def _interrupts(settings: Settings, session: AsyncSession,
             await reference.manager.interrupt_kernel()
             reply = await task
             elapsed = time.perf_counter() - started
-            _check_result(reply.get("ename") == "KeyboardInterrupt", reply)
+            check(reply.get("ename") == "KeyboardInterrupt", reply)
             return elapsed
 
         async def reference_message_once(code: str = code) -> float:
@@ -429,7 +345,7 @@ async def _interrupts(settings: Settings, session: AsyncSession,
             client.control_channel.send(client.session.msg("interrupt_request", {}))
             reply = await task
             elapsed = time.perf_counter() - started
-            _check_result(reply.get("ename") == "KeyboardInterrupt", reply)
+            check(reply.get("ename") == "KeyboardInterrupt", reply)
             return elapsed
 
         await _interleave({"engine": engine_once, "reference": reference_once,
@@ -438,7 +354,8 @@ async def _interrupts(settings: Settings, session: AsyncSession,
     return results
 
 
-async def _throughput(settings: Settings, context: zmq.asyncio.Context, root: Path) -> dict[str, Any]:
+async def _throughput(settings: Settings, context: zmq.asyncio.Context, root: Path,
+                      monitor: LoadMonitor) -> dict[str, Any]:
     """Start the most kernels needed at once (engine and reference), then run each concurrency level."""
     most = max(settings.concurrency)
     out: dict[str, Any] = {"levels": {}, "start_all": {}, "memory": {}}
@@ -447,18 +364,19 @@ async def _throughput(settings: Settings, context: zmq.asyncio.Context, root: Pa
         references: list[BareKernel] = []
         try:
             sessions = await _start_all(f"{most} engine sessions", AsyncSession,
-                                        [engine.open_session() for _ in range(most)], out["start_all"], "engine")
+                                        [engine.open_session() for _ in range(most)], out["start_all"], "engine",
+                                        monitor)
             references = await _start_all(f"{most} reference kernels", BareKernel,
                                           [BareKernel.start(context, root) for _ in range(most)],
-                                          out["start_all"], "reference")
+                                          out["start_all"], "reference", monitor)
 
-            _phase(f"throughput at {', '.join(map(str, settings.concurrency))} concurrent kernels")
+            monitor.phase(f"throughput at {', '.join(map(str, settings.concurrency))} concurrent kernels")
             engine_cell = [_engine_cell(s) for s in sessions]
             reference_cell = [_reference_cell(k) for k in references]
             for cells in (engine_cell, reference_cell):  # first cells of a fresh kernel are slower
                 for _ in range(3):
                     await asyncio.gather(*(cell() for cell in cells))
-            with _progress(len(settings.concurrency) * 2, "throughput") as bar:
+            with progress(NAME, len(settings.concurrency) * 2, "throughput") as bar:
                 for i, level in enumerate(settings.concurrency):
                     pair = [("engine", engine_cell), ("reference", reference_cell)]
                     for name, cells in (pair if i % 2 == 0 else pair[::-1]):
@@ -466,7 +384,7 @@ async def _throughput(settings: Settings, context: zmq.asyncio.Context, root: Pa
                             cells[:level], settings.throughput_seconds)
                         bar.update()
 
-            _phase("measuring memory of the kernels")
+            monitor.phase("measuring memory of the kernels")
             out["memory"]["engine"] = [_tree_memory(s.kernel_pid) for s in sessions if s.kernel_pid]
             out["memory"]["reference"] = [_tree_memory(k.pid) for k in references]
             with_imports = references[:settings.preload_memory_kernels]
@@ -479,9 +397,10 @@ async def _throughput(settings: Settings, context: zmq.asyncio.Context, root: Pa
     return out
 
 
-async def _start_all(what: str, kind: type, starts: list[Awaitable], timings: dict, side: str) -> list:
+async def _start_all(what: str, kind: type, starts: list[Awaitable], timings: dict, side: str,
+                     monitor: LoadMonitor) -> list:
     """Start everything in ``starts`` at once, record the wall time under ``timings[side]``; raise if any failed."""
-    _phase(f"starting {what} at once")
+    monitor.phase(f"starting {what} at once")
     began = time.perf_counter()
     results = await asyncio.gather(*starts, return_exceptions=True)
     timings[side] = time.perf_counter() - began
@@ -495,14 +414,14 @@ async def _start_all(what: str, kind: type, starts: list[Awaitable], timings: di
 def _engine_cell(session: AsyncSession) -> Callable[[], Awaitable[None]]:
     async def cell() -> None:
         result = await session.run(TRIVIAL_CELL)
-        _check_result(result.ok, result)
+        check(result.ok, result)
     return cell
 
 
 def _reference_cell(kernel: BareKernel) -> Callable[[], Awaitable[None]]:
     async def cell() -> None:
         reply = await kernel.run(TRIVIAL_CELL)
-        _check_result(reply.get("status") == "ok", reply)
+        check(reply.get("status") == "ok", reply)
     return cell
 
 
@@ -524,7 +443,7 @@ async def _run_concurrently(cells: Sequence[Callable[[], Awaitable[None]]], seco
     counts = await asyncio.gather(*(loop(cell) for cell in cells))
     elapsed = time.perf_counter() - started
     return {"kernels": len(cells), "cells": sum(counts), "elapsed": elapsed, "cells_per_s": sum(counts) / elapsed,
-            "latency_p50": _percentile(latencies, 50), "latency_p99": _percentile(latencies, 99)}
+            "latency_p50": percentile(latencies, 50), "latency_p99": percentile(latencies, 99)}
 
 
 def _tree_memory(pid: int) -> dict[str, float]:
@@ -543,22 +462,17 @@ def _tree_memory(pid: int) -> dict[str, float]:
     return totals
 
 
-def _check_result(ok: bool, what: object) -> None:
-    if not ok:
-        raise RuntimeError(f"unexpected result during the benchmark: {what!r}")
-
-
-async def _measure(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
+async def _measure(settings: Settings, monitor: LoadMonitor) -> tuple[dict[str, Any], dict[str, Any]]:
     """All measurements; returns the raw samples and the engine's status."""
     raw: dict[str, Any] = {}
     root = Path(tempfile.mkdtemp(prefix="pvbench-"))  # short: IPC socket paths must stay under 108 bytes
     context = zmq.asyncio.Context()
     try:
-        _phase("cold start")
+        monitor.phase("cold start")
         raw["cold_start"] = await _cold_start(settings, context, root)
         async with AsyncEngine(limits=BENCH_LIMITS, spare_kernels=1) as engine:
             status = asdict(engine.status())
-            _phase("pooled acquire")
+            monitor.phase("pooled acquire")
             await engine.warm_up()
             raw["acquire"] = await _acquire(engine, settings.acquires)
 
@@ -568,13 +482,13 @@ async def _measure(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
             try:
                 sync_session = await asyncio.to_thread(sync_engine.session)
                 await engine.warm_up()  # the pool refills after the acquire: let it finish first
-                _phase("trivial-cell round trips")
+                monitor.phase("trivial-cell round trips")
                 raw["round_trip"] = await _round_trips(settings.round_trips, session, sync_session, reference)
                 await asyncio.to_thread(sync_session.close)
-                _phase("image round trips")
+                monitor.phase("image round trips")
                 raw["image"] = await _images(settings.images, session, reference)
                 await session.close()
-                _phase("interrupts")
+                monitor.phase("interrupts")
                 interrupt_session = await engine.open_session(
                     limits=BENCH_LIMITS.replace(cell_timeout=INTERRUPT_AFTER))
                 await engine.warm_up()
@@ -585,8 +499,8 @@ async def _measure(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
             finally:
                 await reference.close()
                 await asyncio.to_thread(sync_engine.close)
-        _phase("throughput and memory")
-        raw["throughput"] = await _throughput(settings, context, root)
+        monitor.phase("throughput and memory")
+        raw["throughput"] = await _throughput(settings, context, root, monitor)
     finally:
         context.destroy(linger=0)
         shutil.rmtree(root, ignore_errors=True)
@@ -595,115 +509,71 @@ async def _measure(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
 
 # --- report -----------------------------------------------------------------------------------------
 
-@dataclass
-class Row:
-    """One line of the report table. Values are in ``unit``; ``None`` where not applicable."""
-
-    id: str
-    metric: str
-    unit: str
-    engine: float
-    reference: float | None
-    comparison: str
-    """``overhead`` (engine vs reference in %, for times), ``ratio`` (engine / reference) or ``""``."""
-    target: str = ""
-    passed: bool | None = None
-
-    def cells(self) -> list[str]:
-        reference = "—" if self.reference is None else _fmt(self.reference, self.unit)
-        if self.reference is None or not self.reference or self.comparison == "":
-            compared = "—"
-        elif self.comparison == "overhead":
-            compared = f"{(self.engine / self.reference - 1) * 100:+.1f} %"
-        else:
-            compared = f"×{self.engine / self.reference:.2f}"
-        verdict = "info" if self.passed is None else ("pass" if self.passed else "FAIL")
-        return [self.metric, _fmt(self.engine, self.unit), reference, compared, self.target or "—", verdict]
-
-
-def _fmt(value: float, unit: str) -> str:
-    if unit == "s":
-        return f"{value:.3f} s"
-    if unit == "ms":
-        return f"{value:.2f} ms" if value < 100 else f"{value:.1f} ms"
-    if unit == "µs":
-        return f"{value:.0f} µs"
-    if unit == "MiB":
-        return f"{value:.1f} MiB"
-    if unit == "cells/s":
-        return f"{value:.0f} cells/s"
-    return f"{value:.4g} {unit}"
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else math.nan
-
-
-def _ms(values: Sequence[float], q: float) -> float:
-    return _percentile(values, q) * 1000
-
-
-def build_rows(raw: dict[str, Any]) -> list[Row]:
-    rows: list[Row] = []
+def build_rows(raw: dict[str, Any]) -> list[Metric]:
+    ms = percentile_ms
     cold = raw["cold_start"]
-    rows.append(Row("cold_start", "cold start to ready session, p50", "s", _percentile(cold["engine"], 50),
-                    _percentile(cold["reference"], 50), "ratio"))
-    acquire_p50 = _ms(raw["acquire"], 50)
-    rows.append(Row("acquire_p50", "pooled acquire (open_session), p50", "ms", acquire_p50, None, "",
-                    f"<= {ACQUIRE_TARGET_MS:g} ms", acquire_p50 <= ACQUIRE_TARGET_MS))
-    rows.append(Row("acquire_p99", "pooled acquire (open_session), p99", "ms", _ms(raw["acquire"], 99), None, ""))
+    acquire_p50 = ms(raw["acquire"], 50)
+    rows = [Metric("cold_start", "cold start to ready session, p50", "s", percentile(cold["engine"], 50),
+                   percentile(cold["reference"], 50), "ratio"),
+            Metric("acquire_p50", "pooled acquire (open_session), p50", "ms", acquire_p50, None, "",
+                   f"<= {ACQUIRE_TARGET_MS:g} ms", acquire_p50 <= ACQUIRE_TARGET_MS),
+            Metric("acquire_p99", "pooled acquire (open_session), p99", "ms", ms(raw["acquire"], 99), None, "")]
 
     trips = raw["round_trip"]
-    ref50, ref99 = _ms(trips["reference"], 50), _ms(trips["reference"], 99)
-    eng50 = _ms(trips["engine"], 50)
-    rows.append(Row("round_trip_p50", "trivial cell round trip (AsyncSession), p50", "ms", eng50, ref50,
-                    "overhead", f"<= +{OVERHEAD_TARGET_PCT:g} %", eng50 <= ref50 * (1 + OVERHEAD_TARGET_PCT / 100)))
-    rows.append(Row("round_trip_p99", "trivial cell round trip (AsyncSession), p99", "ms",
-                    _ms(trips["engine"], 99), ref99, "overhead"))
-    rows.append(Row("round_trip_sync_p50", "trivial cell round trip (sync Session), p50", "ms",
-                    _ms(trips["engine_sync"], 50), ref50, "overhead"))
-    rows.append(Row("round_trip_sync_p99", "trivial cell round trip (sync Session), p99", "ms",
-                    _ms(trips["engine_sync"], 99), ref99, "overhead"))
-    rows.append(Row("parent_cpu_p50", "CPU time of this process per trivial cell (AsyncSession), p50", "µs",
-                    _percentile(trips["engine_cpu"], 50) * 1e6, _percentile(trips["reference_cpu"], 50) * 1e6,
-                    "overhead"))
-
-    image = raw["image"]
-    rows.append(Row("image_p50", "512x512 image displayed and received, p50", "ms", _ms(image["engine"], 50),
-                    _ms(image["reference"], 50), "overhead"))
+    ref50, ref99 = ms(trips["reference"], 50), ms(trips["reference"], 99)
+    eng50 = ms(trips["engine"], 50)
+    rows += [
+        Metric("round_trip_p50", "trivial cell round trip (AsyncSession), p50", "ms", eng50, ref50, "overhead",
+               f"<= +{OVERHEAD_TARGET_PCT:g} %", eng50 <= ref50 * (1 + OVERHEAD_TARGET_PCT / 100)),
+        Metric("round_trip_p99", "trivial cell round trip (AsyncSession), p99", "ms", ms(trips["engine"], 99),
+               ref99, "overhead"),
+        Metric("round_trip_sync_p50", "trivial cell round trip (sync Session), p50", "ms",
+               ms(trips["engine_sync"], 50), ref50, "overhead"),
+        Metric("round_trip_sync_p99", "trivial cell round trip (sync Session), p99", "ms",
+               ms(trips["engine_sync"], 99), ref99, "overhead"),
+        Metric("parent_cpu_p50", "CPU time of this process per trivial cell (AsyncSession), p50", "µs",
+               percentile(trips["engine_cpu"], 50) * 1e6, percentile(trips["reference_cpu"], 50) * 1e6,
+               "overhead"),
+        Metric("image_p50", "512x512 image displayed and received, p50", "ms", ms(raw["image"]["engine"], 50),
+               ms(raw["image"]["reference"], 50), "overhead"),
+    ]
 
     python_loop, numpy_loop = raw["interrupt"]["python"], raw["interrupt"]["numpy"]
-    intr50 = _ms(python_loop["engine"], 50)
-    rows.append(Row("interrupt_python_p50", "interrupt to responsive, Python loop, p50", "ms", intr50,
-                    _ms(python_loop["reference"], 50), "overhead", f"<= {INTERRUPT_TARGET_MS:g} ms",
-                    intr50 <= INTERRUPT_TARGET_MS))
-    rows.append(Row("interrupt_python_max", "interrupt to responsive, Python loop, max", "ms",
-                    max(python_loop["engine"]) * 1000, max(python_loop["reference"]) * 1000, "overhead"))
-    rows.append(Row("interrupt_python_message_p50", "interrupt to responsive, Python loop, p50 (vs reference by control message)",
-                    "ms", intr50, _ms(python_loop["reference_message"], 50), "overhead"))
-    rows.append(Row("deadline_python_p50", "cell deadline to result, Python loop, p50", "ms",
-                    _ms(python_loop["engine_from_deadline"], 50), None, ""))
-    rows.append(Row("interrupt_numpy_p50", "interrupt to responsive, numpy C loop, p50", "ms",
-                    _ms(numpy_loop["engine"], 50), _ms(numpy_loop["reference"], 50), "overhead"))
-    rows.append(Row("interrupt_numpy_message_p50", "interrupt to responsive, numpy C loop, p50 (vs reference by control message)",
-                    "ms", _ms(numpy_loop["engine"], 50), _ms(numpy_loop["reference_message"], 50), "overhead"))
+    intr50 = ms(python_loop["engine"], 50)
+    rows += [
+        Metric("interrupt_python_p50", "interrupt to responsive, Python loop, p50", "ms", intr50,
+               ms(python_loop["reference"], 50), "overhead", f"<= {INTERRUPT_TARGET_MS:g} ms",
+               intr50 <= INTERRUPT_TARGET_MS),
+        Metric("interrupt_python_max", "interrupt to responsive, Python loop, max", "ms",
+               max(python_loop["engine"]) * 1000, max(python_loop["reference"]) * 1000, "overhead"),
+        Metric("interrupt_python_message_p50",
+               "interrupt to responsive, Python loop, p50 (vs reference by control message)", "ms", intr50,
+               ms(python_loop["reference_message"], 50), "overhead"),
+        Metric("deadline_python_p50", "cell deadline to result, Python loop, p50", "ms",
+               ms(python_loop["engine_from_deadline"], 50), None, ""),
+        Metric("interrupt_numpy_p50", "interrupt to responsive, numpy C loop, p50", "ms",
+               ms(numpy_loop["engine"], 50), ms(numpy_loop["reference"], 50), "overhead"),
+        Metric("interrupt_numpy_message_p50",
+               "interrupt to responsive, numpy C loop, p50 (vs reference by control message)", "ms",
+               ms(numpy_loop["engine"], 50), ms(numpy_loop["reference_message"], 50), "overhead"),
+    ]
 
     throughput = raw["throughput"]
     for level, engine_level in throughput["levels"]["engine"].items():
         reference_level = throughput["levels"]["reference"][level]
         noun = "kernel" if level == 1 else "kernels"
-        rows.append(Row(f"throughput_c{level}", f"throughput, {level} concurrent {noun}", "cells/s",
-                        engine_level["cells_per_s"], reference_level["cells_per_s"], "ratio"))
+        rows.append(Metric(f"throughput_c{level}", f"throughput, {level} concurrent {noun}", "cells/s",
+                           engine_level["cells_per_s"], reference_level["cells_per_s"], "ratio"))
     most = max(throughput["levels"]["engine"])
-    rows.append(Row("start_all", f"{most} kernels started at once", "s", throughput["start_all"]["engine"],
-                    throughput["start_all"]["reference"], "ratio"))
+    rows.append(Metric("start_all", f"{most} kernels started at once", "s", throughput["start_all"]["engine"],
+                       throughput["start_all"]["reference"], "ratio"))
 
     memory = throughput["memory"]
     engine_pss = _mean_mib(memory["engine"], "pss")
-    rows.append(Row("memory_pss", "memory per kernel (PSS), vs bare kernel", "MiB", engine_pss,
-                    _mean_mib(memory["reference"], "pss"), "ratio"))
-    rows.append(Row("memory_pss_same_imports", "memory per kernel (PSS), vs bare + same imports", "MiB",
-                    engine_pss, _mean_mib(memory["reference_with_imports"], "pss"), "ratio"))
+    rows += [Metric("memory_pss", "memory per kernel (PSS), vs bare kernel", "MiB", engine_pss,
+                    _mean_mib(memory["reference"], "pss"), "ratio"),
+             Metric("memory_pss_same_imports", "memory per kernel (PSS), vs bare + same imports", "MiB",
+                    engine_pss, _mean_mib(memory["reference_with_imports"], "pss"), "ratio")]
     return rows
 
 
@@ -711,35 +581,27 @@ def _mean_mib(samples: list[dict[str, float]], key: str) -> float:
     return float(np.mean([s[key] for s in samples])) / (1 << 20) if samples else math.nan
 
 
-def render_markdown(rows: list[Row], machine: dict[str, Any], status: dict[str, Any], settings: Settings,
-                    raw: dict[str, Any], quick: bool, duration: float) -> str:
-    header = ["metric", "engine", "reference", "ratio/overhead", "target", "pass/fail"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+def render(run: Run) -> Report:
+    """The metrics table and the notes on the machine, the engine and how each figure was taken."""
+    raw, machine, settings, status = run.raw, run.machine, run.settings, run.engine_status
     trips = raw["round_trip"]
     paired = np.median(np.asarray(trips["engine"]) - np.asarray(trips["reference"])) * 1e6
     paired_sync = np.median(np.asarray(trips["engine_sync"]) - np.asarray(trips["reference"])) * 1e6
-    internal = _ms(trips["engine_internal"], 50)
+    internal = percentile_ms(trips["engine_internal"], 50)
     png_kib = float(np.mean(raw["image"]["png_bytes"])) / 1024 if raw["image"]["png_bytes"] else math.nan
-    background = machine["background_load"]
     memory = raw["throughput"]["memory"]
     counts = (f"{settings.cold_starts} cold starts, {settings.acquires} acquires, {settings.round_trips} round "
               f"trips per side, {settings.images} images, {settings.interrupts}+{settings.numpy_interrupts} "
               f"interrupts, {settings.throughput_seconds:g} s per concurrency level")
     notes = [
-        "",
-        f"Machine: {machine['cpu_model']}, {machine['cpu_count']} CPUs, {machine['ram_gib']:.1f} GiB RAM, "
-        f"{machine['platform']}; Python {machine['python']}, ipykernel {machine['versions']['ipykernel']}, "
-        f"jupyter_client {machine['versions']['jupyter_client']}, pyzmq {machine['versions']['pyzmq']} "
-        f"(libzmq {machine['libzmq']}).",
+        f"Machine: {machine_summary(machine)}, {machine['platform']}; Python {machine['python']}, ipykernel "
+        f"{machine['versions']['ipykernel']}, jupyter_client {machine['versions']['jupyter_client']}, pyzmq "
+        f"{machine['versions']['pyzmq']} (libzmq {machine['libzmq']}).",
         f"Engine: isolation {status['isolation']} ({status['isolation_reason']}), cgroups {status['cgroups']}. "
         "Reference: bare jupyter_client AsyncKernelManager kernel, IPC transport, no sandbox, nothing "
         "pre-imported, same ipykernel flags and thread-count environment, `execute_interactive`.",
-        f"Mode: {'quick' if quick else 'full'} ({counts}); total {duration:.0f} s.",
-        f"Other processes (not this benchmark or its kernels): {machine['cpu_busy_before_pct']:.0f} % of the CPUs "
-        f"busy just before the run, {background['others_mean_pct']:.1f} % on average during it (max "
-        f"{background['others_max_pct']:.0f} % in a 1-s window); load average before the run "
-        f"{machine['load_average_before'][0]:.2f}.",
+        f"Mode: {run.mode} ({counts}); total {run.duration:.0f} s.",
+        load_summary(machine),
         "",
         f"- Round trip, paired (engine − reference, same iteration) median: {paired:+.0f} µs for AsyncSession, "
         f"{paired_sync:+.0f} µs for the sync Session; the engine's own `CellResult.duration` p50 is "
@@ -756,57 +618,9 @@ def render_markdown(rows: list[Row], machine: dict[str, Any], status: dict[str, 
         f"the mean of {len(memory['reference_with_imports'])} reference kernel(s) after running the same "
         "imports. PSS splits shared pages among all processes that map them.",
         "- Throughput: each kernel runs its own loop of `1+1` cells; one asyncio event loop drives all of "
-        "them (engine and reference alike), on the same 2-CPU machine as the kernels.",
+        f"them (engine and reference alike), on the same {machine['cpu_count']}-CPU machine as the kernels.",
     ]
-    busy_phases = {name: value for name, value in background["others_by_phase_pct"].items()
-                   if value > BUSY_WARNING_PCT}
-    if busy_phases or machine["cpu_busy_before_pct"] > BUSY_WARNING_PCT:
-        where = ", ".join(f"{name} {value:.0f} %" for name, value in busy_phases.items()) or "before the run"
-        notes.insert(1, "**Warning: the machine was not idle — other processes used the CPUs during: "
-                        f"{where}. Figures of those phases are inflated and their comparisons noisier.**")
-    return "\n".join(lines + notes) + "\n"
-
-
-def machine_description() -> dict[str, Any]:
-    cpu_model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for package in ("ipykernel", "jupyter_client", "pyzmq", "numpy", "pillow", "matplotlib", "psutil"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    bwrap = shutil.which("bwrap")
-    bwrap_version = "not installed"
-    if bwrap:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            bwrap_version = subprocess.run([bwrap, "--version"], capture_output=True, text=True,
-                                           timeout=10).stdout.strip()
-    return {
-        "cpu_model": cpu_model,
-        "cpu_count": os.cpu_count(),
-        "cpu_count_physical": psutil.cpu_count(logical=False),
-        "ram_gib": psutil.virtual_memory().total / (1 << 30),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": versions,
-        "libzmq": zmq.zmq_version(),
-        "bubblewrap": bwrap_version,
-        "load_average_before": os.getloadavg(),
-        "cgroup_membership": _read("/proc/self/cgroup"),
-        "cgroup2_mounted": Path("/sys/fs/cgroup/cgroup.controllers").exists(),
-    }
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return ""
+    return Report.of_metrics(build_rows(raw), ("engine", "reference", "ratio/overhead"), notes)
 
 
 def plot(raw: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -820,7 +634,7 @@ def plot(raw: dict[str, Any], out_dir: Path) -> list[Path]:
     series = [("engine (AsyncSession)", trips["engine"]), ("engine (sync Session)", trips["engine_sync"]),
               ("bare jupyter_client", trips["reference"])]
     fig, (hist, cdf) = plt.subplots(1, 2, figsize=(12, 4.5))
-    upper = max(_ms(values, 99.5) for _, values in series)
+    upper = max(percentile_ms(values, 99.5) for _, values in series)
     bins = np.linspace(0, upper, 60)
     for label, values in series:
         ms = np.asarray(values) * 1000
@@ -854,35 +668,6 @@ def plot(raw: dict[str, Any], out_dir: Path) -> list[Path]:
 
 def run(out_dir: Path, quick: bool = False) -> str:
     """Measure, write ``engine.md``, ``engine.json`` and the two plots into ``out_dir``; return the Markdown."""
-    settings = QUICK if quick else FULL
-    out_dir.mkdir(parents=True, exist_ok=True)
-    machine = machine_description()
-    machine["cpu_busy_before_pct"] = psutil.cpu_percent(interval=1.0)  # nothing of ours runs yet
-    global _monitor
-    started = time.perf_counter()
-    with warnings.catch_warnings(), LoadMonitor() as monitor:
-        warnings.simplefilter("ignore", WeakIsolationWarning)
-        _monitor = monitor
-        try:
-            raw, status = asyncio.run(_measure(settings))
-        finally:
-            _monitor = None
-    duration = time.perf_counter() - started
-    machine["load_average_after"] = os.getloadavg()
-    machine["background_load"] = monitor.summary()
-    rows = build_rows(raw)
-    markdown = render_markdown(rows, machine, status, settings, raw, quick, duration)
-    (out_dir / "engine.md").write_text(f"# Engine benchmark\n\n{markdown}")
-    report = {"benchmark": NAME, "quick": quick, "duration_s": duration, "settings": asdict(settings),
-              "machine": machine, "engine_status": status, "metrics": [asdict(row) for row in rows], "raw": raw}
-    (out_dir / "engine.json").write_text(json.dumps(report, indent=1, default=_json_default))
-    plot(raw, out_dir)
-    return markdown
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    return run_benchmark(out_dir, quick, NAME, "Engine benchmark", (FULL, QUICK),
+                         measure=lambda settings, monitor: asyncio.run(_measure(settings, monitor)),
+                         render=render, plot=plot)

@@ -23,40 +23,40 @@ and ``env.png``.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
 from pyvision_env import PyVisionEnv, Task, TaskSet
-from pyvision_env.execution import Engine, WeakIsolationWarning
+from pyvision_env.execution import Engine
+from pyvision_env.reporting import save_figure
 from pyvision_env.vector import PyVisionVectorEnv
 from pyvision_env.visual_tokens import VisualTokenRule
 
-from . import save_figure
-from .engine import (
-    BENCH_LIMITS,
-    BUSY_WARNING_PCT,
+from .engine import BENCH_LIMITS
+from .report import (
     LoadMonitor,
-    _check_result,
-    _fmt,
-    _json_default,
-    _ms,
-    _percentile,
-    machine_description,
+    Metric,
+    Report,
+    Run,
+    check,
+    load_summary,
+    log,
+    machine_summary,
+    percentile,
+    percentile_ms,
+    progress,
+    run_benchmark,
+    timed,
 )
 
 NAME = "env"
@@ -100,15 +100,6 @@ QUICK = Settings(steps=20, warmup_steps=3, resets=3, uncached_resets=2, back_to_
                  vector_seconds=1.5)
 
 
-def _log(message: str) -> None:
-    print(f"[env {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def _progress(total: int, desc: str) -> tqdm:
-    return tqdm(total=total, desc=f"env: {desc}", unit="it", leave=False, file=sys.stderr, disable=None,
-                dynamic_ncols=True)
-
-
 def make_task_images(directory: Path) -> dict[str, Path]:
     """A photo-like 2000x1500 image (gradients, 200 filled shapes, mild noise) as PNG and as JPEG (q=90)."""
     rng = np.random.default_rng(0)
@@ -130,7 +121,7 @@ def make_task_images(directory: Path) -> dict[str, Path]:
     return paths
 
 
-def _tasks(images: Sequence[Path]) -> TaskSet:
+def make_tasks(images: Sequence[Path]) -> TaskSet:
     """One task per image file, all with the same question and answer."""
     return TaskSet("bench", [Task(id=f"bench-{i}", question="How many shapes are there?", answer="200",
                                   images=(str(image),), grader="numeric") for i, image in enumerate(images)])
@@ -142,13 +133,6 @@ def _new_names(image: Path, count: int) -> list[Path]:
     for path in paths:
         os.link(image, path)
     return paths
-
-
-def _timed(call: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, Any]:
-    """Seconds ``call(*args, **kwargs)`` took, and its result."""
-    started = time.perf_counter()
-    result = call(*args, **kwargs)
-    return time.perf_counter() - started, result
 
 
 # --- measurements -----------------------------------------------------------------------------------
@@ -166,19 +150,19 @@ def _step_overhead(engine: Engine, tasks: TaskSet, settings: Settings) -> dict[s
             samples: dict[str, list[float]] = {"env": [], "bare": [], "env_execute": [], "bare_cell": []}
 
             def env_once(action: str = action, samples: dict = samples) -> None:
-                elapsed, (_, _, _, _, info) = _timed(env.step, action)
-                _check_result(info["tool_errors"] == 0 and info["end_reason"] is None, info)
+                elapsed, (_, _, _, _, info) = timed(env.step, action)
+                check(info["tool_errors"] == 0 and info["end_reason"] is None, info)
                 samples["env"].append(elapsed)
-                samples["env_execute"].append(info["timings"]["execute_ms"] / 1000)
+                samples["env_execute"].append(env.timings["execute_ms"] / 1000)
 
             def bare_once(cell: str = cell, samples: dict = samples) -> None:
-                elapsed, result = _timed(session.run, cell)
-                _check_result(result.ok, result)
+                elapsed, result = timed(session.run, cell)
+                check(result.ok, result)
                 samples["bare"].append(elapsed)
                 samples["bare_cell"].append(result.duration)
 
             total = settings.warmup_steps + settings.steps
-            with _progress(total, f"step overhead ({name})") as bar:
+            with progress(NAME, total, f"step overhead ({name})") as bar:
                 for _ in range(total):
                     pair = [env_once, bare_once]
                     rng.shuffle(pair)
@@ -202,19 +186,19 @@ def _episodes(engine: Engine, tasks: TaskSet, count: int, *, warm: bool, first_s
     answer = env.protocol.render_action(answer="200")
     samples: dict[str, list[float]] = {"reset": [], "reset_inside": [], "first_step": [], "answer_step": []}
     try:
-        with _progress(count, desc) as bar:
+        with progress(NAME, count, desc) as bar:
             for i in range(count):
                 if warm:
                     engine.warm_up()
-                elapsed, (_, info) = _timed(env.reset, options={"task_index": i % len(tasks)})
+                elapsed, _ = timed(env.reset, options={"task_index": i % len(tasks)})
                 samples["reset"].append(elapsed)
-                samples["reset_inside"].append(info["timings"]["total_ms"] / 1000)
+                samples["reset_inside"].append(env.timings["total_ms"] / 1000)
                 if first_step:
-                    stepped, (*_, step_info) = _timed(env.step, first)
-                    _check_result(step_info["tool_errors"] == 0 and step_info["end_reason"] is None, step_info)
+                    stepped, (*_, step_info) = timed(env.step, first)
+                    check(step_info["tool_errors"] == 0 and step_info["end_reason"] is None, step_info)
                     samples["first_step"].append(stepped)
-                answered, (_, reward, terminated, _, _) = _timed(env.step, answer)
-                _check_result(terminated and reward == 1.0, info)
+                answered, (_, reward, terminated, _, info) = timed(env.step, answer)
+                check(terminated and reward == 1.0, info)
                 samples["answer_step"].append(answered)
                 bar.update()
     finally:
@@ -236,21 +220,21 @@ def _reset_parts(engine: Engine, rule: VisualTokenRule, image: Path, count: int)
             opened.load()
             return opened.copy() if opened.mode in ("RGB", "L") else opened.convert("RGB")
 
-    with _progress(count, "reset parts") as bar:
+    with progress(NAME, count, "reset parts") as bar:
         for _ in range(count):
             engine.warm_up()  # no kernel starting while this process works
-            samples["verify"].append(_timed(verify)[0])
-            elapsed, decoded = _timed(decode)
+            samples["verify"].append(timed(verify)[0])
+            elapsed, decoded = timed(decode)
             samples["decode"].append(elapsed)
             size = rule.resized_size(*decoded.size)
-            elapsed, view = _timed(decoded.resize, size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+            elapsed, view = timed(decoded.resize, size, Image.Resampling.BICUBIC, reducing_gap=3.0)
             samples["resize"].append(elapsed)
-            samples["cached_view"].append(_timed(lambda view=view: (os.stat(image), view.copy()))[0])
-            elapsed, session = _timed(engine.session, images={"image_clue_0": str(image)})
+            samples["cached_view"].append(timed(lambda view=view: (os.stat(image), view.copy()))[0])
+            elapsed, session = timed(engine.session, images={"image_clue_0": str(image)})
             samples["open_session_image"].append(elapsed)
-            samples["close_session"].append(_timed(session.close)[0])
+            samples["close_session"].append(timed(session.close)[0])
             engine.warm_up()
-            elapsed, session = _timed(engine.session)
+            elapsed, session = timed(engine.session)
             samples["open_session_empty"].append(elapsed)
             session.close()
             bar.update()
@@ -261,65 +245,61 @@ def _vector(engine: Engine, tasks: TaskSet, settings: Settings) -> dict[int, dic
     """Per level: reset N envs at once, warm up, vector steps for a fixed wall time, close (episodes open)."""
     levels = {}
     for level in settings.levels:
-        _log(f"vector env with {level} sub-environments")
+        log(NAME, f"vector env with {level} sub-environments")
         envs = PyVisionVectorEnv(level, tasks, engine=engine, **ENV_OPTIONS)
         try:
-            reset_s, _ = _timed(envs.reset)
-            actions = [envs.envs[0].protocol.render_action(code=VECTOR_CELL)] * level
-            first_s, _ = _timed(envs.step, actions)  # waits until every sub-environment's kernel is open
+            reset_s, _ = timed(envs.reset)
+            actions = [envs.envs[0].unwrapped.protocol.render_action(code=VECTOR_CELL)] * level
+            first_s, _ = timed(envs.step, actions)  # waits until every sub-environment's kernel is open
             for _ in range(2):  # the first cells of a fresh kernel are slower
                 envs.step(actions)
             latencies = []
             stop_at = time.perf_counter() + settings.vector_seconds
             started = time.perf_counter()
             while time.perf_counter() < stop_at:
-                elapsed, (_, _, _, _, infos) = _timed(envs.step, actions)
-                _check_result(not infos["tool_errors"].any(), infos)
+                elapsed, (_, _, _, _, infos) = timed(envs.step, actions)
+                check(not infos["tool_errors"].any(), infos)
                 latencies.append(elapsed)
             wall = time.perf_counter() - started
         finally:
-            close_s, _ = _timed(envs.close)
+            close_s, _ = timed(envs.close)
         levels[level] = {"envs": level, "vector_steps": len(latencies), "elapsed": wall,
                          "steps_per_s": level * len(latencies) / wall, "reset_s": reset_s,
                          "reset_to_first_result_s": reset_s + first_s, "close_s": close_s,
-                         "step_p50": _percentile(latencies, 50), "step_p90": _percentile(latencies, 90)}
+                         "step_p50": percentile(latencies, 50), "step_p90": percentile(latencies, 90)}
         engine.warm_up()
     return levels
 
 
 def _measure(settings: Settings, monitor: LoadMonitor) -> tuple[dict[str, Any], dict[str, Any]]:
-    def phase(name: str) -> None:
-        _log(name)
-        monitor.phases.append((time.perf_counter(), name))
-
     raw: dict[str, Any] = {}
     directory = Path(tempfile.mkdtemp(prefix="pvbench-env-"))
     engine = Engine(limits=BENCH_LIMITS, spare_kernels=SPARE_KERNELS, max_kernels=max(settings.levels) + SPARE_KERNELS + 2)
     try:
         images = make_task_images(directory)
         raw["image_bytes"] = {kind: path.stat().st_size for kind, path in images.items()}
-        png_tasks = _tasks([images["png"]])  # its first view is cached from the step overhead phase on
+        png_tasks = make_tasks([images["png"]])  # its first view is cached from the step overhead phase on
         engine.warm_up()
         status = asdict(engine.status())
-        phase("step overhead")
+        monitor.phase("step overhead")
         raw["steps"] = _step_overhead(engine, png_tasks, settings)
         engine.warm_up()
-        phase("warm resets")
+        monitor.phase("warm resets")
         raw["reset_warm"] = _episodes(engine, png_tasks, settings.resets, warm=True, first_step=True,
                                       desc="resets (warm pool, first view cached)")
         for kind in ("png", "jpeg"):
-            new_tasks = _tasks(_new_names(images[kind], settings.uncached_resets))
+            new_tasks = make_tasks(_new_names(images[kind], settings.uncached_resets))
             raw[f"reset_uncached_{kind}"] = _episodes(engine, new_tasks, settings.uncached_resets, warm=True,
                                                       first_step=False, desc=f"resets (warm pool, new {kind})")
-        phase("parts of a reset")
+        monitor.phase("parts of a reset")
         rule = PyVisionEnv(png_tasks, engine=engine).token_rule
         raw["reset_parts"] = _reset_parts(engine, rule, images["png"], settings.parts)
-        phase("back-to-back episodes")
+        monitor.phase("back-to-back episodes")
         engine.warm_up()
         raw["reset_back_to_back"] = _episodes(engine, png_tasks, settings.back_to_back, warm=False,
                                               first_step=True, desc="episodes (back to back)")
         engine.warm_up()
-        phase("async vector env")
+        monitor.phase("async vector env")
         raw["vector"] = _vector(engine, png_tasks, settings)
     finally:
         engine.close()
@@ -329,61 +309,46 @@ def _measure(settings: Settings, monitor: LoadMonitor) -> tuple[dict[str, Any], 
 
 # --- report -----------------------------------------------------------------------------------------
 
-@dataclass
-class Row:
-    """One line of the report table. ``reference``: the bare engine's figure, where there is one."""
-
-    id: str
-    metric: str
-    unit: str
-    value: float
-    reference: float | None = None
-    target: str = ""
-    passed: bool | None = None
-
-    def cells(self) -> list[str]:
-        reference = "—" if self.reference is None else _fmt(self.reference, self.unit)
-        compared = "—" if not self.reference else f"{(self.value / self.reference - 1) * 100:+.1f} %"
-        verdict = "info" if self.passed is None else ("pass" if self.passed else "FAIL")
-        return [self.metric, _fmt(self.value, self.unit), reference, compared, self.target or "—", verdict]
-
-
 def _until_usable(samples: dict[str, list[float]]) -> list[float]:
     """Per episode: the reset plus its first step, i.e. until the first cell's result."""
     return list(np.add(samples["reset"], samples["first_step"]))
 
 
-def build_rows(raw: dict[str, Any]) -> list[Row]:
+def build_rows(raw: dict[str, Any]) -> list[Metric]:
+    ms = percentile_ms
     rows = []
     for name, samples in raw["steps"].items():
-        env50, bare50 = _ms(samples["env"], 50), _ms(samples["bare"], 50)
-        rows.append(Row(f"step_{name}_p50", f"step `{CELLS[name]}`, p50", "ms", env50, bare50,
-                        f"<= +{OVERHEAD_TARGET_PCT:g} %", env50 <= bare50 * (1 + OVERHEAD_TARGET_PCT / 100)))
-        rows.append(Row(f"step_{name}_p90", f"step `{CELLS[name]}`, p90", "ms", _ms(samples["env"], 90),
-                        _ms(samples["bare"], 90)))
+        env50, bare50 = ms(samples["env"], 50), ms(samples["bare"], 50)
+        rows += [Metric(f"step_{name}_p50", f"step `{CELLS[name]}`, p50", "ms", env50, bare50,
+                        target=f"<= +{OVERHEAD_TARGET_PCT:g} %",
+                        passed=env50 <= bare50 * (1 + OVERHEAD_TARGET_PCT / 100)),
+                 Metric(f"step_{name}_p90", f"step `{CELLS[name]}`, p90", "ms", ms(samples["env"], 90),
+                        ms(samples["bare"], 90))]
     warm, back = raw["reset_warm"], raw["reset_back_to_back"]
-    reset50 = _ms(warm["reset"], 50)
+    reset50 = ms(warm["reset"], 50)
     cached = "reset, warm pool, first view cached (task seen before, as in a GRPO group)"
-    rows.append(Row("reset_warm_p50", f"{cached}, p50", "ms", reset50, target=f"<= {RESET_TARGET_MS:g} ms",
-                    passed=reset50 <= RESET_TARGET_MS))
-    rows.append(Row("reset_warm_p90", f"{cached}, p90", "ms", _ms(warm["reset"], 90)))
     uncached = raw["reset_uncached_png"]["reset"]
-    rows.append(Row("reset_uncached_p50", "reset, warm pool, first view not cached (new task), p50", "ms",
-                    _ms(uncached, 50)))
-    rows.append(Row("reset_uncached_p90", "reset, warm pool, first view not cached (new task), p90", "ms",
-                    _ms(uncached, 90)))
-    rows.append(Row("reset_uncached_jpeg_p50", "reset, warm pool, first view not cached, same image as JPEG, p50",
-                    "ms", _ms(raw["reset_uncached_jpeg"]["reset"], 50)))
-    rows.append(Row("reset_to_first_result_p50", f"reset + first step `{FIRST_CELL}` (until the kernel is usable), "
-                    "warm pool, cached, p50", "ms", _ms(_until_usable(warm), 50),
-                    _ms(raw["steps"]["assignment"]["bare"], 50)))
-    rows.append(Row("reset_back_to_back_p50", "reset, back to back (pool drained), p50", "ms", _ms(back["reset"], 50)))
-    rows.append(Row("reset_back_to_back_p90", "reset, back to back (pool drained), p90", "ms", _ms(back["reset"], 90)))
-    rows.append(Row("reset_back_to_back_to_first_result_p50",
-                    f"reset + first step `{FIRST_CELL}`, back to back (pool drained), p50", "ms",
-                    _ms(_until_usable(back), 50)))
-    rows.append(Row("answer_step_p50", "answer step (grades; the kernel is killed in the background), p50", "ms",
-                    _ms(warm["answer_step"], 50)))
+    rows += [
+        Metric("reset_warm_p50", f"{cached}, p50", "ms", reset50, target=f"<= {RESET_TARGET_MS:g} ms",
+               passed=reset50 <= RESET_TARGET_MS),
+        Metric("reset_warm_p90", f"{cached}, p90", "ms", ms(warm["reset"], 90)),
+        Metric("reset_uncached_p50", "reset, warm pool, first view not cached (new task), p50", "ms",
+               ms(uncached, 50)),
+        Metric("reset_uncached_p90", "reset, warm pool, first view not cached (new task), p90", "ms",
+               ms(uncached, 90)),
+        Metric("reset_uncached_jpeg_p50", "reset, warm pool, first view not cached, same image as JPEG, p50", "ms",
+               ms(raw["reset_uncached_jpeg"]["reset"], 50)),
+        Metric("reset_to_first_result_p50",
+               f"reset + first step `{FIRST_CELL}` (until the kernel is usable), warm pool, cached, p50", "ms",
+               ms(_until_usable(warm), 50), ms(raw["steps"]["assignment"]["bare"], 50)),
+        Metric("reset_back_to_back_p50", "reset, back to back (pool drained), p50", "ms", ms(back["reset"], 50)),
+        Metric("reset_back_to_back_p90", "reset, back to back (pool drained), p90", "ms", ms(back["reset"], 90)),
+        Metric("reset_back_to_back_to_first_result_p50",
+               f"reset + first step `{FIRST_CELL}`, back to back (pool drained), p50", "ms",
+               ms(_until_usable(back), 50)),
+        Metric("answer_step_p50", "answer step (grades; the kernel is killed in the background), p50", "ms",
+               ms(warm["answer_step"], 50)),
+    ]
     parts = raw["reset_parts"]
     for key, label in (("verify", "input check of the PNG (`verify`, on the event loop)"),
                        ("open_session_empty", "open_session without inputs (pool acquire)"),
@@ -392,48 +357,43 @@ def build_rows(raw: dict[str, Any]) -> list[Row]:
                        ("decode", "decode the PNG in this process"),
                        ("resize", "resize to the first view (BICUBIC, reducing_gap=3.0)"),
                        ("close_session", "close a session (kill its kernel; in the background)")):
-        rows.append(Row(f"reset_part_{key}_p50", f"part: {label}, p50", "ms", _ms(parts[key], 50)))
+        rows.append(Metric(f"reset_part_{key}_p50", f"part: {label}, p50", "ms", ms(parts[key], 50)))
     for level, result in raw["vector"].items():
         noun = "env" if level == 1 else "envs"
-        rows.append(Row(f"vector_steps_per_s_n{level}", f"async vector env, {level} {noun}: steps/s", "steps/s",
-                        result["steps_per_s"]))
-        rows.append(Row(f"vector_step_p50_n{level}", f"async vector env, {level} {noun}: vector step p50", "ms",
-                        result["step_p50"] * 1000))
+        rows += [Metric(f"vector_steps_per_s_n{level}", f"async vector env, {level} {noun}: steps/s", "steps/s",
+                        result["steps_per_s"]),
+                 Metric(f"vector_step_p50_n{level}", f"async vector env, {level} {noun}: vector step p50", "ms",
+                        result["step_p50"] * 1000)]
     most = max(raw["vector"])
-    rows.append(Row("vector_reset", f"async vector env, reset of {most} envs at once", "s",
-                    raw["vector"][most]["reset_s"]))
-    rows.append(Row("vector_reset_to_first_result", f"async vector env, reset of {most} envs + first vector step",
-                    "s", raw["vector"][most]["reset_to_first_result_s"]))
-    rows.append(Row("vector_close", f"async vector env, close of {most} envs (episodes open)", "s",
-                    raw["vector"][most]["close_s"]))
+    largest = raw["vector"][most]
+    rows += [Metric("vector_reset", f"async vector env, reset of {most} envs at once", "s", largest["reset_s"]),
+             Metric("vector_reset_to_first_result", f"async vector env, reset of {most} envs + first vector step",
+                    "s", largest["reset_to_first_result_s"]),
+             Metric("vector_close", f"async vector env, close of {most} envs (episodes open)", "s",
+                    largest["close_s"])]
     return rows
 
 
-def render_markdown(rows: list[Row], raw: dict[str, Any], machine: dict[str, Any], status: dict[str, Any],
-                    settings: Settings, quick: bool, duration: float) -> str:
-    header = ["metric", "env", "bare engine", "overhead", "target", "pass/fail"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+def render(run: Run) -> Report:
+    """The metrics table and the notes on the machine, the engine and how each figure was taken."""
+    raw, settings, status = run.raw, run.settings, run.engine_status
     inside = []
     for name, samples in raw["steps"].items():
         env_outside = np.median(np.asarray(samples["env"]) - np.asarray(samples["env_execute"])) * 1e3
         paired = np.median(np.asarray(samples["env"]) - np.asarray(samples["bare"])) * 1e3
         inside.append(f"`{name}` {paired:+.2f} ms paired (env − bare, same iteration), {env_outside:.2f} ms of the "
                       "env's step outside its cell execution")
-    parts = {key: _ms(values, 50) for key, values in raw["reset_parts"].items()}
+    parts = {key: percentile_ms(values, 50) for key, values in raw["reset_parts"].items()}
     warm = raw["reset_warm"]
-    background = machine["background_load"]
     counts = (f"{settings.steps} steps per cell and side, {settings.resets} warm resets of a seen task, "
               f"{settings.uncached_resets} of a new task per format, {settings.back_to_back} back-to-back "
               f"episodes, {settings.parts} samples of each reset part, {settings.vector_seconds:g} s per vector "
               "level")
     notes = [
-        "",
-        f"Machine: {machine['cpu_model']}, {machine['cpu_count']} CPUs, {machine['ram_gib']:.1f} GiB RAM; Python "
-        f"{machine['python']}. Engine: isolation {status['isolation']}, cgroups {status['cgroups']}, pool of "
-        f"{SPARE_KERNELS}. Mode: {'quick' if quick else 'full'} ({counts}); total {duration:.0f} s.",
-        f"Other processes used {background['others_mean_pct']:.1f} % of the CPUs on average during the run (max "
-        f"{background['others_max_pct']:.0f} % in a 1-s window).",
+        f"Machine: {machine_summary(run.machine)}; Python {run.machine['python']}. Engine: isolation "
+        f"{status['isolation']}, cgroups {status['cgroups']}, pool of {SPARE_KERNELS}. Mode: {run.mode} ({counts}); "
+        f"total {run.duration:.0f} s.",
+        load_summary(run.machine),
         "",
         "- Step: env = `env.step(render_action(code=cell))` (sync API); bare = `Session.run(cell)` on the same "
         "engine (sync facade), alternating in a shuffled order. " + "; ".join(inside) + ".",
@@ -450,23 +410,18 @@ def render_markdown(rows: list[Row], raw: dict[str, Any], machine: dict[str, Any
         f"before, else decode ({parts['decode']:.0f} ms) + resize ({parts['resize']:.0f} ms) — and for the "
         "kernel opening's first slice on the engine's event loop: the input check (`verify` of the PNG, "
         f"{parts['verify']:.1f} ms) and the pool acquire (an opening without inputs takes "
-        f"{parts['open_session_empty']:.1f} ms). Of a cached reset, {_ms(warm['reset_inside'], 50):.1f} ms "
-        "(p50) are inside `areset`; the rest is the return to the calling thread, which shares the GIL with the "
-        "pool's refill that the acquire starts (a kernel launch on the spawner thread). The rest of the "
+        f"{parts['open_session_empty']:.1f} ms). Of a cached reset, {percentile_ms(warm['reset_inside'], 50):.1f} "
+        "ms (p50) are inside `areset`; the rest is the return to the calling thread, which shares the GIL with "
+        "the pool's refill that the acquire starts (a kernel launch on the spawner thread). The rest of the "
         f"opening (hard link, the kernel decoding the PNG: {parts['open_session_image']:.0f} ms in all) runs in "
-        f"the background; the first step waits for it ({_ms(warm['first_step'], 50):.0f} ms p50 after a cached "
-        f"reset). The kernel kill ({parts['close_session']:.0f} ms) runs in the background after the step that "
-        "ends an episode; `env.close()` waits for it.",
+        f"the background; the first step waits for it ({percentile_ms(warm['first_step'], 50):.0f} ms p50 after a "
+        f"cached reset). The kernel kill ({parts['close_session']:.0f} ms) runs in the background after the step "
+        "that ends an episode; `env.close()` waits for it.",
         f"- Vector env: every sub-environment steps `{VECTOR_CELL}` each vector step; steps/s counts "
         "sub-environment steps. Its reset returns after the first views; the first vector step waits for "
         "every sub-environment's kernel. All kernels share the machine's CPUs with this process.",
     ]
-    busy = {name: value for name, value in background["others_by_phase_pct"].items() if value > BUSY_WARNING_PCT}
-    if busy:
-        where = ", ".join(f"{name} {value:.0f} %" for name, value in busy.items())
-        notes.insert(1, f"**Warning: the machine was not idle — other processes used the CPUs during: {where}. "
-                        "Figures of those phases are inflated.**")
-    return "\n".join(lines + notes) + "\n"
+    return Report.of_metrics(build_rows(raw), ("env", "bare engine", "overhead"), notes)
 
 
 def plot(raw: dict[str, Any], out_dir: Path) -> Path:
@@ -480,8 +435,8 @@ def plot(raw: dict[str, Any], out_dir: Path) -> Path:
     names = list(raw["steps"])
     positions = np.arange(len(names))
     for offset, (side, label) in zip((-0.2, 0.2), (("env", "env.step"), ("bare", "bare Session.run"))):
-        p50 = [_ms(raw["steps"][name][side], 50) for name in names]
-        p90 = [_ms(raw["steps"][name][side], 90) for name in names]
+        p50 = [percentile_ms(raw["steps"][name][side], 50) for name in names]
+        p90 = [percentile_ms(raw["steps"][name][side], 90) for name in names]
         steps.bar(positions + offset, p50, width=0.4, label=f"{label} (p50; whisker p90)",
                   yerr=[np.zeros(len(names)), np.subtract(p90, p50)], capsize=3)
     steps.set_xticks(positions)
@@ -497,7 +452,7 @@ def plot(raw: dict[str, Any], out_dir: Path) -> Path:
             f"bare {FIRST_CELL} cell": raw["steps"]["assignment"]["bare"],
             "back to back: reset\n+ first step": _until_usable(raw["reset_back_to_back"])}
     heights = np.arange(len(bars))[::-1]
-    p50 = [_ms(values, 50) for values in bars.values()]
+    p50 = [percentile_ms(values, 50) for values in bars.values()]
     resets.bar_label(resets.barh(heights, p50, color="tab:green"), fmt="%.1f ms", fontsize=8, padding=2)
     resets.axvline(RESET_TARGET_MS, color="tab:red", linestyle="--", label=f"reset target {RESET_TARGET_MS:g} ms")
     resets.set_yticks(heights)
@@ -521,21 +476,5 @@ def plot(raw: dict[str, Any], out_dir: Path) -> Path:
 
 def run(out_dir: Path, quick: bool = False) -> str:
     """Measure, write ``env.md``, ``env.json`` and ``env.png`` into ``out_dir``; return the Markdown."""
-    settings = QUICK if quick else FULL
-    out_dir.mkdir(parents=True, exist_ok=True)
-    machine = machine_description()
-    machine["cpu_busy_before_pct"] = psutil.cpu_percent(interval=1.0)
-    started = time.perf_counter()
-    with warnings.catch_warnings(), LoadMonitor() as monitor:
-        warnings.simplefilter("ignore", WeakIsolationWarning)
-        raw, status = _measure(settings, monitor)
-    duration = time.perf_counter() - started
-    machine["background_load"] = monitor.summary()
-    rows = build_rows(raw)
-    markdown = render_markdown(rows, raw, machine, status, settings, quick, duration)
-    (out_dir / "env.md").write_text(f"# Env benchmark\n\n{markdown}")
-    report = {"benchmark": NAME, "quick": quick, "duration_s": duration, "settings": asdict(settings),
-              "machine": machine, "engine_status": status, "metrics": [asdict(row) for row in rows], "raw": raw}
-    (out_dir / "env.json").write_text(json.dumps(report, indent=1, default=_json_default))
-    plot(raw, out_dir)
-    return markdown
+    return run_benchmark(out_dir, quick, NAME, "Env benchmark", (FULL, QUICK), measure=_measure, render=render,
+                         plot=plot)

@@ -25,7 +25,6 @@ Run it with ``python -m benchmarks --only ofr [--quick] [--out DIR]``; it writes
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -34,9 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from pyvision_env.reporting import markdown_table, save_figure
 from trainers.ofr import OFRConfig, OFRSelector, Rollout, group_advantages
 
-from . import save_figure
+from .report import save_report
 
 NAME = "ofr"
 DESCRIPTION = "OFR batch selection vs none in a seeded drifting-difficulty simulation (non-zero advantages)"
@@ -122,14 +122,18 @@ def nonzero_fraction(rollouts: list[Rollout]) -> float:
     return float(np.mean([abs(r.extra["advantage"]) > 1e-12 for r in rollouts])) if rollouts else math.nan
 
 
+def ofr_config(settings: Settings) -> OFRConfig:
+    """PyVision-RL's OFR settings scaled to the simulated target."""
+    return OFRConfig(target_size=settings.target_groups * settings.group_size, oversampling=settings.oversampling,
+                     max_generation_rounds=settings.max_rounds, exhaustion="partial")
+
+
 def simulate(settings: Settings) -> dict[str, Any]:
     """Run both arms update after update; return per-update series."""
     population = TaskPopulation(settings.tasks, np.random.default_rng(settings.seed))
     rng_plain = np.random.default_rng(settings.seed + 1)
     rng_ofr = np.random.default_rng(settings.seed + 2)
-    selector = OFRSelector(OFRConfig(
-        target_size=settings.target_groups * settings.group_size, group_size=settings.group_size,
-        oversampling=settings.oversampling, max_generation_rounds=settings.max_rounds, exhaustion="partial"))
+    selector = OFRSelector(ofr_config(settings), group_size=settings.group_size)
     series: dict[str, list[float]] = {key: [] for key in (
         "plain_nonzero", "ofr_nonzero", "ofr_generated_groups", "ofr_rounds", "ofr_batch", "solve_none",
         "solve_all", "solve_partial")}
@@ -155,8 +159,7 @@ def phase_means(values: list[float]) -> dict[str, float]:
 
 def render_markdown(series: dict[str, list[float]], settings: Settings, quick: bool, duration: float) -> str:
     target = settings.target_groups * settings.group_size
-    per_round = OFRConfig(target_size=target, group_size=settings.group_size,
-                          oversampling=settings.oversampling).groups_per_round
+    per_round = ofr_config(settings).groups_per_round(settings.group_size)
     rows = [
         ("samples with non-zero advantage, no OFR", phase_means(series["plain_nonzero"]), "{:.3f}"),
         ("samples with non-zero advantage, OFR", phase_means(series["ofr_nonzero"]), "{:.3f}"),
@@ -168,13 +171,11 @@ def render_markdown(series: dict[str, list[float]], settings: Settings, quick: b
         ("solve-all groups (generated)", phase_means(series["solve_all"]), "{:.3f}"),
         ("solve-partial groups (generated)", phase_means(series["solve_partial"]), "{:.3f}"),
     ]
-    header = ["metric", *PHASES, "whole run"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    lines += ["| " + " | ".join([label, *(fmt.format(means[k]) for k in (*PHASES, "all"))]) + " |"
-              for label, means, fmt in rows]
+    columns = [("metric", "metric", "{}"), *((phase, phase, "{}") for phase in PHASES), ("all", "whole run", "{}")]
+    table = markdown_table([{"metric": label, **{key: fmt.format(value) for key, value in means.items()}}
+                            for label, means, fmt in rows], columns)
     short = sum(batch < target for batch in series["ofr_batch"])
     notes = [
-        "",
         f"Seed {settings.seed}; {settings.updates} updates ({'quick' if quick else 'full'} mode), {settings.tasks} "
         f"tasks, G = {settings.group_size}; target {settings.target_groups} groups = {target} trajectories per "
         f"update; OFR: {per_round} groups per generation round, at most {settings.max_rounds} rounds, then a "
@@ -182,7 +183,7 @@ def render_markdown(series: dict[str, list[float]], settings: Settings, quick: b
         "Phases are thirds of the run. Non-zero advantage: |reward − group mean| > 1e-12, mean baseline computed "
         "per group as generated. Solve fractions are over the groups OFR generated (correct = reward >= 1).",
     ]
-    return "\n".join(lines + notes) + "\n"
+    return "\n".join([table, "", *notes]) + "\n"
 
 
 def plot(series: dict[str, list[float]], settings: Settings, out_dir: Path) -> Path:
@@ -216,11 +217,8 @@ def run(out_dir: Path, quick: bool = False) -> str:
     started = time.perf_counter()
     series = simulate(settings)
     duration = time.perf_counter() - started
-    markdown = render_markdown(series, settings, quick, duration)
-    (out_dir / "ofr.md").write_text(f"# OFR benchmark\n\n{markdown}")
-    summary = {key: phase_means(values) for key, values in series.items()}
-    report = {"benchmark": NAME, "quick": quick, "duration_s": duration, "settings": asdict(settings),
-              "summary": summary, "series": series}
-    (out_dir / "ofr.json").write_text(json.dumps(report, indent=1))
+    markdown = save_report(out_dir, NAME, "OFR benchmark", render_markdown(series, settings, quick, duration), quick,
+                           duration, settings=asdict(settings),
+                           summary={key: phase_means(values) for key, values in series.items()}, series=series)
     plot(series, settings, out_dir)
     return markdown

@@ -1,8 +1,8 @@
 """Where a GRPO step's time goes: generation, environment, scoring, update (and weight sync), with tokens/s.
 
 The modular trainer (:class:`trainers.grpo.GRPOTrainer`) runs real steps on the ``tally`` suite with the tiny
-random Qwen2.5-VL (:func:`agents.tiny_model.make_tiny_model`), real kernels and Hugging Face generation. OFR is
-off so that every step trains on the same number of episodes (a random model solves nothing, and OFR would
+random Qwen2.5-VL of the CPU demo (:func:`trainers.demo.make_demo_model`), real kernels and Hugging Face
+generation. OFR is off so that every step trains on the same number of episodes (a random model solves nothing, and OFR would
 drop every group). The timings are the trainer's own step metrics (``time/*``, ``throughput/*``).
 
 Arms, measured side by side in one run:
@@ -17,7 +17,6 @@ Run it with ``python -m benchmarks --only trainer [--quick] [--out DIR]``; it wr
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -26,7 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import save_figure
+from pyvision_env.reporting import markdown_table, save_figure
+
+from .report import save_report
 
 NAME = "trainer"
 DESCRIPTION = "GRPO step-time breakdown (generation / environment / scoring / update) and tokens/s, tiny VLM"
@@ -64,6 +65,7 @@ def measure(model_path: Path, run_dir: Path, settings: Settings, model: dict[str
     import torch
 
     from trainers.config import GRPOConfig, load_config
+    from trainers.demo import CONFIGS
     from trainers.grpo import GRPOTrainer
 
     threads = torch.get_num_threads()
@@ -73,7 +75,7 @@ def measure(model_path: Path, run_dir: Path, settings: Settings, model: dict[str
                  "ofr.enabled=false", "eval.every=0", "checkpoint.every=1000", "checkpoint.resume=false",
                  "logging.progress=false", "logging.tensorboard=false",
                  *(f"model.{key}={value}" for key, value in model.items())]
-    config = load_config(GRPOConfig, Path(__file__).parents[1] / "trainers/configs/demo_grpo.yaml", overrides)
+    config = load_config(GRPOConfig, CONFIGS / "demo_grpo.yaml", overrides)
     try:
         with GRPOTrainer(config) as trainer:
             trainer.train()
@@ -88,32 +90,30 @@ def measure(model_path: Path, run_dir: Path, settings: Settings, model: dict[str
 
 def render_markdown(results: dict[str, dict[str, Any]], settings: Settings, duration: float) -> str:
     labels = list(results)
-    header = ["metric", *labels]
+    columns = [("metric", "metric", "{}"), *((label, label, "{}") for label in labels)]
     if len(labels) > 1:
-        header.append("ratio (2nd / 1st)")
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    rows = [(f"{part} (s per step)", f"time/{part}", "{:.2f}") for part in PARTS]
-    rows += [("whole step (s)", "time/step", "{:.2f}"),
-             ("generation tokens/s", "throughput/tokens_per_s", "{:.0f}"),
-             ("update tokens/s (forward + backward)", "throughput/update_tokens_per_s", "{:.0f}"),
-             ("episodes per step", "episodes", "{:.0f}"),
-             ("sampled tokens per episode", "response_tokens", "{:.1f}")]
-    for label, key, fmt in rows:
+        columns.append(("ratio", "ratio (2nd / 1st)", "{}"))
+    metrics = [(f"{part} (s per step)", f"time/{part}", "{:.2f}") for part in PARTS]
+    metrics += [("whole step (s)", "time/step", "{:.2f}"),
+                ("generation tokens/s", "throughput/tokens_per_s", "{:.0f}"),
+                ("update tokens/s (forward + backward)", "throughput/update_tokens_per_s", "{:.0f}"),
+                ("episodes per step", "episodes", "{:.0f}"),
+                ("sampled tokens per episode", "response_tokens", "{:.1f}")]
+    rows = []
+    for metric, key, fmt in metrics:
         values = [results[arm]["mean"][key] for arm in labels]
-        cells = [label, *(fmt.format(v) for v in values)]
-        if len(labels) > 1:
-            cells.append(f"{values[1] / values[0]:.2f}" if values[0] else "—")
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append({"metric": metric, **{arm: fmt.format(value) for arm, value in zip(labels, values)},
+                     "ratio": f"{values[1] / values[0]:.2f}" if len(values) > 1 and values[0] else "—"})
     first = results[labels[0]]["mean"]
     shares = ", ".join(f"{part} {first[f'time/{part}'] / first['time/step']:.0%}" for part in PARTS
                        if first["time/step"])
-    notes = ["", f"Step shares ({labels[0]}): {shares}.",
+    notes = [f"Step shares ({labels[0]}): {shares}.",
              f"{settings.steps} step(s) per arm (the first one not counted when there are more), {settings.prompts} prompts x {settings.group_size} episodes, "
              f"max {settings.max_new_tokens} new tokens per response, {settings.num_envs} environments; "
              f"tiny random Qwen2.5-VL (hidden 64), tally suite, real kernels; total {duration:.0f} s.",
              "Environment = rollout wall time not spent in generation (kernels, tokenizing observations); "
              "scoring = advantages and old log-probs; update = forward + backward + optimizer."]
-    return "\n".join(lines + notes) + "\n"
+    return "\n".join([markdown_table(rows, columns), "", *notes]) + "\n"
 
 
 def plot(results: dict[str, dict[str, Any]], out_dir: Path) -> Path:
@@ -138,24 +138,22 @@ def run(out_dir: Path, quick: bool = False) -> str:
     """Measure every arm; write ``trainer.md``, ``trainer.json`` and ``trainer.png``; return the Markdown."""
     import torch
 
-    from agents.tiny_model import make_tiny_model
-    from trainers.demo import TINY_MODEL, tokenizer_corpus
+    from trainers.demo import make_demo_model
 
     settings = QUICK if quick else FULL
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / "trainer-runs"
     started = time.perf_counter()
-    model_path = make_tiny_model(work / "tiny-model", corpus=tokenizer_corpus(), **TINY_MODEL)
+    model_path = make_demo_model(work / "tiny-model")
     results = {}
     for index, (label, model) in enumerate(arms()):
         print(f"trainer benchmark: {label}", file=sys.stderr, flush=True)
         results[label] = measure(model_path, work / f"arm-{index}", settings, model)
     duration = time.perf_counter() - started
-    markdown = render_markdown(results, settings, duration)
-    (out_dir / "trainer.md").write_text(f"# Trainer step-time benchmark\n\n{markdown}")
-    report = {"benchmark": NAME, "quick": quick, "duration_s": duration, "settings": asdict(settings),
-              "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
-              "results": results}
-    (out_dir / "trainer.json").write_text(json.dumps(report, indent=1, default=str))
+    markdown = save_report(out_dir, NAME, "Trainer step-time benchmark", render_markdown(results, settings, duration),
+                           quick, duration, settings=asdict(settings),
+                           machine={"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                                    "torch": torch.__version__},
+                           results=results)
     plot(results, out_dir)
     return markdown

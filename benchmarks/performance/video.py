@@ -2,7 +2,7 @@
 
 For each built-in video suite, in one run on the same tasks: the on-demand scripted policy (metadata only at
 reset; its code fetches frames and shows one) against the uniform baseline (one frame per second given at
-reset, analysed perfectly by :class:`~agents.video_policies.UniformVideoPolicy`). Reported: accuracy, visual
+reset, analysed perfectly by :class:`~agents.baselines.UniformVideoPolicy`). Reported: accuracy, visual
 tokens per episode (Qwen2.5-VL rule), frames decoded, and the token reduction — target: at least 80 % fewer
 tokens at equal or better accuracy. Then the latency of fetching 8 random frames per backend (PyAV, decord)
 for short and long keyframe intervals.
@@ -12,7 +12,6 @@ Writes ``video.md``, ``video.json`` and ``video.png``.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import tempfile
@@ -21,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import save_figure
+from pyvision_env.reporting import markdown_table, save_figure
+
+from .report import save_report
 
 NAME = "video"
 DESCRIPTION = "on-demand video context vs uniform 1 fps: accuracy and visual tokens; frame-fetch latency"
@@ -30,27 +31,24 @@ TARGET_REDUCTION = 0.80
 
 
 def run_suite(suite: str, tasks, context: str, engine) -> dict:
+    """Every task of ``suite`` once with the policy of ``context``; means over the episodes."""
+    from agents.baselines import UniformVideoPolicy
+    from agents.episodes import play_episode
     from agents.scripted import scripted_policy
-    from agents.video_policies import UniformVideoPolicy
     from pyvision_env import PyVisionEnv
 
     env = PyVisionEnv(tasks, video_context=context, video_fps=1.0, engine=engine, max_turns=6)
     policy = scripted_policy(suite, env.protocol) if context == "on-demand" else UniformVideoPolicy(env.protocol)
-    infos = []
+    results = []
     for index in range(len(tasks)):
-        observation, info = env.reset(options={"task_index": index})
-        done = False
-        while not done:
-            observation, _, terminated, truncated, info = env.step(policy.act(observation, info))
-            done = terminated or truncated
-        infos.append(info)
+        results.append(play_episode(env, policy, options={"task_index": index}))
         print(f"\r  {suite} {context}: {index + 1}/{len(tasks)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     env.close()
-    return {"accuracy": float(np.mean([bool(i["correct"]) for i in infos])),
-            "visual_tokens": float(np.mean([i["visual_tokens"] for i in infos])),
-            "frames_decoded": float(np.mean([i["frames_fetched"] for i in infos])),
-            "turns": float(np.mean([i["turn"] for i in infos])), "episodes": len(infos)}
+    return {"accuracy": float(np.mean([r.correct for r in results])),
+            "visual_tokens": float(np.mean([r.visual_tokens for r in results])),
+            "frames_decoded": float(np.mean([r.frames_fetched for r in results])),
+            "turns": float(np.mean([r.turns for r in results])), "episodes": len(results)}
 
 
 def fetch_latency(repeats: int) -> list[dict]:
@@ -78,27 +76,34 @@ def fetch_latency(repeats: int) -> list[dict]:
     return rows
 
 
+MODE_COLUMNS = [("suite", "suite", "{}"), ("mode", "mode", "{}"), ("accuracy", "accuracy", "{:.1%}"),
+                ("visual_tokens", "visual tokens / episode", "{:.0f}"), ("frames_decoded", "frames decoded", "{:.0f}"),
+                ("turns", "turns", "{:.1f}")]
+VERDICT_COLUMNS = [("suite", "suite", "{}"), ("reduction", "token reduction", "{:.1%}"),
+                   ("accuracy_difference", "accuracy difference", "{:+.1%}"),
+                   ("verdict", "target (>= 80 % fewer, accuracy >=)", "{}")]
+LATENCY_COLUMNS = [("backend", "backend", "{}"), ("keyframe_interval", "keyframe interval", "{:d}"),
+                   ("median_ms", "8 random frames, median ms", "{:.1f}"), ("p90_ms", "p90 ms", "{:.1f}")]
+
+
 def render_markdown(results: dict, latency: list[dict], count: int, duration: float) -> str:
-    lines = ["| suite | mode | accuracy | visual tokens / episode | frames decoded | turns |",
-             "|---|---|---|---|---|---|"]
+    modes = [{"suite": suite, "mode": mode, **row}
+             for suite, by_mode in results.items() for mode, row in by_mode.items()]
     verdicts = []
-    for suite, modes in results.items():
-        for mode, row in modes.items():
-            lines.append(f"| {suite} | {mode} | {row['accuracy']:.1%} | {row['visual_tokens']:.0f} | "
-                         f"{row['frames_decoded']:.0f} | {row['turns']:.1f} |")
-        reduction = 1 - modes["on-demand"]["visual_tokens"] / max(modes["uniform 1 fps"]["visual_tokens"], 1e-9)
-        met = reduction >= TARGET_REDUCTION and modes["on-demand"]["accuracy"] >= modes["uniform 1 fps"]["accuracy"]
-        verdicts.append(f"| {suite} | {reduction:.1%} | {modes['on-demand']['accuracy'] - modes['uniform 1 fps']['accuracy']:+.1%} "
-                        f"| {'met' if met else 'NOT met'} |")
-    lines += ["", "| suite | token reduction | accuracy difference | target (>= 80 % fewer, accuracy >=) |",
-              "|---|---|---|---|", *verdicts]
-    lines += ["", "| backend | keyframe interval | 8 random frames, median ms | p90 ms |", "|---|---|---|---|"]
-    lines += [f"| {r['backend']} | {r['keyframe_interval']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} |"
-              for r in latency]
-    lines += ["", f"{count} tasks per suite (seed 0); visual tokens count every image the model received (the "
-                  f"uniform frames at reset, the frames the code showed); frames decoded: by the code in the "
-                  f"kernel (not shown unless displayed). Total {duration:.0f} s."]
-    return "\n".join(lines) + "\n"
+    for suite, by_mode in results.items():
+        on_demand, uniform = by_mode["on-demand"], by_mode["uniform 1 fps"]
+        reduction = 1 - on_demand["visual_tokens"] / max(uniform["visual_tokens"], 1e-9)
+        met = reduction >= TARGET_REDUCTION and on_demand["accuracy"] >= uniform["accuracy"]
+        verdicts.append({"suite": suite, "reduction": reduction,
+                         "accuracy_difference": on_demand["accuracy"] - uniform["accuracy"],
+                         "verdict": "met" if met else "NOT met"})
+    return "\n\n".join([
+        markdown_table(modes, MODE_COLUMNS), markdown_table(verdicts, VERDICT_COLUMNS),
+        markdown_table(latency, LATENCY_COLUMNS),
+        f"{count} tasks per suite (seed 0); visual tokens count every image the model received (the uniform "
+        "frames at reset, the frames the code showed); frames decoded: by the code in the kernel (not shown "
+        f"unless displayed). Total {duration:.0f} s.",
+    ]) + "\n"
 
 
 def plot(results: dict, out_dir: Path) -> Path:
@@ -138,10 +143,7 @@ def run(out_dir: Path, quick: bool = False) -> str:
                              "uniform 1 fps": run_suite(name, tasks, "uniform", engine)}
     latency = fetch_latency(5 if quick else 30)
     duration = time.perf_counter() - started
-    markdown = render_markdown(results, latency, count, duration)
-    (out_dir / "video.md").write_text(f"# Video benchmark\n\n{markdown}")
-    (out_dir / "video.json").write_text(json.dumps({"benchmark": NAME, "quick": quick, "duration_s": duration,
-                                                    "tasks_per_suite": count, "results": results,
-                                                    "fetch_latency": latency}, indent=1))
+    markdown = save_report(out_dir, NAME, "Video benchmark", render_markdown(results, latency, count, duration), quick,
+                           duration, tasks_per_suite=count, results=results, fetch_latency=latency)
     plot(results, out_dir)
     return markdown
