@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import math
 import os
 import secrets
 import shutil
@@ -38,6 +39,10 @@ from .sandbox import Cgroup, CgroupManager, bubblewrap_command, kernel_environme
 KERNEL_SIDE_CODE = (Path(__file__).with_name("kernel_side.py")).read_text()
 IDLE_WAIT = 0.5
 """Seconds to wait for the ``idle`` status after the reply (it can be lost under an output flood)."""
+OUTPUT_STOP_DELAY = 0.1
+"""Seconds a cell past its output budget may still take to reply before it is interrupted. What it sends meanwhile
+is dropped anyway, and a cell that has just finished (a flood that ends at once) replies within them: an interrupt
+landing as the kernel sends its reply can lose that reply, and then the kernel has to be killed."""
 POLL_WITHOUT_PIDFD = 0.2
 DRAIN_BATCH = 64
 MAX_EXPRESSION_CHARS = 256 * 1024
@@ -323,12 +328,15 @@ class Kernel:
         idle = False
         stop: CellStatus | None = None
         kill_at = 0.0
+        output_stop_at = math.inf  # when a cell past its output budget is interrupted
         crashed = False
         try:
             while True:
                 now = time.monotonic()
+                if collector.over_budget and output_stop_at == math.inf:
+                    output_stop_at = now + OUTPUT_STOP_DELAY
                 # A cell that has replied is over: interrupting it now would hit the next cell instead.
-                if stop is None and reply is None and (now >= deadline or collector.over_budget):
+                if stop is None and reply is None and (now >= deadline or now >= output_stop_at):
                     stop = CellStatus.TIMEOUT if now >= deadline else CellStatus.OUTPUT_LIMIT
                     self.interrupt()
                     kill_at = now + limits.interrupt_grace
@@ -339,7 +347,7 @@ class Kernel:
                 if stop is not None and now >= kill_at:
                     await self.kill()
                     break
-                wake_at = kill_at if stop is not None else deadline
+                wake_at = kill_at if stop is not None else min(deadline, output_stop_at)
                 if reply is not None:
                     wake_at = min(wake_at, replied_at + IDLE_WAIT)
                 await self._wait_events(wake_at - now)
