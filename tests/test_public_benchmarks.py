@@ -8,7 +8,8 @@ import json
 import gymnasium as gym
 import pytest
 
-from benchmarks.evaluation.public import public_benchmarks, register_public_benchmarks
+from benchmarks.evaluation.public import LayoutError, public_benchmarks, register_public_benchmarks
+from pyvision_env import TaskSource
 from pyvision_env.cli import main
 
 from .conftest import quiet_engine
@@ -47,6 +48,25 @@ def test_a_data_folder_registers_its_benchmarks_and_eval_scores_them(tmp_path, c
         "direct_attributes", "relative_position"}
     assert "overall" in summary["benchmark_metrics"]["vstar"]
     assert "## vstar: the benchmark's own metrics" in capsys.readouterr().out
+
+
+def test_public_benchmarks_are_task_sources_that_pyvision_tasks_lists(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    write_release(data / "vstar")
+    vstar = public_benchmarks()["vstar"]
+    assert isinstance(vstar, TaskSource) and vstar.tags == ("public",) and vstar.description == "V* Bench"
+    with pytest.raises(LayoutError, match=r"set \$PYVISION_BENCHMARKS"):
+        vstar.load()
+    assert len(vstar.at(data / "vstar").load()) == 3
+    monkeypatch.setenv("PYVISION_BENCHMARKS", str(data))  # what the pyvision.suites entry point reads
+    assert len(vstar.load()) == 3
+    assert main(["tasks"]) == 0
+    listed = capsys.readouterr().out
+    assert "vstar" in listed and "PyVision/Vstar-v0" in listed and "V* Bench" in listed
+    monkeypatch.setenv("PYVISION_BENCHMARKS", str(tmp_path / "nowhere"))
+    assert main(["tasks"]) == 1  # the other suites are still listed, the problem is named
+    captured = capsys.readouterr()
+    assert "PyVision/Zoom-v0" in captured.out and "nowhere does not exist" in captured.err
 
 
 def test_a_broken_copy_is_a_clear_error_from_the_cli(tmp_path):
