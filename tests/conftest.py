@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 import warnings
@@ -12,6 +13,9 @@ import pytest
 from pyvision_env.execution import Engine, ExecutionLimits, WeakIsolationWarning, probe_bubblewrap
 
 FAST_LIMITS = ExecutionLimits(cell_timeout=10.0, interrupt_grace=1.0)
+
+collect_ignore_glob = [] if importlib.util.find_spec("ray") else ["test_ray_*.py"]
+"""Without Ray (the vLLM venv of ``make test-vllm`` has none) its test modules are not collected."""
 
 SANDBOX_WORKS, SANDBOX_REASON = probe_bubblewrap()
 requires_sandbox = pytest.mark.skipif(not SANDBOX_WORKS, reason=f"needs bubblewrap: {SANDBOX_REASON}")
