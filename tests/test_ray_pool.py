@@ -77,6 +77,39 @@ def test_a_vector_env_of_remote_envs_steps_them_together(pool):
     assert pool.status()["running"] == 0
 
 
+def grade_by_parity(prediction, task):
+    """A grader another package registers (as the public benchmark loaders do): an answer of the right parity."""
+    from pyvision_env.graders import Grade, parse_number
+
+    value = parse_number(prediction)
+    correct = value is not None and int(value) % 2 == int(task.answer) % 2
+    return Grade(float(correct), correct, str(value))
+
+
+def test_tasks_the_workers_do_not_know_travel_with_their_graders(pool, tmp_path):
+    """A suite only the driver has, graded by a name only the driver registered: the worker gets the tasks with
+    the grader itself (unpickling imports its module), not the name, so it grades as the driver would."""
+    from PIL import Image
+
+    from pyvision_env.graders import GRADERS
+    from pyvision_env.tasks import Task, TaskSet
+
+    GRADERS["test-parity"] = grade_by_parity
+    Image.new("RGB", (8, 8)).save(tmp_path / "blank.png")
+    tasks = TaskSet("parity", [Task(id="p", question="An even number?", answer="4", grader="test-parity",
+                                    images=(str(tmp_path / "blank.png"),))])
+    env = pool.make_env(tasks, max_turns=2)
+    try:
+        env.reset(seed=0)
+        _, reward, terminated, _, info = env.step(env.protocol.render_action(answer="12"))
+        assert terminated and info["correct"] and reward == 1.0
+        env.reset(seed=0)
+        assert env.step(env.protocol.render_action(answer="7"))[-1]["correct"] is False
+    finally:
+        env.close()
+        del GRADERS["test-parity"]
+
+
 def test_an_episode_waits_for_a_free_slot_under_the_global_cap(local_ray):
     config = PoolConfig(workers=1, envs_per_worker=4, max_concurrent_episodes=1,
                         **{**RAY_TEST_CONFIG, "slot_timeout": 2.0})
