@@ -3,7 +3,9 @@ on real kernels, SFT, checkpoints and resume after a kill."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import os
 import re
 import signal
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,16 +22,16 @@ from PIL import Image
 from agents.hf import Sampling
 from agents.tiny_model import make_tiny_model
 from pyvision_env.messages import ImagePart, Message, TextPart
-from trainers.backends import HFBackend, PixelCache
+from trainers.backends import GenerationBackend, HFBackend, PixelCache, Sampled
 from trainers.checkpoint import latest_checkpoint
 from trainers.config import ConfigError, GRPOConfig, ModelConfig, SFTConfig, load_config, to_dict
 from trainers.demo import tokenizer_corpus
-from trainers.grpo import GRPOTrainer, TaskSampler
-from trainers.modeling import load_policy
+from trainers.grpo import GRPOTrainer, TaskSampler, importance_cap, rollout_groups
+from trainers.modeling import load_policy, make_optimizer
 from trainers.objective import collate, grpo_loss, sequence_logprobs
-from trainers.rollout import EpisodeSpec, Trajectory
+from trainers.rollout import EpisodeSpec, GenerationBatcher, Trajectory
 from trainers.sft import SFTTrainer, tokenize_conversation
-from trainers.tokens import ImageTokenMismatch, TemplateError, check_images
+from trainers.tokens import Encoded, ImageTokenMismatch, TemplateError, check_images
 
 from .scripted_generation import ScriptedTallyGeneration
 
@@ -168,6 +171,97 @@ def test_grpo_loss_clips_each_side_and_averages_over_tokens():
     assert stats["clip_fraction"] == pytest.approx(2 / 3)
 
 
+def test_the_kl_term_stays_finite_at_padding():
+    """Padding has a reference log-prob of 0 and any log-prob under the policy: exp(0 - (-1e4)) overflows, and
+    inf times a mask of 0 was NaN in the loss and in every gradient."""
+    logprobs = torch.tensor([[0.0, -0.5, -1.0, -1e4]], requires_grad=True)  # the last token is padding
+    batch = {"loss_mask": torch.tensor([[0.0, 1.0, 1.0, 0.0]]), "old_logprobs": torch.tensor([[0.0, -0.5, -1.0, 0.0]]),
+             "advantages": torch.tensor([[0.0, 1.0, 1.0, 0.0]])}
+    ref = torch.tensor([[0.0, -0.4, -1.2, 0.0]])
+    loss, stats = grpo_loss(logprobs, batch, clip_low=0.2, clip_high=0.2, token_count=2.0, ref_logprobs=ref,
+                            kl_coef=0.1)
+    loss.backward()
+    kl = [math.exp(r - lp) - (r - lp) - 1 for r, lp in ((-0.4, -0.5), (-1.2, -1.0))]
+    assert loss.item() == pytest.approx((-1 - 1 + 0.1 * sum(kl)) / 2, abs=1e-6)
+    assert stats["kl"] == pytest.approx(sum(kl) / 2, rel=1e-5) and torch.isfinite(logprobs.grad).all()
+    assert logprobs.grad[0, 3] == 0.0
+
+
+def test_truncated_importance_weights_correct_the_sampler_mismatch():
+    """With recomputed old log-probs, each token's surrogate is weighted by min(pi_old / pi_sampler, cap)."""
+    old = torch.log(torch.tensor([[0.5, 0.5, 0.5]]))
+    batch = {"loss_mask": torch.ones(1, 3), "old_logprobs": old, "advantages": torch.ones(1, 3),
+             "behaviour_logprobs": torch.log(torch.tensor([[0.5, 0.25, 0.1]]))}  # weights 1, 2, 5 -> capped at 2
+    loss, stats = grpo_loss(old.clone(), batch, clip_low=0.2, clip_high=0.2, token_count=3.0, importance_cap=2.0)
+    assert loss.item() == pytest.approx(-(1 + 2 + 2) / 3, abs=1e-6)
+    assert stats["importance_weight"] == pytest.approx(5 / 3, rel=1e-6)
+    assert stats["importance_capped"] == pytest.approx(1 / 3)
+    plain, _ = grpo_loss(old.clone(), batch, clip_low=0.2, clip_high=0.2, token_count=3.0)
+    assert plain.item() == pytest.approx(-1.0)  # off unless a cap is given
+
+
+def test_the_importance_correction_is_on_for_vllm_and_where_asked():
+    def cap(*overrides):
+        return importance_cap(load_config(GRPOConfig, overrides=list(overrides)))
+
+    assert cap() is None and cap("rollout.backend=vllm") == 2.0  # auto: the sampler's numerics differ with vLLM
+    assert cap("rollout.backend=vllm", "algorithm.importance_correction=none") is None
+    assert cap("algorithm.importance_correction=truncated", "algorithm.importance_cap=3.0") == 3.0
+    assert cap("rollout.backend=vllm", "algorithm.old_logprobs=rollout") is None  # nothing recomputed to correct
+    with pytest.raises(ValueError, match="old_logprobs: recompute"):
+        cap("algorithm.importance_correction=truncated", "algorithm.old_logprobs=rollout")
+    with pytest.raises(ValueError, match="importance_correction must be"):
+        cap("algorithm.importance_correction=always")
+
+
+def test_trajectories_that_ended_in_error_stay_out_of_their_groups_baseline():
+    """A failed generation says nothing about the task: the others' advantages are against each other only."""
+    group = [Trajectory(EpisodeSpec(0, 0, "g"), "t", reward=reward, end_reason=end)
+             for reward, end in ((1.0, "answered"), (0.0, "answered"), (0.0, "error"))]
+    (rollouts,) = rollout_groups(group, normalize_std=False)
+    assert [r.extra["advantage"] for r in rollouts] == [0.5, -0.5, 0.0]
+    assert [r.end_reason for r in rollouts] == ["answered", "answered", "error"]
+    (alone,) = rollout_groups(group[2:], normalize_std=False)
+    assert alone[0].extra["advantage"] == 0.0
+
+
+class PoisonedBackend(GenerationBackend):
+    """Fails any batch that holds a prompt ending with the poison token, as a backend does with one bad
+    request; records the batches it was given."""
+
+    POISON = 13
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def generate(self, prompts, sampling):
+        self.batches.append(len(prompts))
+        if any(prompt.ids[-1] == self.POISON for prompt in prompts):
+            raise RuntimeError("the backend refused a request")
+        return [Sampled([prompt.ids[-1] + 1], [-0.5], True) for prompt in prompts]
+
+
+def test_a_failing_request_fails_its_episode_only():
+    backend = PoisonedBackend()
+    batcher = GenerationBatcher(backend, Sampling(max_new_tokens=4), max_batch=8)
+
+    async def play() -> list[Any]:
+        batcher.running = 3
+        server = asyncio.ensure_future(batcher.serve())
+        results = await asyncio.gather(*(batcher.generate(Encoded([1, last], [])) for last in (5, 13, 7)),
+                                       return_exceptions=True)
+        batcher.stop()
+        await server
+        return results
+
+    try:
+        first, poisoned, third = asyncio.run(play())
+    finally:
+        batcher.close()
+    assert (first.ids, third.ids) == ([6], [8]) and isinstance(poisoned, RuntimeError)
+    assert backend.batches[0] == 3 and sorted(backend.batches[1:]) == [1, 1, 1]  # the batch, then one by one
+
+
 def _sampled_trajectories(policy, n: int = 2) -> list[Trajectory]:
     chat = policy.chat
     prompt = chat.prompt(conversation()[:2])
@@ -178,6 +272,36 @@ def _sampled_trajectories(policy, n: int = 2) -> list[Trajectory]:
         trajectory.extend(s, sampled=True)
         out.append(trajectory)
     return out
+
+
+def test_a_small_update_moves_bf16_computed_weights_as_the_fp32_reference_does(model_dir):
+    """At PyVision-RL's learning rate (1e-6) an AdamW step moves almost every weight by about 1e-6. Weights stored
+    in bfloat16 (half an ulp of a 0.02 weight is 6e-5) would almost all stay where they were; fp32 master weights
+    with bfloat16 compute move as the fp32 reference does."""
+    def update(dtype: str, master_dtype: str) -> dict[str, torch.Tensor]:
+        policy = load_policy(ModelConfig(path=str(model_dir), device="cpu", dtype=dtype, master_dtype=master_dtype))
+        ids = policy.chat.tokenizer("How many red squares are in the image? Count them.")["input_ids"]
+        batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+        before = {name: p.detach().float().clone() for name, p in policy.model.named_parameters()}
+        optimizer, _ = make_optimizer(policy, lr=1e-6, weight_decay=0.0, warmup_steps=0)
+        with policy.autocast():
+            loss = -sequence_logprobs(policy.model, batch)[:, 1:].mean()
+        loss.backward()
+        optimizer.step()
+        return {name: p.detach().float() - before[name] for name, p in policy.model.named_parameters()
+                if p.grad is not None}
+
+    def moved(deltas: dict[str, torch.Tensor]) -> float:
+        return float(sum((d != 0).sum() for d in deltas.values()) / sum(d.numel() for d in deltas.values()))
+
+    reference, mixed, stored_bf16 = update("float32", "float32"), update("bfloat16", "float32"), \
+        update("bfloat16", "bfloat16")
+    assert moved(reference) > 0.9 and moved(stored_bf16) < 0.05  # the defect: bf16 storage loses the update
+    assert moved(mixed) > 0.9
+    flat = torch.cat([d.flatten() for d in reference.values()]), torch.cat([d.flatten() for d in mixed.values()])
+    both = (flat[0] != 0) & (flat[1] != 0)
+    assert float((flat[0][both].sign() == flat[1][both].sign()).float().mean()) > 0.9
+    assert float(flat[1].abs().max()) < 2e-6  # about lr per weight, as Adam's first step moves them
 
 
 @pytest.mark.parametrize("freeze_vision", [False, True])
@@ -212,6 +336,21 @@ def small_config(tmp_path, model_dir, **overrides) -> GRPOConfig:
                 "algorithm.mini_batch_size=4", "algorithm.micro_batch_size=2", "algorithm.lr=1e-3",
                 *(f"{k}={v}" for k, v in overrides.items())]
     return load_config(GRPOConfig, ROOT / "trainers/configs/demo_grpo.yaml", settings)
+
+
+def test_a_step_in_bf16_with_master_weights_kl_and_the_importance_correction(tmp_path, model_dir):
+    """The GPU recipe's settings on CPU: bfloat16 compute over float32 master weights, a bfloat16 KL reference,
+    the truncated importance-sampling correction. The step is finite and every setting shows in its metrics."""
+    config = small_config(tmp_path, model_dir, **{"model.dtype": "bfloat16", "algorithm.kl_coef": 0.05,
+                                                  "algorithm.importance_correction": "truncated", "eval.every": 0})
+    with GRPOTrainer(config) as trainer:
+        trainer.backend = trainer.collector.backend = ScriptedTallyGeneration(trainer.chat)
+        assert next(trainer.policy.model.parameters()).dtype == torch.float32
+        assert next(trainer.reference.parameters()).dtype == torch.bfloat16 and trainer.importance_cap == 2.0
+        train = trainer.train()["train"]
+    assert math.isfinite(train["loss"]) and math.isfinite(train["kl"]) and train["grad_norm"] > 0
+    # the scripted sampler reports log-probs of 0, so every weight pi_old / pi_sampler is below 1: none is capped
+    assert 0 < train["importance_weight"] < 1 and train["importance_capped"] == 0.0
 
 
 def test_grpo_step_with_ofr_on_real_kernels(tmp_path, model_dir):

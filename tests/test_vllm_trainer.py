@@ -24,6 +24,7 @@ from agents.hf import Sampling  # noqa: E402
 from agents.tiny_text_model import make_tiny_text_model  # noqa: E402
 from pyvision_env.messages import Message  # noqa: E402
 from trainers.backends import VLLMBackend, WeightSyncTimeout, token_logprobs  # noqa: E402
+from trainers.objective import grpo_loss  # noqa: E402
 from trainers.tokens import ChatTokenizer  # noqa: E402
 
 from .test_vllm_policy import ENGINE_ARGS, ENGINE_ENV  # noqa: E402
@@ -79,6 +80,23 @@ def test_sampled_log_probs_are_the_ones_the_trainer_recomputes(setup):
             assert len(sample.ids) == len(sample.logprobs) and sample.ids
             assert not set(sample.ids) & set(chat.never_sampled)
             assert sample.logprobs == pytest.approx(recomputed(model, encoded.ids, sample.ids, temperature), abs=MISMATCH)
+
+
+def test_the_importance_weights_of_the_engines_samples_stay_near_one(setup):
+    """The truncated importance-sampling correction (on with vLLM) weights each sampled token by
+    min(pi_trainer / pi_engine, cap): on the engine's real samples the weights differ from 1 by the kernels'
+    mismatch only, and none reaches the cap."""
+    backend, chat, model = setup
+    encoded = prompt(chat)
+    samples = backend.generate([encoded] * 3, Sampling(max_new_tokens=NEW_TOKENS, temperature=1.0))
+    behaviour = torch.tensor([s.logprobs for s in samples if len(s.ids) == len(samples[0].ids)])
+    trainer = torch.tensor([recomputed(model, encoded.ids, s.ids) for s in samples
+                            if len(s.ids) == len(samples[0].ids)])
+    batch = {"loss_mask": torch.ones_like(trainer), "old_logprobs": trainer, "advantages": torch.ones_like(trainer),
+             "behaviour_logprobs": behaviour}
+    _, stats = grpo_loss(trainer.clone(), batch, clip_low=0.2, clip_high=0.2, token_count=float(trainer.numel()),
+                         importance_cap=2.0)
+    assert stats["importance_weight"] == pytest.approx(1.0, abs=MISMATCH) and stats["importance_capped"] == 0.0
 
 
 def test_weights_changed_by_the_trainer_reach_the_engine(setup):

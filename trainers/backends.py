@@ -18,10 +18,11 @@ Example::
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,10 +102,12 @@ def token_logprobs(logits: Any, ids: Any, temperature: float) -> Any:
 
 
 class HFBackend(GenerationBackend):
-    """Batched, left-padded Hugging Face ``generate`` on the policy model (the trainer's own weights)."""
+    """Batched, left-padded Hugging Face ``generate`` on the policy model (the trainer's own weights), under
+    ``autocast()`` (the policy's compute dtype; none by default)."""
 
-    def __init__(self, model: Any, chat: ChatTokenizer) -> None:
-        self.model, self.chat = model, chat
+    def __init__(self, model: Any, chat: ChatTokenizer, autocast: Callable[[], Any] = contextlib.nullcontext
+                 ) -> None:
+        self.model, self.chat, self.autocast = model, chat, autocast
         self.pixels = PixelCache(chat.image_processor)
 
     def generate(self, prompts: Sequence[Encoded], sampling: Sampling) -> list[Sampled]:
@@ -122,7 +125,7 @@ class HFBackend(GenerationBackend):
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.autocast():
                 out = self.model.generate(**{k: v.to(device) for k, v in inputs.items()},
                                           **sampling.generate_kwargs(), suppress_tokens=self.chat.never_sampled,
                                           output_logits=True,

@@ -45,7 +45,12 @@ class ModelConfig:
     device: str = "auto"
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available)."""
     dtype: str = "auto"
-    """``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16``."""
+    """The compute dtype of forward passes: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``,
+    ``bfloat16`` (autocast over ``master_dtype`` weights)."""
+    master_dtype: str = "float32"
+    """The dtype the weights, their gradients and the optimizer's state are kept in. ``float32`` (master
+    weights): an update of 1e-6 moves a weight. ``bfloat16`` halves the memory but loses every update smaller than
+    half an ulp of the weight — at 1e-6 nearly all of them, so such a model barely learns."""
     torch_threads: int = 1
     """CPU threads of torch (0: torch's default). On a small CPU machine, 1 leaves the cores to the kernels."""
     freeze_vision: bool = False
@@ -121,6 +126,12 @@ class AlgorithmConfig:
     old_logprobs: str = "recompute"
     """``recompute`` (the trainer's own forward pass before the update, robust to sampler numerics) or
     ``rollout`` (the sampler's log-probs)."""
+    importance_correction: str = "auto"
+    """Weight each token's surrogate by ``min(pi_old / pi_sampler, importance_cap)``, the truncated
+    importance-sampling correction for a sampler whose numerics differ from the trainer's: ``truncated``,
+    ``none``, or ``auto`` (truncated with the vLLM backend, none with ``hf``). Needs ``old_logprobs: recompute``."""
+    importance_cap: float = 2.0
+    """The truncation of the importance weights."""
 
 
 @dataclass

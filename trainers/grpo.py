@@ -139,13 +139,17 @@ class GRPOTrainer:
         algorithm = config.algorithm
         if algorithm.old_logprobs not in ("recompute", "rollout"):
             raise ValueError(f"algorithm.old_logprobs must be 'recompute' or 'rollout', got {algorithm.old_logprobs!r}")
+        self.importance_cap = importance_cap(config)
         self.optimizer, self.scheduler = make_optimizer(self.policy, algorithm.lr, algorithm.weight_decay,
                                                         algorithm.warmup_steps)
         self.reference = None
         if algorithm.kl_coef > 0:
             import copy
 
-            self.reference = copy.deepcopy(self.policy.model).eval().requires_grad_(False)
+            import torch
+
+            reference = copy.deepcopy(self.policy.model).eval().requires_grad_(False)
+            self.reference = reference.to(getattr(torch, self.policy.compute_dtype))  # no master weights needed
         self.pixels = PixelCache(self.chat.image_processor)
         self.pool = make_pool(config.pool, concurrency=config.env.num_envs)
         self.train_envs = make_envs(config, config.env.split, self.pool)
@@ -170,7 +174,7 @@ class GRPOTrainer:
     def _make_backend(self) -> GenerationBackend:
         rollout = self.config.rollout
         if rollout.backend == "hf":
-            return HFBackend(self.policy.model, self.chat)
+            return HFBackend(self.policy.model, self.chat, self.policy.autocast)
         if rollout.backend == "vllm":
             return VLLMBackend(self.config.model.path, self.chat, seed=self.config.seed,
                                **rollout.vllm)
@@ -264,17 +268,7 @@ class GRPOTrainer:
         return self.config.seed * 1_000_003 + self.episodes_started
 
     def _to_rollouts(self, trajectories: list[Trajectory]) -> list[list[Rollout]]:
-        """Group the round's trajectories, with their advantages computed now (before any filtering)."""
-        groups: dict[Any, list[Trajectory]] = defaultdict(list)
-        for trajectory in trajectories:
-            groups[trajectory.spec.group].append(trajectory)
-        out = []
-        for group_id, members in groups.items():
-            advantages = group_advantages([t.reward for t in members], self.config.algorithm.normalize_std)
-            out.append([Rollout(group_id, t.reward, t.end_reason, t.tool_calls, len(t.ids),
-                                self._images_consistent(t), t.info.get("images_shown", 0) > 0,
-                                {"trajectory": t, "advantage": float(a)}) for t, a in zip(members, advantages)])
-        return out
+        return rollout_groups(trajectories, self.config.algorithm.normalize_std, self._images_consistent)
 
     def _images_consistent(self, trajectory: Trajectory) -> bool:
         try:
@@ -290,7 +284,7 @@ class GRPOTrainer:
         items = [(r.extra["trajectory"], r.extra["advantage"]) for r in kept]
         if algorithm.mask_truncated:
             items = [(t, a) for t, a in items if t.end_reason != "max_turns"]
-        items = [(t, a) for t, a in items if t.sampled_tokens > 0]
+        items = [(t, a) for t, a in items if t.sampled_tokens > 0 and t.end_reason != "error"]
         random.shuffle(items)
         clock["update"], clock["update_tokens"] = 0.0, float(sum(len(t.ids) for t, _ in items))
         if not items:
@@ -301,7 +295,7 @@ class GRPOTrainer:
         old: dict[int, Any] = {}
         reference: dict[int, Any] = {}
         mismatch = []
-        with torch.no_grad():
+        with torch.no_grad(), self.policy.autocast():
             for chunk in _chunks(items, algorithm.micro_batch_size):
                 batch = collate([t for t, _ in chunk], [a for _, a in chunk], self.chat, self.pixels)
                 mask = batch["loss_mask"].bool()
@@ -326,11 +320,14 @@ class GRPOTrainer:
             for micro in _chunks(mini, algorithm.micro_batch_size):
                 batch = collate([t for t, _ in micro], [a for _, a in micro], self.chat, self.pixels)
                 if old:
+                    batch["behaviour_logprobs"] = batch["old_logprobs"]  # the sampler's, as collated
                     batch["old_logprobs"] = _pad_rows([old[id(t)] for t, _ in micro], batch["input_ids"].shape)
                 ref = _pad_rows([reference[id(t)] for t, _ in micro], batch["input_ids"].shape) if reference else None
-                logprobs = sequence_logprobs(model, batch, temperature)
+                with self.policy.autocast():
+                    logprobs = sequence_logprobs(model, batch, temperature)
                 loss, stats = grpo_loss(logprobs, batch, clip_low=algorithm.clip_low, clip_high=algorithm.clip_high,
-                                        token_count=token_count, ref_logprobs=ref, kl_coef=algorithm.kl_coef)
+                                        token_count=token_count, ref_logprobs=ref, kl_coef=algorithm.kl_coef,
+                                        importance_cap=self.importance_cap)
                 loss.backward()
                 loss_sum += float(loss.detach())
                 for key, value in stats.items():
@@ -394,6 +391,46 @@ class GRPOTrainer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def importance_cap(config: GRPOConfig) -> float | None:
+    """The truncation of the importance weights the update applies, or None when it does not correct the
+    sampler (``algorithm.importance_correction``; ``auto`` corrects the vLLM backend only).
+
+    >>> from trainers.config import load_config
+    >>> importance_cap(load_config(GRPOConfig, overrides=["rollout.backend=vllm"]))
+    2.0
+    """
+    algorithm = config.algorithm
+    if algorithm.importance_correction not in ("auto", "truncated", "none"):
+        raise ValueError("algorithm.importance_correction must be 'auto', 'truncated' or 'none', got "
+                         f"{algorithm.importance_correction!r}")
+    if algorithm.importance_correction == "truncated" and algorithm.old_logprobs != "recompute":
+        raise ValueError("algorithm.importance_correction: truncated corrects recomputed old log-probs; set "
+                         "algorithm.old_logprobs: recompute")
+    corrected = algorithm.importance_correction == "truncated" or (
+        algorithm.importance_correction == "auto" and config.rollout.backend == "vllm"
+        and algorithm.old_logprobs == "recompute")
+    return algorithm.importance_cap if corrected else None
+
+
+def rollout_groups(trajectories: Sequence[Trajectory], normalize_std: bool,
+                   images_consistent: Callable[[Trajectory], bool] = lambda trajectory: True) -> list[list[Rollout]]:
+    """The round's trajectories grouped by prompt, each with its advantage computed now (before any filtering).
+    A trajectory that ended in ``error`` (the generation backend failed) says nothing about its task: it gets an
+    advantage of 0 and stays out of its group's baseline."""
+    groups: dict[Any, list[Trajectory]] = defaultdict(list)
+    for trajectory in trajectories:
+        groups[trajectory.spec.group].append(trajectory)
+    out = []
+    for group_id, members in groups.items():
+        played = [t for t in members if t.end_reason != "error"]
+        advantage = dict(zip(map(id, played), group_advantages([t.reward for t in played], normalize_std)
+                             if played else []))
+        out.append([Rollout(group_id, t.reward, t.end_reason, t.tool_calls, len(t.ids), images_consistent(t),
+                            t.info.get("images_shown", 0) > 0, {"trajectory": t, "advantage": float(advantage.get(
+                                id(t), 0.0))}) for t in members])
+    return out
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:

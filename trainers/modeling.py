@@ -1,9 +1,14 @@
 """Loading the policy model for training, shared by the SFT and RL trainers.
 
+The weights (and so their gradients and the optimizer's state) are kept in ``model.master_dtype`` (float32 by
+default: master weights), and forward passes run in ``model.dtype`` under autocast (bfloat16 on CUDA).
+
 Example::
 
     policy = load_policy(ModelConfig(path="runs/tiny"))
     policy.model, policy.chat.tokenizer, policy.trainable_parameters
+    with policy.autocast():
+        logits = policy.model(**inputs).logits
 """
 
 from __future__ import annotations
@@ -15,12 +20,27 @@ from typing import Any
 from .config import ModelConfig
 from .tokens import ChatTokenizer
 
+DTYPES = ("float32", "bfloat16", "float16")
+
 
 @dataclass
 class PolicyModel:
     model: Any
     chat: ChatTokenizer
     device: str
+    compute_dtype: str = "float32"
+    """The dtype of forward passes (:meth:`autocast`); the weights are in the model's own dtype."""
+
+    def autocast(self) -> Any:
+        """Run forward passes in :attr:`compute_dtype` (a no-op where it is the weights' dtype)."""
+        import contextlib
+
+        import torch
+
+        dtype = getattr(torch, self.compute_dtype)
+        if next(self.model.parameters()).dtype == dtype:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.split(":")[0], dtype=dtype)
 
     @property
     def processors(self) -> tuple[Any, Any]:
@@ -48,7 +68,10 @@ def load_policy(config: ModelConfig) -> PolicyModel:
                              f"with `pyvision make-tiny-model {path}`")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
     dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
+    for name, value in (("model.dtype", dtype), ("model.master_dtype", config.master_dtype)):
+        if value not in DTYPES:
+            raise ValueError(f"{name} must be one of {', '.join(DTYPES)} (or auto for model.dtype), got {value!r}")
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, config.master_dtype)).to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
     image_processor = AutoImageProcessor.from_pretrained(path)
     if not getattr(tokenizer, "chat_template", None):
@@ -63,7 +86,7 @@ def load_policy(config: ModelConfig) -> PolicyModel:
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
-    return PolicyModel(model, chat, device)
+    return PolicyModel(model, chat, device, dtype)
 
 
 def start_run(config: Any) -> Path:

@@ -6,7 +6,7 @@
   ``softmax(logits / temperature)`` — the same quantity the samplers record;
 * :func:`grpo_loss` is the clipped surrogate with separate low/high clip ranges (DAPO's "clip-higher"),
   averaged over all loss tokens of the mini-batch (token-mean), with an optional KL term to a reference policy
-  (the k3 estimator).
+  (the k3 estimator) and an optional truncated importance-sampling correction for the sampler's mismatch.
 
 Example::
 
@@ -65,26 +65,40 @@ def sequence_logprobs(model: Any, batch: dict[str, Any], temperature: float = 1.
 
 
 def grpo_loss(logprobs: Any, batch: dict[str, Any], *, clip_low: float, clip_high: float, token_count: float,
-              ref_logprobs: Any = None, kl_coef: float = 0.0) -> tuple[Any, dict[str, float]]:
+              ref_logprobs: Any = None, kl_coef: float = 0.0, importance_cap: float | None = None
+              ) -> tuple[Any, dict[str, float]]:
     """The clipped surrogate, summed over loss tokens and divided by ``token_count`` (the mini-batch's loss
     tokens, so that micro-batches add up to a token-mean), plus ``kl_coef`` × KL to the reference.
 
-    Returns ``(loss, stats)`` with the mini-batch shares of ``clip_fraction`` and ``kl`` (sums over this
-    micro-batch divided by ``token_count``, so they add up too).
+    ``importance_cap``: weight each token's surrogate by ``min(pi_old / pi_sampler, importance_cap)`` — the
+    truncated importance-sampling correction for a sampler whose numerics differ from the trainer's (vLLM);
+    ``batch["behaviour_logprobs"]`` holds the sampler's log-probs, ``batch["old_logprobs"]`` the trainer's.
+
+    Returns ``(loss, stats)`` with the mini-batch shares of ``clip_fraction``, ``kl``, ``importance_weight``
+    and ``importance_capped`` (sums over this micro-batch divided by ``token_count``, so they add up too).
+    Tokens outside the loss mask (prompts, observations, padding) never reach an ``exp``.
     """
     import torch
 
     device = logprobs.device
     mask = batch["loss_mask"].to(device)
+    inside = mask > 0
     old = batch["old_logprobs"].to(device)
     advantages = batch["advantages"].to(device)
-    ratio = torch.exp(logprobs - old)
+    ratio = torch.exp(torch.where(inside, logprobs - old, 0.0))
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
     per_token = -torch.minimum(unclipped, clipped)
     stats = {"clip_fraction": float(((unclipped != clipped).float() * mask).sum() / token_count)}
+    if importance_cap is not None:
+        behaviour = batch["behaviour_logprobs"].to(device)
+        raw = torch.exp(torch.where(inside, old - behaviour, 0.0))
+        weights = torch.clamp(raw, max=importance_cap)
+        per_token = per_token * weights
+        stats["importance_weight"] = float((weights * mask).sum() / token_count)
+        stats["importance_capped"] = float(((raw > importance_cap).float() * mask).sum() / token_count)
     if ref_logprobs is not None and kl_coef > 0:
-        delta = ref_logprobs.to(device) - logprobs
+        delta = torch.where(inside, ref_logprobs.to(device) - logprobs, 0.0)
         kl = torch.exp(delta) - delta - 1.0
         per_token = per_token + kl_coef * kl
         stats["kl"] = float((kl.detach() * mask).sum() / token_count)

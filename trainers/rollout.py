@@ -1,9 +1,10 @@
 """Rollout collection: one asyncio loop per episode over a vector environment's sub-environments.
 
 Each episode runs on the engine's event loop, in its own coroutine: reset, then sample / step until the
-episode ends. Episodes never wait for each other's code to run (pitfall 6); their generation requests meet in
-a :class:`GenerationBatcher`, which sends whoever is waiting to the backend as one batch, in a worker thread
-(the event loop never does model work). Token ids are kept as sampled (:mod:`trainers.tokens`).
+episode ends. Episodes never wait for each other's code to run; their generation requests meet in a
+:class:`GenerationBatcher`, which sends whoever is waiting to the backend as one batch, in a worker thread
+(the event loop never does model work). A batch the backend refuses is asked again one request at a time, so
+a bad request ends its own episode (``end_reason="error"``) and no other. Token ids are kept as sampled (:mod:`trainers.tokens`).
 
 Example::
 
@@ -127,17 +128,27 @@ class GenerationBatcher:
             try:
                 results = await loop.run_in_executor(self._executor, self.backend.generate,
                                                      [prompt for prompt, _ in batch], self.sampling)
-            except Exception as error:  # noqa: BLE001  (every waiting episode learns why)
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
+            except Exception:  # noqa: BLE001  (one bad request must not fail the batch: ask again one by one)
+                results = [await self._alone(prompt) for prompt, _ in batch]
             self.generate_seconds += time.perf_counter() - started
             self.batches += 1
             for (_, future), result in zip(batch, results):
-                self.generated_tokens += len(result.ids)
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    self.generated_tokens += len(result.ids)
                     future.set_result(result)
+
+    async def _alone(self, prompt: Encoded) -> Sampled | Exception:
+        """The sample of one prompt, or the exception its request raised (which fails only its episode)."""
+        try:
+            (result,) = await asyncio.get_running_loop().run_in_executor(self._executor, self.backend.generate,
+                                                                         [prompt], self.sampling)
+        except Exception as error:  # noqa: BLE001  (handed to the episode that asked)
+            return error
+        return result
 
     def stop(self) -> None:
         """Let :meth:`serve` return (after the batch in flight, if any)."""

@@ -167,7 +167,8 @@ class SFTTrainer:
                 batch = collate(batch_examples, [0.0] * len(batch_examples), self.chat, self.pixels)
                 mask = batch["loss_mask"]
                 tokens = float(mask.sum())
-                logprobs = sequence_logprobs(model, batch)
+                with self.policy.autocast():
+                    logprobs = sequence_logprobs(model, batch)
                 loss = -(logprobs * mask).sum() / tokens
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
