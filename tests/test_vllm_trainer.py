@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -68,6 +69,24 @@ def greedy(model, prompt_ids, chat):
                              suppress_tokens=chat.never_sampled, eos_token_id=chat.end_token_id,
                              pad_token_id=chat.pad_token_id)
     return out[0, len(prompt_ids):].tolist()
+
+
+def test_the_declared_vllm_floor_has_the_weight_reload_the_backend_calls():
+    """setup.cfg's vllm extra, the backend's own check and the installed engine agree: its workers reload
+    weights from memory (``weights_iterator``), the call ``VLLMBackend.sync_weights`` makes."""
+    import configparser
+    import inspect
+
+    from packaging.version import Version
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from trainers.backends import VLLM_FLOOR
+
+    extras = configparser.ConfigParser()
+    extras.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    assert extras["options.extras_require"]["vllm"].split() == [f"vllm>={VLLM_FLOOR}"]
+    assert Version(vllm.__version__).release >= Version(VLLM_FLOOR).release
+    assert {"weights_iterator", "is_checkpoint_format"} <= set(inspect.signature(GPUModelRunner.reload_weights).parameters)
 
 
 def test_sampled_log_probs_are_the_ones_the_trainer_recomputes(setup):

@@ -144,6 +144,11 @@ class HFBackend(GenerationBackend):
         return results
 
 
+VLLM_FLOOR = "0.16"
+"""The first vLLM whose workers' ``reload_weights`` takes weights from memory (``weights_iterator``); the
+``vllm`` extra asks for it."""
+
+
 class VLLMBackend(GenerationBackend):
     """A colocated vLLM engine (``vllm.LLM``, in this process) sampling from token prompts with images.
 
@@ -156,14 +161,21 @@ class VLLMBackend(GenerationBackend):
 
     Log-probs are vLLM's ``processed_logprobs`` (temperature applied, as the trainer recomputes them). Weights
     are synced with ``collective_rpc("reload_weights")`` and the prefix cache is reset (its keys and values
-    were computed with the old weights), under a timeout.
+    were computed with the old weights), under a timeout. Reloading from weights in memory needs vLLM
+    :data:`VLLM_FLOOR` or newer (before it, ``reload_weights`` only re-read the files on disk).
     """
 
     def __init__(self, model_path: str, chat: ChatTokenizer, seed: int = 0, **engine_options: Any) -> None:
         import os
 
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        import vllm
+        from packaging.version import Version
         from vllm import LLM
+
+        if Version(vllm.__version__).release < Version(VLLM_FLOOR).release:
+            raise ImportError(f"the vLLM backend needs vllm>={VLLM_FLOOR} (reload_weights from memory); this is "
+                              f"{vllm.__version__}")
 
         self.image_token_id = chat.image_token_id
         self.never_sampled = dict.fromkeys(chat.never_sampled, -100.0)
