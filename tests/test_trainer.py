@@ -27,11 +27,11 @@ from trainers.checkpoint import latest_checkpoint
 from trainers.config import ConfigError, GRPOConfig, ModelConfig, SFTConfig, load_config, to_dict
 from trainers.demo import tokenizer_corpus
 from trainers.grpo import GRPOTrainer, TaskSampler, importance_cap, rollout_groups
-from trainers.modeling import load_policy, make_optimizer
+from trainers.modeling import check_sees_pixels, load_policy, make_optimizer
 from trainers.objective import collate, grpo_loss, sequence_logprobs
 from trainers.rollout import EpisodeSpec, GenerationBatcher, Trajectory
 from trainers.sft import SFTTrainer, tokenize_conversation
-from trainers.tokens import Encoded, ImageTokenMismatch, TemplateError, check_images
+from trainers.tokens import Encoded, ImageTokenMismatch, TemplateError, VisualParityError, check_images
 
 from .scripted_generation import ScriptedTallyGeneration
 
@@ -302,6 +302,42 @@ def test_a_small_update_moves_bf16_computed_weights_as_the_fp32_reference_does(m
     both = (flat[0] != 0) & (flat[1] != 0)
     assert float((flat[0][both].sign() == flat[1][both].sign()).float().mean()) > 0.9
     assert float(flat[1].abs().max()) < 2e-6  # about lr per weight, as Adam's first step moves them
+
+
+def test_the_parity_guard_refuses_images_the_rollout_did_not_see(policy, model_dir):
+    """Each image carries its pixels' hash and its processor grid from the rollout; a forward pass on a changed,
+    dropped or differently processed image is refused, naming the trajectory and the image."""
+    from transformers import AutoImageProcessor
+
+    def fresh():
+        return _sampled_trajectories(policy, n=1)
+
+    pixels = PixelCache(policy.chat.image_processor)
+    (intact,) = fresh()
+    assert intact.image_records[0].grid == (1, 4, 6) and len(intact.image_records) == len(intact.images) == 1
+    assert collate([intact], [1.0], policy.chat, pixels)["image_grid_thw"].tolist() == [[1, 4, 6]]
+    (changed,) = fresh()
+    changed.images[0] = changed.images[0].copy()
+    changed.images[0].putpixel((0, 0), (1, 2, 3))  # one pixel, after the rollout
+    with pytest.raises(VisualParityError, match=r"trajectory of task 't' \(group 0, seed 0\): image 0 .*pixels changed"):
+        collate([changed], [1.0], policy.chat, pixels)
+    (dropped,) = fresh()
+    dropped.images.pop()
+    with pytest.raises(VisualParityError, match="the rollout saw 1 images, the forward pass was given 0"):
+        collate([dropped], [1.0], policy.chat, pixels)
+    larger = AutoImageProcessor.from_pretrained(model_dir, size={"shortest_edge": 112 * 112, "longest_edge": 448 * 448})
+    with pytest.raises(VisualParityError, match=r"image 0 is processed to grid \(1, 8, 10\), the rollout's was \(1, 4, 6\)"):
+        collate(fresh(), [1.0], policy.chat, PixelCache(larger))
+
+
+def test_the_start_up_canary_catches_a_vision_tower_that_cannot_see(model_dir):
+    policy = load_policy(ModelConfig(path=str(model_dir)))  # the canary ran: a real tower sees pixels
+    with torch.no_grad():
+        for name, parameter in policy.model.named_parameters():
+            if "patch_embed" in name:
+                parameter.zero_()  # every image becomes the same patches
+    with pytest.raises(VisualParityError, match="cannot see pixels"):
+        check_sees_pixels(policy)
 
 
 @pytest.mark.parametrize("freeze_vision", [False, True])

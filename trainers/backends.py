@@ -29,6 +29,7 @@ from typing import Any
 from PIL import Image
 
 from agents.hf import Sampling
+from pyvision_env.wrappers.recording import image_digest
 
 from .tokens import ChatTokenizer, Encoded
 
@@ -63,11 +64,12 @@ class GenerationBackend(ABC):
 
 
 class PixelCache:
-    """The image processor's output per image, for the images of live conversations (LRU, by identity)."""
+    """The image processor's output per image, for the images of live conversations (LRU, by the hash of their
+    pixels, so an image changed in place is processed again)."""
 
     def __init__(self, image_processor: Any, size: int = 4096) -> None:
         self.image_processor, self.size = image_processor, size
-        self._cache: OrderedDict[int, tuple[Image.Image, Any, Any]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
 
     def __call__(self, images: Sequence[Image.Image]) -> dict[str, Any]:
         """``pixel_values`` and ``image_grid_thw`` of ``images`` concatenated in order (empty: ``{}``)."""
@@ -77,15 +79,15 @@ class PixelCache:
             return {}
         parts = []
         for image in images:
-            key = id(image)
+            key = image_digest(image)
             if key not in self._cache:
                 out = self.image_processor(images=[image.convert("RGB")], return_tensors="pt")
-                self._cache[key] = (image, out["pixel_values"], out["image_grid_thw"])
+                self._cache[key] = (out["pixel_values"], out["image_grid_thw"])
                 while len(self._cache) > self.size:
                     self._cache.popitem(last=False)
             self._cache.move_to_end(key)
             parts.append(self._cache[key])
-        return {"pixel_values": torch.cat([p[1] for p in parts]), "image_grid_thw": torch.cat([p[2] for p in parts])}
+        return {"pixel_values": torch.cat([p[0] for p in parts]), "image_grid_thw": torch.cat([p[1] for p in parts])}
 
 
 def token_logprobs(logits: Any, ids: Any, temperature: float) -> Any:

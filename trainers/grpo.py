@@ -49,7 +49,7 @@ from .modeling import load_policy, make_optimizer, start_run
 from .objective import collate, grpo_loss, sequence_logprobs
 from .ofr import OFRSelector, Rollout, group_advantages
 from .rollout import EpisodeSpec, RolloutCollector, Trajectory
-from .tokens import ImageTokenMismatch, check_images
+from .tokens import VisualParityError, check_visual_parity
 
 
 class TaskSampler:
@@ -271,9 +271,11 @@ class GRPOTrainer:
         return rollout_groups(trajectories, self.config.algorithm.normalize_std, self._images_consistent)
 
     def _images_consistent(self, trajectory: Trajectory) -> bool:
+        grids = self.pixels(trajectory.images).get("image_grid_thw")
         try:
-            check_images(trajectory.ids, self.chat.image_token_id, self.chat.image_token_counts(trajectory.images))
-        except ImageTokenMismatch:
+            check_visual_parity(trajectory.ids, trajectory.images, trajectory.image_records,
+                                grids.tolist() if grids is not None else [], self.chat, trajectory.label)
+        except VisualParityError:
             return False
         return True
 

@@ -13,12 +13,15 @@ Example::
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import ModelConfig
 from .tokens import ChatTokenizer
+
+log = logging.getLogger(__name__)
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -86,7 +89,38 @@ def load_policy(config: ModelConfig) -> PolicyModel:
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
-    return PolicyModel(model, chat, device, dtype)
+    policy = PolicyModel(model, chat, device, dtype)
+    check_sees_pixels(policy)
+    return policy
+
+
+def check_sees_pixels(policy: PolicyModel) -> None:
+    """The start-up canary: the vision tower must give a blank image and a real one different features, or the
+    model would train on images it cannot see (broken or missing vision weights, a processor that blanks them).
+    Raises :class:`~trainers.tokens.VisualParityError`; a model without ``get_image_features`` is not checked."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .backends import PixelCache
+    from .tokens import VisualParityError
+
+    if not hasattr(policy.model, "get_image_features"):
+        log.warning("%s has no get_image_features: its vision tower is not checked", type(policy.model).__name__)
+        return
+    pixels = PixelCache(policy.chat.image_processor)
+    real = Image.fromarray(np.random.default_rng(0).integers(0, 256, (112, 112, 3), dtype=np.uint8))
+    features = []
+    with torch.no_grad(), policy.autocast():
+        for image in (Image.new("RGB", (112, 112), "white"), real):
+            inputs = {key: value.to(policy.device) for key, value in pixels([image]).items()}
+            out = policy.model.get_image_features(pixel_values=inputs["pixel_values"],
+                                                  image_grid_thw=inputs["image_grid_thw"])
+            out = getattr(out, "pooler_output", out)
+            features.append(torch.cat(list(out)) if isinstance(out, (list, tuple)) else out)
+    if torch.allclose(features[0].float(), features[1].float()):
+        raise VisualParityError("the vision tower gives a blank image and a real one the same features: the model "
+                                "cannot see pixels (check its vision weights and image processor)")
 
 
 def start_run(config: Any) -> Path:

@@ -22,7 +22,7 @@ from typing import Any
 
 from .backends import PixelCache, token_logprobs
 from .rollout import Trajectory
-from .tokens import ChatTokenizer, check_images
+from .tokens import ChatTokenizer, check_visual_parity
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
 
@@ -30,7 +30,9 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
 def collate(trajectories: Sequence[Trajectory], advantages: Sequence[float], chat: ChatTokenizer,
             pixels: PixelCache) -> dict[str, Any]:
     """Model inputs plus ``loss_mask``, ``old_logprobs`` (the sampler's) and ``advantages`` (one value per
-    trajectory, spread over its tokens), right-padded to the longest trajectory."""
+    trajectory, spread over its tokens), right-padded to the longest trajectory. Every trajectory's images must
+    be the ones its rollout saw, processed to the same grids, each with its placeholders
+    (:func:`~trainers.tokens.check_visual_parity`), or the batch is refused."""
     import torch
 
     longest = max(len(t.ids) for t in trajectories)
@@ -38,18 +40,20 @@ def collate(trajectories: Sequence[Trajectory], advantages: Sequence[float], cha
     batch = {"input_ids": torch.full(shape, chat.pad_token_id, dtype=torch.long),
              "attention_mask": torch.zeros(shape, dtype=torch.long),
              "loss_mask": torch.zeros(shape), "old_logprobs": torch.zeros(shape), "advantages": torch.zeros(shape)}
-    images = []
+    batch.update(pixels([image for trajectory in trajectories for image in trajectory.images]))
+    grids = batch["image_grid_thw"].tolist() if "image_grid_thw" in batch else []
     for row, (trajectory, advantage) in enumerate(zip(trajectories, advantages)):
-        check_images(trajectory.ids, chat.image_token_id, chat.image_token_counts(trajectory.images))
+        mine, grids = grids[:len(trajectory.images)], grids[len(trajectory.images):]
+        check_visual_parity(trajectory.ids, trajectory.images, trajectory.image_records, mine, chat,
+                            trajectory.label)
         n = len(trajectory.ids)
         batch["input_ids"][row, :n] = torch.tensor(trajectory.ids)
         batch["attention_mask"][row, :n] = 1
         batch["loss_mask"][row, :n] = torch.tensor(trajectory.loss_mask, dtype=torch.float)
         batch["old_logprobs"][row, :n] = torch.tensor(trajectory.logprobs)
         batch["advantages"][row, :n] = float(advantage)
-        images += trajectory.images
-    batch.update(pixels(images))
     return batch
+
 
 
 def sequence_logprobs(model: Any, batch: dict[str, Any], temperature: float = 1.0) -> Any:

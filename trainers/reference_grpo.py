@@ -84,7 +84,8 @@ def play(envs: Any, chat: Any, backend: Any, tasks: Sequence[int], seed: int, ar
     live = list(range(len(episodes)))
     # an episode whose next response could overflow its token budget ends unanswered
     while live := [i for i in live if len(episodes[i].ids) + args.max_new_tokens <= args.max_length]:
-        sampled = backend.generate([Encoded(episodes[i].ids, episodes[i].images) for i in live], sampling)
+        sampled = backend.generate([Encoded(episodes[i].ids, episodes[i].images, episodes[i].image_records)
+                                    for i in live], sampling)
         actions: list[str | None] = [None] * len(episodes)
         for i, sample in zip(live, sampled):
             episodes[i].extend(sample, sampled=True)

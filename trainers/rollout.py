@@ -29,7 +29,7 @@ from pyvision_env.pools import WorkerLost
 from pyvision_env.vector import PyVisionVectorEnv
 
 from .backends import GenerationBackend, Sampled
-from .tokens import ChatTokenizer, Encoded
+from .tokens import ChatTokenizer, Encoded, ImageRecord
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,8 @@ class Trajectory:
     logprobs: list[float] = field(default_factory=list)
     """The sampler's log-prob of each sampled token (0.0 elsewhere)."""
     images: list[Image.Image] = field(default_factory=list)
+    image_records: list[ImageRecord] = field(default_factory=list)
+    """Each image as the rollout saw it (checked before every forward pass: :func:`check_visual_parity`)."""
     reward: float = 0.0
     correct: bool = False
     end_reason: str = "running"
@@ -73,10 +75,16 @@ class Trajectory:
         self.logprobs += encoded.logprobs if isinstance(encoded, Sampled) else [0.0] * len(encoded.ids)
         if isinstance(encoded, Encoded):
             self.images += encoded.images
+            self.image_records += encoded.records
 
     @property
     def sampled_tokens(self) -> int:
         return sum(self.loss_mask)
+
+    @property
+    def label(self) -> str:
+        """How errors name this trajectory."""
+        return f"trajectory of task {self.task_id!r} (group {self.spec.group}, seed {self.spec.seed})"
 
 
 class GenerationBatcher:
@@ -247,7 +255,7 @@ class RolloutCollector:
                 trajectory.end_reason = "over_length"
                 return trajectory
             try:
-                sampled = await batcher.generate(Encoded(trajectory.ids, trajectory.images))
+                sampled = await batcher.generate(Encoded(trajectory.ids, trajectory.images, trajectory.image_records))
             except Exception as error:  # noqa: BLE001  (the episode fails; the others go on)
                 trajectory.end_reason, trajectory.error = "error", f"{type(error).__name__}: {error}"
                 return trajectory

@@ -38,7 +38,7 @@ from .grpo import TaskSampler
 from .metrics import MetricsLogger, plot_run
 from .modeling import load_policy, make_optimizer, start_run
 from .objective import collate, sequence_logprobs
-from .tokens import ChatTokenizer
+from .tokens import ChatTokenizer, ImageRecord
 
 
 @dataclass
@@ -48,6 +48,7 @@ class Example:
     ids: list[int] = field(default_factory=list)
     loss_mask: list[int] = field(default_factory=list)
     images: list[Image.Image] = field(default_factory=list)
+    image_records: list[ImageRecord] = field(default_factory=list)
     source: str = ""
 
     @property
@@ -58,6 +59,11 @@ class Example:
     def sampled_tokens(self) -> int:
         return sum(self.loss_mask)
 
+    @property
+    def label(self) -> str:
+        """How errors name this example."""
+        return f"example {self.source or '(no source)'}"
+
 
 def tokenize_conversation(messages: Sequence[Message], chat: ChatTokenizer, source: str = "") -> Example:
     """The conversation as the rollout collector would have built it; messages after the last assistant turn
@@ -67,7 +73,8 @@ def tokenize_conversation(messages: Sequence[Message], chat: ChatTokenizer, sour
         raise ValueError(f"{source or 'a conversation'} has no assistant turn after a prompt")
     example = Example(source=source)
     prompt = chat.prompt(messages[:first])
-    example.ids, example.loss_mask, example.images = list(prompt.ids), [0] * len(prompt.ids), list(prompt.images)
+    example.ids, example.loss_mask = list(prompt.ids), [0] * len(prompt.ids)
+    example.images, example.image_records = list(prompt.images), list(prompt.records)
     i = first
     while i < len(messages):
         response = chat.tokenizer(messages[i].plain_text, add_special_tokens=False)["input_ids"] + [chat.end_token_id]
@@ -82,6 +89,7 @@ def tokenize_conversation(messages: Sequence[Message], chat: ChatTokenizer, sour
         example.ids += observation.ids
         example.loss_mask += [0] * len(observation.ids)
         example.images += observation.images
+        example.image_records += observation.records
         i = j
     return example
 

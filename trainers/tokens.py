@@ -11,8 +11,10 @@ the sampled ones and their log-probs). :class:`ChatTokenizer` tokenizes
 so a conversation is ``prompt + sampled + continuation + sampled + ...``. :meth:`ChatTokenizer.check_template`
 verifies once, at start-up, that the template makes this exact (it is prefix-preserving and renders an
 assistant turn as generation prompt + text + end token). Each image's one placeholder is expanded to as many
-placeholder tokens as the image processor gives it, and :func:`check_images` is the assertion at the
-trainer's door that placeholders and images still agree (pitfall 1 and 3).
+placeholder tokens as the image processor gives it, and each image gets an :class:`ImageRecord` (the hash of its
+pixels and its processor grid) as the rollout saw it. :func:`check_visual_parity` is the assertion at the
+trainer's door that the images, their grids and their placeholders are still those (so the model never trains
+on pixels it did not see, or on none).
 
 Example::
 
@@ -26,13 +28,14 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
 from agents.hf import template_messages
 from pyvision_env.messages import ImagePart, Message
+from pyvision_env.wrappers.recording import image_digest
 
 IMAGE_TOKEN = "<|image_pad|>"
 END_TOKEN = "<|im_end|>"
@@ -49,12 +52,27 @@ class ImageTokenMismatch(ValueError):
     """Image placeholder tokens and images of a sequence disagree."""
 
 
+class VisualParityError(ImageTokenMismatch):
+    """The images a forward pass would train on are not the ones the rollout saw (changed, dropped, added, or
+    processed to another grid); the message names the sequence and the image."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """An image as the rollout saw it: the sha256 of its pixels (:func:`image_digest`) and its processor grid
+    ``(t, h, w)`` in patches."""
+
+    digest: str
+    grid: tuple[int, int, int]
+
+
 @dataclass
 class Encoded:
-    """Token ids and the images they hold placeholders for, in order."""
+    """Token ids and the images they hold placeholders for, in order, with their records."""
 
     ids: list[int]
     images: list[Image.Image]
+    records: list[ImageRecord] = field(default_factory=list)
 
 
 class ChatTokenizer:
@@ -85,22 +103,32 @@ class ChatTokenizer:
         return self.tokenizer.apply_chat_template(template_messages(messages), tokenize=False,
                                                   add_generation_prompt=add_generation_prompt)
 
-    def image_token_counts(self, images: Sequence[Image.Image]) -> list[int]:
-        """Placeholder tokens each image takes."""
+    def image_grids(self, images: Sequence[Image.Image]) -> list[tuple[int, int, int]]:
+        """Each image's processor grid ``(t, h, w)`` in patches."""
         if not images:
             return []
         grids = self.image_processor(images=[image.convert("RGB") for image in images],
                                      return_tensors="pt")["image_grid_thw"]
-        return (grids.prod(dim=1) // self.merge_size**2).tolist()
+        return [tuple(int(v) for v in grid) for grid in grids.tolist()]
+
+    def image_token_counts(self, images: Sequence[Image.Image]) -> list[int]:
+        """Placeholder tokens each image takes."""
+        return [self.token_count(grid) for grid in self.image_grids(images)]
+
+    def token_count(self, grid: Sequence[int]) -> int:
+        """Placeholder tokens of an image of processor grid ``grid``."""
+        return int(grid[0] * grid[1] * grid[2]) // self.merge_size**2
 
     def encode(self, text: str, images: Sequence[Image.Image]) -> Encoded:
         """Tokenize rendered text whose ``<|image_pad|>`` placeholders (one per image) are expanded."""
         pieces = text.split(IMAGE_TOKEN)
         if len(pieces) - 1 != len(images):
             raise ImageTokenMismatch(f"the text has {len(pieces) - 1} image placeholders for {len(images)} images")
-        counts = self.image_token_counts(images)
-        expanded = pieces[0] + "".join(IMAGE_TOKEN * n + rest for n, rest in zip(counts, pieces[1:]))
-        return Encoded(self.tokenizer(expanded, add_special_tokens=False)["input_ids"], list(images))
+        grids = self.image_grids(images)
+        expanded = pieces[0] + "".join(IMAGE_TOKEN * self.token_count(grid) + rest
+                                       for grid, rest in zip(grids, pieces[1:]))
+        return Encoded(self.tokenizer(expanded, add_special_tokens=False)["input_ids"], list(images),
+                       [ImageRecord(image_digest(image), grid) for image, grid in zip(images, grids)])
 
     def prompt(self, messages: Sequence[Message]) -> Encoded:
         """The first observation, rendered with the generation prompt."""
@@ -143,6 +171,26 @@ class ChatTokenizer:
 
 def _images(messages: Sequence[Message]) -> list[Image.Image]:
     return [part.image for message in messages for part in message.content if isinstance(part, ImagePart)]
+
+
+def check_visual_parity(ids: Sequence[int], images: Sequence[Image.Image], records: Sequence[ImageRecord],
+                        grids: Sequence[Sequence[int]], chat: ChatTokenizer, where: str) -> None:
+    """Raise :class:`VisualParityError` (naming ``where`` and the image) unless the sequence holds the images its
+    rollout recorded — as many, the same pixels, processed to the same ``grids`` now — each with its run of
+    placeholder tokens."""
+    if len(images) != len(records):
+        raise VisualParityError(f"{where}: the rollout saw {len(records)} images, the forward pass was given "
+                                f"{len(images)}")
+    for index, (image, record, grid) in enumerate(zip(images, records, grids)):
+        if image_digest(image) != record.digest:
+            raise VisualParityError(f"{where}: image {index} is not the one the rollout saw (its pixels changed)")
+        if tuple(int(v) for v in grid) != record.grid:
+            raise VisualParityError(f"{where}: image {index} is processed to grid {tuple(grid)}, the rollout's was "
+                                    f"{record.grid} (another image processor setting?)")
+    try:
+        check_images(ids, chat.image_token_id, [chat.token_count(grid) for grid in grids])
+    except ImageTokenMismatch as error:
+        raise VisualParityError(f"{where}: {error}") from None
 
 
 def check_images(ids: Sequence[int], image_token_id: int, token_counts: Sequence[int]) -> None:
