@@ -82,6 +82,8 @@ def test_config_reads_yaml_with_overrides_and_refuses_bad_settings(tmp_path):
         load_config(GRPOConfig, overrides=["pool.backend=spark"])
     with pytest.raises(ConfigError, match=r"ofr\.exhaustion must be one of 'raise', 'partial', 'backfill'"):
         load_config(GRPOConfig, overrides=["ofr.exhaustion=retry"])
+    with pytest.raises(ConfigError, match="algorithm: logprob_chunk_size must be a positive number"):
+        load_config(GRPOConfig, overrides=["algorithm.logprob_chunk_size=0"])
     written = tmp_path / "config.json"  # what a run writes in its folder reads back as the same settings
     written.write_text(json.dumps(to_dict(config)))
     assert load_config(GRPOConfig, written) == config
@@ -159,6 +161,39 @@ def test_recomputed_logprobs_match_the_sampler(policy):
     mask = batch["loss_mask"].bool()
     assert mask.sum() == sum(len(s.ids) for s in sampled)
     assert torch.allclose(recomputed[mask], batch["old_logprobs"][mask], atol=2e-4)
+
+
+def test_chunked_logprobs_equal_the_full_ones_and_never_project_more_than_a_chunk(policy):
+    """Log-probs and gradients are the same computed 5 positions at a time; the output projection never sees more
+    than 5 positions, and runs again per chunk in the backward pass (its logits are not kept for it)."""
+    torch.manual_seed(2)
+    batch = collate(_sampled_trajectories(policy), [1.0, -1.0], policy.chat, PixelCache(policy.chat.image_processor))
+    model, widths = policy.model, []
+    hook = model.get_output_embeddings().register_forward_hook(
+        lambda module, inputs, output: widths.append(inputs[0].shape[1]))
+
+    def logprobs_and_gradients(chunk_size):
+        model.zero_grad(set_to_none=True)
+        widths.clear()
+        logprobs = sequence_logprobs(model, batch, chunk_size=chunk_size)
+        (logprobs * batch["loss_mask"] * batch["advantages"]).sum().backward()
+        return logprobs.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    try:
+        full, full_gradients = logprobs_and_gradients(None)
+        assert widths == [batch["input_ids"].shape[1]]
+        chunked, chunked_gradients = logprobs_and_gradients(5)
+        chunks = math.ceil((batch["input_ids"].shape[1] - 1) / 5)
+        assert max(widths) == 5 and len(widths) == 2 * chunks
+    finally:
+        hook.remove()
+        model.zero_grad(set_to_none=True)
+    assert torch.allclose(full, chunked, atol=1e-5)
+    assert full_gradients.keys() == chunked_gradients.keys() and len(full_gradients) > 0
+    for name, gradient in full_gradients.items():
+        assert torch.allclose(gradient, chunked_gradients[name], rtol=1e-4, atol=1e-6), name
+    with pytest.raises(ValueError, match="positive"):
+        sequence_logprobs(model, batch, chunk_size=0)
 
 
 def test_grpo_loss_clips_each_side_and_averages_over_tokens():
@@ -376,9 +411,11 @@ def small_config(tmp_path, model_dir, **overrides) -> GRPOConfig:
 
 def test_a_step_in_bf16_with_master_weights_kl_and_the_importance_correction(tmp_path, model_dir):
     """The GPU recipe's settings on CPU: bfloat16 compute over float32 master weights, a bfloat16 KL reference,
-    the truncated importance-sampling correction. The step is finite and every setting shows in its metrics."""
+    the truncated importance-sampling correction, chunked log-probs. The step is finite and every setting shows in
+    its metrics."""
     config = small_config(tmp_path, model_dir, **{"model.dtype": "bfloat16", "algorithm.kl_coef": 0.05,
-                                                  "algorithm.importance_correction": "truncated", "eval.every": 0})
+                                                  "algorithm.importance_correction": "truncated",
+                                                  "algorithm.logprob_chunk_size": 64, "eval.every": 0})
     with GRPOTrainer(config) as trainer:
         trainer.backend = trainer.collector.backend = ScriptedTallyGeneration(trainer.chat)
         assert next(trainer.policy.model.parameters()).dtype == torch.float32

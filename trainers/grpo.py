@@ -293,7 +293,7 @@ class GRPOTrainer:
             return {"loss": float("nan")}
         scoring = time.perf_counter()
         model = self.policy.model
-        temperature = self.config.rollout.temperature
+        temperature, chunk_size = self.config.rollout.temperature, algorithm.logprob_chunk_size
         old: dict[int, Any] = {}
         reference: dict[int, Any] = {}
         mismatch = []
@@ -302,12 +302,12 @@ class GRPOTrainer:
                 batch = collate([t for t, _ in chunk], [a for _, a in chunk], self.chat, self.pixels)
                 mask = batch["loss_mask"].bool()
                 if algorithm.old_logprobs == "recompute":
-                    recomputed = sequence_logprobs(model, batch, temperature).cpu()
+                    recomputed = sequence_logprobs(model, batch, temperature, chunk_size).cpu()
                     mismatch.append((recomputed - batch["old_logprobs"]).abs()[mask])
                     for row, (t, _) in enumerate(chunk):
                         old[id(t)] = recomputed[row, :len(t.ids)]
                 if self.reference is not None:
-                    ref = sequence_logprobs(self.reference, batch, temperature).cpu()
+                    ref = sequence_logprobs(self.reference, batch, temperature, chunk_size).cpu()
                     for row, (t, _) in enumerate(chunk):
                         reference[id(t)] = ref[row, :len(t.ids)]
         clock["scoring"] += time.perf_counter() - scoring
@@ -326,7 +326,7 @@ class GRPOTrainer:
                     batch["old_logprobs"] = _pad_rows([old[id(t)] for t, _ in micro], batch["input_ids"].shape)
                 ref = _pad_rows([reference[id(t)] for t, _ in micro], batch["input_ids"].shape) if reference else None
                 with self.policy.autocast():
-                    logprobs = sequence_logprobs(model, batch, temperature)
+                    logprobs = sequence_logprobs(model, batch, temperature, chunk_size)
                 loss, stats = grpo_loss(logprobs, batch, clip_low=algorithm.clip_low, clip_high=algorithm.clip_high,
                                         token_count=token_count, ref_logprobs=ref, kl_coef=algorithm.kl_coef,
                                         importance_cap=self.importance_cap)

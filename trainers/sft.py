@@ -176,7 +176,7 @@ class SFTTrainer:
                 mask = batch["loss_mask"]
                 tokens = float(mask.sum())
                 with self.policy.autocast():
-                    logprobs = sequence_logprobs(model, batch)
+                    logprobs = sequence_logprobs(model, batch, chunk_size=config.logprob_chunk_size)
                 loss = -(logprobs * mask).sum() / tokens
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
