@@ -64,8 +64,9 @@ def sequence_logprobs(model: Any, batch: dict[str, Any], temperature: float = 1.
     ``chunk_size``: project the final hidden states onto the vocabulary this many positions at a time, and under
     autograd recompute each chunk's logits in the backward pass instead of keeping them, so no pass ever holds the
     whole ``(B, L, vocab)`` logits — 9.3 GiB in float32 for one 16k-token sequence over Qwen2.5's 152k-token
-    vocabulary. Needs a Hugging Face model with a backbone at ``model.model`` and a plain output projection
-    (``get_output_embeddings()``, no logit soft-capping); the result equals the unchunked one.
+    vocabulary. Needs a Hugging Face model whose last hidden state goes through a plain output projection
+    (``get_output_embeddings()``, no logit soft-capping), as Qwen2 and Qwen2.5-VL do; the result equals the
+    unchunked one.
 
     >>> import torch
     >>> from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -86,11 +87,13 @@ def sequence_logprobs(model: Any, batch: dict[str, Any], temperature: float = 1.
     else:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive number of positions, got {chunk_size!r}")
-        backbone, head = getattr(model, "model", None), model.get_output_embeddings()
-        if backbone is None or head is None:
-            raise ValueError(f"{type(model).__name__} has no backbone at .model and output projection; chunked "
-                             "log-probs need both (set algorithm.logprob_chunk_size: null)")
-        hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, :-1]
+        head = model.get_output_embeddings()
+        if head is None:
+            raise ValueError(f"{type(model).__name__} has no output projection; chunked log-probs need one (set "
+                             "logprob_chunk_size: null)")
+        # the model's own forward (a sharded model gathers its weights there), keeping no position's logits
+        hidden = model(**inputs, use_cache=False, output_hidden_states=True,
+                       logits_to_keep=torch.zeros(0, dtype=torch.long, device=device)).hidden_states[-1][:, :-1]
         from torch.utils.checkpoint import checkpoint
 
         logprobs = torch.cat([
