@@ -53,6 +53,15 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
 
 
 @pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """The trainer tests' tiny random Qwen2.5-VL, its tokenizer taught the demo's phrases."""
+    from agents.tiny_model import make_tiny_model
+    from trainers.demo import tokenizer_corpus
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", corpus=tokenizer_corpus())
+
+
+@pytest.fixture(scope="session")
 def engine():
     """One engine for the whole run; each test opens its own sessions (fresh kernels)."""
     eng = quiet_engine(spare_kernels=2, max_kernels=48)

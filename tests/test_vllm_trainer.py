@@ -130,7 +130,7 @@ def test_weights_changed_by_the_trainer_reach_the_engine(setup):
             parameter.add_(torch.randn_like(parameter) * 0.05)
     changed = greedy(model, encoded.ids, chat)
     assert changed != before.ids
-    seconds = backend.sync_weights(model, timeout=120)
+    seconds = backend.sync_weights(model.state_dict(), timeout=120)
     [after] = backend.generate([encoded], greedy_sampling)
     assert after.ids == changed and seconds > 0
     assert after.logprobs == pytest.approx(recomputed(model, encoded.ids, after.ids), abs=MISMATCH)
@@ -139,7 +139,7 @@ def test_weights_changed_by_the_trainer_reach_the_engine(setup):
 def test_a_weight_sync_past_its_timeout_is_an_error(setup):
     backend, _, model = setup
     with pytest.raises(WeightSyncTimeout, match="took over"):
-        backend.sync_weights(model, timeout=1e-4)
+        backend.sync_weights(model.state_dict(), timeout=1e-4)
     deadline = time.monotonic() + 120  # let the abandoned load finish before the engine is closed
     while any(t.name.startswith("pyvision-weight-sync") for t in threading.enumerate()):
         assert time.monotonic() < deadline

@@ -1,6 +1,7 @@
 """Generation backends of the trainer: token ids in, sampled ids and their log-probs out.
 
-* :class:`HFBackend` — Hugging Face ``generate`` on the policy model itself (CPU default; no weight sync).
+* :class:`HFBackend` — Hugging Face ``generate`` on the policy model itself (CPU default; no weight sync), or on
+  a copy of it that each update's weights are loaded into (data-parallel ranks, whose trained model is sharded).
 * :class:`VLLMBackend` — a colocated vLLM engine (GPU); the trainer's weights are loaded into it after each
   update, under a timeout, and the time it took is reported.
 
@@ -22,7 +23,7 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,8 +56,13 @@ class GenerationBackend(ABC):
     def generate(self, prompts: Sequence[Encoded], sampling: Sampling) -> list[Sampled]:
         """One continuation per prompt."""
 
-    def sync_weights(self, model: Any, timeout: float) -> float:
-        """Make the engine sample from ``model``'s current weights; returns the seconds it took."""
+    shares_trainer_weights: bool = False
+    """The backend samples from the trained model object itself, so it needs no weights loaded after an update
+    (the trainer skips gathering them)."""
+
+    def sync_weights(self, weights: Mapping[str, Any], timeout: float) -> float:
+        """Make the engine sample from ``weights`` (the trained model's whole state dict, by name); returns the
+        seconds it took."""
         return 0.0
 
     def close(self) -> None:  # noqa: B027  (optional: most backends hold nothing to free)
@@ -104,13 +110,25 @@ def token_logprobs(logits: Any, ids: Any, temperature: float) -> Any:
 
 
 class HFBackend(GenerationBackend):
-    """Batched, left-padded Hugging Face ``generate`` on the policy model (the trainer's own weights), under
-    ``autocast()`` (the policy's compute dtype; none by default)."""
+    """Batched, left-padded Hugging Face ``generate`` on ``model``, under ``autocast()`` (the policy's compute
+    dtype; none by default). ``model`` is the trained model itself (``shares_trainer_weights``, the default), or
+    a copy of it that :meth:`sync_weights` loads each update's weights into."""
 
-    def __init__(self, model: Any, chat: ChatTokenizer, autocast: Callable[[], Any] = contextlib.nullcontext
-                 ) -> None:
+    def __init__(self, model: Any, chat: ChatTokenizer, autocast: Callable[[], Any] = contextlib.nullcontext,
+                 shares_trainer_weights: bool = True) -> None:
         self.model, self.chat, self.autocast = model, chat, autocast
+        self.shares_trainer_weights = shares_trainer_weights
         self.pixels = PixelCache(chat.image_processor)
+
+    def sync_weights(self, weights: Mapping[str, Any], timeout: float) -> float:
+        if self.shares_trainer_weights:
+            return 0.0
+        import torch
+
+        started = time.perf_counter()
+        with torch.no_grad():
+            self.model.load_state_dict(weights)
+        return time.perf_counter() - started
 
     def generate(self, prompts: Sequence[Encoded], sampling: Sampling) -> list[Sampled]:
         import torch
@@ -216,10 +234,10 @@ class VLLMBackend(GenerationBackend):
             results.append(Sampled(ids, logprobs, completion.finish_reason == "stop"))
         return results
 
-    def sync_weights(self, model: Any, timeout: float) -> float:
-        """Load ``model``'s weights into the engine; raises :class:`WeightSyncTimeout` past ``timeout`` s."""
+    def sync_weights(self, weights: Mapping[str, Any], timeout: float) -> float:
+        """Load ``weights`` into the engine; raises :class:`WeightSyncTimeout` past ``timeout`` s."""
         started = time.perf_counter()
-        weights = [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
+        weights = [(name, tensor.detach()) for name, tensor in weights.items()]
 
         def load() -> None:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,

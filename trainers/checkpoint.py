@@ -1,9 +1,18 @@
-"""Checkpoints that a killed run resumes from, losing nothing but the unfinished update.
+"""Checkpoints that a killed run resumes from — on the same number of ranks or on another — losing nothing but
+the unfinished update.
 
-``output_dir/checkpoints/step-000010/`` holds the model as a loadable folder (``save_pretrained`` with its
-tokenizer and image processor) and ``trainer_state.pt``: optimizer, scheduler, the random states of Python,
-numpy and torch, the step and the data position. A checkpoint is written into a temporary folder and renamed
-into place, so a kill during saving leaves the previous one intact; only the newest ``keep`` are kept.
+``output_dir/checkpoints/step-000010/`` is a loadable model folder (``save_pretrained`` of the whole weights,
+with the tokenizer and image processor: evaluate it or train from it as any model), plus
+
+* ``optimizer/`` — the optimizer's state in torch.distributed.checkpoint's sharded format: each rank writes its
+  own shards, and a run on any number of ranks reads them back resharded;
+* ``rng/rank-N.pt`` — each rank's random states (Python, numpy, torch);
+* ``trainer_state.pt`` — scheduler, step and data position, written last: a folder without it is incomplete.
+
+A checkpoint is written into a temporary folder and renamed into place, so a kill during saving leaves the
+previous one intact; only the newest ``keep`` are kept. Every rank calls :func:`save_checkpoint` and
+:func:`load_checkpoint` (they gather and scatter shards); rank 0 writes the shared files. On several machines
+``output_dir`` must be a shared file system.
 
 Example::
 
@@ -23,7 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from .distributed import Ranks, full_state_dict, is_sharded, model_class
+
 STATE_FILE = "trainer_state.pt"
+OPTIMIZER_DIR = "optimizer"
+RNG_DIR = "rng"
 
 
 def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
@@ -52,38 +65,83 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model: Any, processors: Sequence[Any], optimizer: Any,
-                    scheduler: Any, extra: dict[str, Any], keep: int = 2) -> Path:
+                    scheduler: Any, extra: dict[str, Any], keep: int = 2, ranks: Ranks | None = None) -> Path:
     """Write the checkpoint of ``step`` atomically and prune older ones; returns its folder."""
     import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
+    ranks = ranks or Ranks()
     final = checkpoint_dir(run_dir, step)
     staging = final.parent / f".{final.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    model.save_pretrained(staging)
-    for processor in processors:
-        processor.save_pretrained(staging)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_state(), "extra": extra}, staging / STATE_FILE)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(staging, final)
-    older = sorted(p for p in final.parent.glob("step-*") if p != final and p.name < final.name)
-    for stale in older[:max(0, len(older) - (keep - 1))]:
-        shutil.rmtree(stale, ignore_errors=True)
+    if ranks.is_main:
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / RNG_DIR).mkdir(parents=True)
+    ranks.barrier()
+    weights = full_state_dict(model)
+    if ranks.is_main:
+        model.save_pretrained(staging, state_dict=weights)
+        for processor in processors:
+            processor.save_pretrained(staging)
+    del weights
+    dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=staging / OPTIMIZER_DIR,
+             no_dist=ranks.size == 1)
+    torch.save(rng_state(), staging / RNG_DIR / f"rank-{ranks.rank}.pt")
+    ranks.barrier()
+    if ranks.is_main:
+        torch.save({"step": step, "scheduler": scheduler.state_dict(), "ranks": ranks.size, "extra": extra},
+                   staging / STATE_FILE)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        older = sorted(p for p in final.parent.glob("step-*") if p != final and p.name < final.name)
+        for stale in older[:max(0, len(older) - (keep - 1))]:
+            shutil.rmtree(stale, ignore_errors=True)
+    ranks.barrier()
     return final
 
 
-def load_checkpoint(folder: str | os.PathLike, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and random states from ``folder``; returns the saved state
-    (``step``, ``extra``)."""
+def load_checkpoint(folder: str | os.PathLike, model: Any, optimizer: Any, scheduler: Any,
+                    ranks: Ranks | None = None) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and random states from ``folder`` (written by any number of ranks);
+    returns the saved state (``step``, ``extra``). A rank the checkpoint has no random states for (the run
+    grew) seeds its generators from the step and its rank."""
     import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
+    ranks = ranks or Ranks()
     folder = Path(folder)
-    saved = type(model).from_pretrained(folder, dtype=next(model.parameters()).dtype)  # the saved key layout
-    model.load_state_dict(saved.state_dict())
-    del saved
     state = torch.load(folder / STATE_FILE, weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
+    weights = {}
+    if ranks.is_main or not is_sharded(model):
+        saved = model_class(model).from_pretrained(folder)  # the saved key layout
+        weights = saved.state_dict()
+        del saved
+    if is_sharded(model):
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True,
+                                                                     broadcast_from_rank0=True))
+    else:
+        model.load_state_dict(weights)
+    del weights
     scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
+    if "optimizer" in state:  # written by a version before sharded checkpoints, in one process
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        return state
+    optimizer_state = get_optimizer_state_dict(model, optimizer)
+    dcp.load({"optimizer": optimizer_state}, checkpoint_id=folder / OPTIMIZER_DIR, no_dist=ranks.size == 1)
+    set_optimizer_state_dict(model, optimizer, optimizer_state)
+    mine = folder / RNG_DIR / f"rank-{ranks.rank}.pt"
+    if mine.is_file():
+        set_rng_state(torch.load(mine, weights_only=False))
+    else:
+        seed = int(state["step"]) * 1_000_003 + ranks.rank
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
     return state

@@ -8,11 +8,13 @@ Example::
 
     pyvision train trainers/configs/demo_grpo.yaml --set model.path=runs/demo/sft/checkpoints/step-000048
     pyvision sft my_sft.yaml --set epochs=2 --set data.episodes=[runs/teacher]
+    pyvision train trainers/configs/demo_grpo.yaml --nproc 2        # data-parallel, 2 processes (torchrun)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,10 @@ def add_commands(commands: Any) -> None:
                             help="override a setting, e.g. --set algorithm.lr=1e-6 (repeatable)")
         parser.add_argument("--help-config", action="store_true", help="list every setting and exit")
         parser.set_defaults(handler=run_trainer, config_class=config)
+    commands.choices["train"].add_argument(
+        "--nproc", type=int, metavar="N",
+        help="data-parallel over N processes on this machine (one per GPU; on CPU, gloo): starts torchrun "
+             "(several machines: run `torchrun --nnodes ... -m pyvision_env.cli train CONFIG` on each)")
 
     demo = commands.add_parser(
         "train-demo", help="the CPU training demo: tiny VLM, cold-start SFT, RL with OFR and the tool reward",
@@ -61,14 +67,44 @@ def run_trainer(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"pyvision {args.command}: {error}", file=sys.stderr)
         return 2
+    if getattr(args, "nproc", None) is not None:
+        return launch(args, config)
     if args.command == "train":
         from .grpo import GRPOTrainer as Trainer
     else:
         from .sft import SFTTrainer as Trainer
     with Trainer(config) as trainer:
         result = trainer.train()
-    print(f"final: {result}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        print(f"final: {result}")
     return 0
+
+
+def launch(args: argparse.Namespace, config: Any) -> int:
+    """``pyvision train CONFIG --nproc N``: the same command in N processes under torchrun on this machine. A
+    rank that fails stops the run; the message says where it can resume from."""
+    import subprocess
+
+    from .checkpoint import latest_checkpoint
+
+    if args.nproc < 1:
+        print(f"pyvision {args.command}: --nproc must be at least 1, got {args.nproc}", file=sys.stderr)
+        return 2
+    if "WORLD_SIZE" in os.environ:
+        print(f"pyvision {args.command}: --nproc inside a torchrun process; run it without --nproc", file=sys.stderr)
+        return 2
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+               "-m", "pyvision_env.cli", args.command]
+    command += [str(args.config)] if args.config else []
+    command += [f"--set={override}" for override in args.overrides]
+    returncode = subprocess.call(command)
+    if returncode != 0:
+        checkpoint = latest_checkpoint(config.output_dir)
+        where = f"its last checkpoint, {checkpoint}" if checkpoint else "the start (no checkpoint was written)"
+        print(f"pyvision {args.command}: the run failed on at least one of its {args.nproc} processes (exit "
+              f"{returncode}; torchrun's report above names the rank). Run the same command again to resume from "
+              f"{where}.", file=sys.stderr)
+    return returncode
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -172,6 +172,16 @@ class LoggingConfig:
 
 
 @dataclass
+class DistributedConfig:
+    timeout_s: float = 1800.0
+    """Seconds a rank waits for the others at a collective before the run fails; it must exceed the longest
+    generation round, since ranks meet after each one (a killed rank fails the others at once)."""
+    offload: bool = False
+    """Keep the sharded parameters, gradients and optimizer state in CPU memory between uses (FSDP2's
+    ``CPUOffloadPolicy``, GPUs only): slower, for a model that does not fit otherwise."""
+
+
+@dataclass
 class GRPOConfig:
     """Multi-turn GRPO with OFR and the accumulative tool reward (``pyvision train CONFIG``)."""
 
@@ -192,7 +202,11 @@ class GRPOConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
-    """Where the environments run: this process (``backend: local``) or Ray actors (``backend: ray``)."""
+    """Where the environments run: this process (``backend: local``) or Ray actors (``backend: ray``); under
+    torchrun, each rank has its own pool."""
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    """Data parallelism over the ranks ``torchrun`` starts (``pyvision train CONFIG --nproc N``), FSDP2-sharded;
+    one process without a launcher ignores it."""
 
 
 @dataclass

@@ -14,6 +14,12 @@ One update (:meth:`GRPOTrainer.step`):
    limit can be masked out (Mini-o3).
 4. **Sync** — the generation backend gets the new weights (vLLM: under a timeout, duration logged).
 
+Under ``torchrun`` (``pyvision train CONFIG --nproc N``) the same loop runs on every rank, data-parallel
+(:mod:`trainers.distributed`): each rank plays its share of every round's groups on its own environments and
+generation engine, OFR selects once from all ranks' groups, each mini-batch is spread over the ranks by token
+budget, and the model, its gradients and the optimizer's state are sharded (FSDP2). N ranks make the update one
+process makes from the same trajectories (tested to float rounding at 2 and 3 ranks).
+
 Every update logs reward and its components, accuracy, tool calls and turns per episode (the interaction-
 collapse signal, with an alarm), OFR's kept ratio and solve-none/all/partial, visual tokens, tokens/s and the
 step-time breakdown; evaluations on held-out tasks run greedily; checkpoints allow a killed run to resume.
@@ -21,17 +27,19 @@ step-time breakdown; evaluations on held-out tasks run greedily; checkpoints all
 Example::
 
     config = load_config(GRPOConfig, "trainers/configs/demo_grpo.yaml", ["steps=5"])
-    with GRPOTrainer(config) as trainer:
+    with GRPOTrainer(config) as trainer:      # also under torchrun: one per rank
         trainer.train()
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +52,9 @@ from pyvision_env.vector import PyVisionVectorEnv
 from .backends import GenerationBackend, HFBackend, PixelCache, VLLMBackend
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import GRPOConfig
+from .distributed import Ranks, full_state_dict, shard_model, spread
 from .metrics import CollapseAlarm, MetricsLogger, plot_run
-from .modeling import load_policy, make_optimizer, start_run
+from .modeling import PolicyModel, load_policy, make_optimizer, start_run
 from .objective import collate, grpo_loss, sequence_logprobs
 from .ofr import OFRSelector, Rollout, group_advantages
 from .rollout import EpisodeSpec, RolloutCollector, Trajectory
@@ -98,20 +107,25 @@ def make_envs(config: GRPOConfig, split: str | None, pool: EnvPool) -> PyVisionV
     return pool.vector_env(env.num_envs, env.suite, **kwargs)
 
 
-def episode_summary(trajectories: Sequence[Trajectory]) -> dict[str, float]:
-    """Means per episode: reward and its components, accuracy, tool calls, turns, visual tokens, tokens."""
-    if not trajectories:
+def episode_record(trajectory: Trajectory) -> dict[str, Any]:
+    """The numbers of one episode that :func:`episode_summary` averages (small: ranks exchange them)."""
+    return {"reward": trajectory.reward, "correct": float(trajectory.correct), "tool_calls": trajectory.tool_calls,
+            "turns": trajectory.turns, "visual_tokens": trajectory.info.get("visual_tokens", 0),
+            "response_tokens": trajectory.sampled_tokens, "over_length": float(trajectory.end_reason == "over_length"),
+            "components": dict(trajectory.info.get("episode", {}).get("components") or {})}
+
+
+def episode_summary(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Means per episode (of :func:`episode_record`\\ s): reward and its components, accuracy, tool calls, turns,
+    visual tokens, tokens."""
+    if not records:
         return {}
-    out = {"reward/mean": _mean(t.reward for t in trajectories),
-           "accuracy": _mean(float(t.correct) for t in trajectories),
-           "tool_calls": _mean(t.tool_calls for t in trajectories),
-           "turns": _mean(t.turns for t in trajectories),
-           "visual_tokens": _mean(t.info.get("visual_tokens", 0) for t in trajectories),
-           "response_tokens": _mean(t.sampled_tokens for t in trajectories),
-           "over_length": _mean(float(t.end_reason == "over_length") for t in trajectories)}
+    out = {"reward/mean": _mean(r["reward"] for r in records), "accuracy": _mean(r["correct"] for r in records)}
+    out.update({key: _mean(r[key] for r in records)
+                for key in ("tool_calls", "turns", "visual_tokens", "response_tokens", "over_length")})
     components: dict[str, list[float]] = defaultdict(list)
-    for t in trajectories:
-        for name, value in (t.info.get("episode", {}).get("components") or {}).items():
+    for record in records:
+        for name, value in record["components"].items():
             components[name].append(float(value))
     for name, values in components.items():
         out[f"reward/{name}"] = _mean(values)
@@ -129,32 +143,48 @@ class GRPOTrainer:
     Args:
         config: the run's settings (:class:`~trainers.config.GRPOConfig`).
         backend: a generation backend to use instead of the one ``config.rollout.backend`` names.
+
+    Started by ``torchrun``, every rank builds one: the model is sharded over the ranks (FSDP2), each rank plays
+    its share of every round's groups on its own environments and generation engine, OFR selects from all ranks'
+    groups at once (the same choice on every rank), and each mini-batch's trajectories are spread over the ranks
+    by token budget. The loss is the same token-mean over the whole mini-batch as in one process, so N ranks
+    make the update one process would make from the same trajectories.
     """
 
     def __init__(self, config: GRPOConfig, backend: GenerationBackend | None = None) -> None:
+        import copy
+
+        import torch
+
         self.config = config
-        self.run_dir = start_run(config)
-        self.policy = load_policy(config.model)
-        self.chat = self.policy.chat
         algorithm = config.algorithm
         if algorithm.old_logprobs not in ("recompute", "rollout"):
             raise ValueError(f"algorithm.old_logprobs must be 'recompute' or 'rollout', got {algorithm.old_logprobs!r}")
         self.importance_cap = importance_cap(config)
+        self.ranks = Ranks.from_environment(config.distributed.timeout_s, config.model.device)
+        self.run_dir = start_run(config, self.ranks.rank)
+        self.policy = load_policy(config.model, device=self.ranks.device)
+        self.chat = self.policy.chat
+        compute_dtype = getattr(torch, self.policy.compute_dtype)
+        self.reference = None
+        if algorithm.kl_coef > 0:  # kept in the compute dtype: it needs no master weights
+            self.reference = copy.deepcopy(self.policy.model).eval().requires_grad_(False).to(compute_dtype)
+        generation_copy = None
+        if self.ranks.size > 1:
+            if backend is None and config.rollout.backend == "hf":  # generate() cannot run on a sharded model
+                generation_copy = copy.deepcopy(self.policy.model).eval().requires_grad_(False).to(compute_dtype)
+            blank = blank_image(self.policy)
+            for model in (self.policy.model, self.reference):
+                if model is not None:
+                    shard_model(model, self.ranks, self.policy.compute_dtype, blank, config.distributed.offload)
+            self.policy.sharded = True
         self.optimizer, self.scheduler = make_optimizer(self.policy, algorithm.lr, algorithm.weight_decay,
                                                         algorithm.warmup_steps)
-        self.reference = None
-        if algorithm.kl_coef > 0:
-            import copy
-
-            import torch
-
-            reference = copy.deepcopy(self.policy.model).eval().requires_grad_(False)
-            self.reference = reference.to(getattr(torch, self.policy.compute_dtype))  # no master weights needed
         self.pixels = PixelCache(self.chat.image_processor)
         self.pool = make_pool(config.pool, concurrency=config.env.num_envs)
         self.train_envs = make_envs(config, config.env.split, self.pool)
         self.eval_envs = make_envs(config, config.env.eval_split, self.pool) if config.eval.every else None
-        self.backend = backend or self._make_backend()
+        self.backend = backend or self._make_backend(generation_copy)
         rollout = config.rollout
         self.sampling = Sampling(max_new_tokens=rollout.max_new_tokens, temperature=rollout.temperature,
                                  top_p=rollout.top_p)
@@ -165,19 +195,27 @@ class GRPOTrainer:
                                if self.eval_envs else None)
         self.sampler = TaskSampler(len(self.train_envs.envs[0].unwrapped.tasks), config.seed)
         self.ofr = OFRSelector(config.ofr, group_size=rollout.group_size) if config.ofr.enabled else None
-        self.logger = MetricsLogger(self.run_dir, tensorboard=config.logging.tensorboard)
+        self.logger = (MetricsLogger(self.run_dir, tensorboard=config.logging.tensorboard)
+                       if self.ranks.is_main else None)
         self.alarm = CollapseAlarm("tool_calls", config.logging.collapse_window, config.logging.collapse_ratio)
         self.step_number = 0
         self.episodes_started = 0
+        self.played: dict[tuple[int, int], tuple[Trajectory, float]] = {}
+        """This rank's trajectories of the current update by key ``(rank, index)``, with their advantages."""
         self.last_eval: list[Trajectory] = []
+        """The episodes this rank played in the last evaluation."""
 
-    def _make_backend(self) -> GenerationBackend:
+    def _make_backend(self, generation_copy: Any) -> GenerationBackend:
         rollout = self.config.rollout
         if rollout.backend == "hf":
+            if generation_copy is not None:
+                return HFBackend(generation_copy, self.chat, shares_trainer_weights=False)
             return HFBackend(self.policy.model, self.chat, self.policy.autocast)
         if rollout.backend == "vllm":
-            return VLLMBackend(self.config.model.path, self.chat, seed=self.config.seed,
-                               **rollout.vllm)
+            options = dict(rollout.vllm)
+            if self.ranks.size > 1:  # one engine per rank, inside torchrun's processes
+                options.setdefault("distributed_executor_backend", "external_launcher")
+            return VLLMBackend(self.config.model.path, self.chat, seed=self.config.seed + self.ranks.rank, **options)
         raise ValueError(f"rollout.backend must be 'hf' or 'vllm', got {rollout.backend!r}")
 
     # --- the loop ---------------------------------------------------------------------------------
@@ -191,24 +229,26 @@ class GRPOTrainer:
         from tqdm.auto import tqdm
 
         config = self.config
+        main = self.ranks.is_main
         if config.checkpoint.resume:
             self.resume()
         last_eval: dict[str, float] = {}
         if self.step_number == 0 and config.eval.every:
             last_eval = self.evaluate()
         bar = tqdm(total=config.steps, initial=self.step_number, desc="GRPO", unit="update",
-                   disable=not config.logging.progress)
+                   disable=not (config.logging.progress and main))
         metrics: dict[str, float] = {}
         try:
             while self.step_number < config.steps:
                 self.step_number += 1
                 metrics = self.step()
-                self.logger.log(self.step_number, metrics)
-                warning = self.alarm.update(self.step_number, metrics)
-                if warning:
-                    warnings.warn(warning, stacklevel=2)
+                if main:
+                    self.logger.log(self.step_number, metrics)
+                    warning = self.alarm.update(self.step_number, metrics)
+                    if warning:
+                        warnings.warn(warning, stacklevel=2)
                 bar.update()
-                bar.set_postfix_str(self.logger.summary_line(metrics))
+                bar.set_postfix_str(MetricsLogger.summary_line(metrics))
                 final = self.step_number == config.steps
                 evaluated = {}
                 if config.eval.every and (final or self.step_number % config.eval.every == 0):
@@ -219,29 +259,37 @@ class GRPOTrainer:
                     on_update(self.step_number, {**metrics, **{f"eval/{k}": v for k, v in evaluated.items()}})
         finally:
             bar.close()
-            plot_run(self.run_dir)
+            if main:
+                plot_run(self.run_dir)
         return {"train": metrics, "eval": last_eval}
 
     def step(self) -> dict[str, float]:
-        """One update: rollouts (with OFR), loss, optimizer steps, weight sync. Returns its metrics."""
+        """One update: rollouts (with OFR), loss, optimizer steps, weight sync. Returns its metrics (the same on
+        every rank)."""
         started = time.perf_counter()
         clock = {"generation": 0.0, "environment": 0.0, "scoring": 0.0}
         generated: list[Trajectory] = []
         tokens = [0]
+        rounds = [0]
+        self.played = {}
 
         def generate_round(groups: int) -> list[list[Rollout]]:
-            specs = [EpisodeSpec(task, self._next_seed(), (self.step_number, len(generated), g))
+            rounds[0] += 1
+            specs = [EpisodeSpec(task, self._next_seed(), (self.step_number, rounds[0], g))
                      for g, task in enumerate(self.sampler.take(groups)) for _ in range(self.config.rollout.group_size)]
-            trajectories = self.collector.collect(specs)
-            stats = self.collector.stats
-            clock["generation"] += stats.generate
-            clock["environment"] += stats.wall - stats.generate
-            tokens[0] += stats.generated_tokens
+            mine = [spec for spec in specs if spec.group[-1] % self.ranks.size == self.ranks.rank]
+            trajectories = self.collector.collect(mine) if mine else []
+            if mine:
+                stats = self.collector.stats
+                clock["generation"] += stats.generate
+                clock["environment"] += stats.wall - stats.generate
+                tokens[0] += stats.generated_tokens
             generated.extend(trajectories)
             scoring = time.perf_counter()
-            rollouts = self._to_rollouts(trajectories)
+            shared = [[self._share(rollout) for rollout in group] for group in self._to_rollouts(trajectories)]
             clock["scoring"] += time.perf_counter() - scoring
-            return rollouts
+            everyone = [group for groups_of_rank in self.ranks.gather(shared) for group in groups_of_rank]
+            return sorted(everyone, key=lambda group: group[0].group_id)  # generation order, as in one process
 
         if self.ofr is not None:
             selection = self.ofr.collect(generate_round)
@@ -252,16 +300,21 @@ class GRPOTrainer:
             kept = [r for group in generate_round(self.config.prompts_per_round) for r in group]
             ofr_metrics = {}
         update_metrics = self._update(kept, clock)
-        sync = self.backend.sync_weights(self.policy.model, self.config.rollout.weight_sync_timeout)
-        metrics = {**episode_summary(generated), **ofr_metrics, **update_metrics,
-                   "episodes": len(generated), "trained_trajectories": len(kept),
+        syncing = time.perf_counter()
+        if not self.backend.shares_trainer_weights:
+            self.backend.sync_weights(full_state_dict(self.policy.model), self.config.rollout.weight_sync_timeout)
+        sync = time.perf_counter() - syncing
+        records = [record for part in self.ranks.gather([episode_record(t) for t in generated]) for record in part]
+        generated_tokens = self.ranks.sum({"tokens": tokens[0]})["tokens"]
+        metrics = {**episode_summary(records), **ofr_metrics, **update_metrics,
+                   "episodes": len(records), "trained_trajectories": len(kept),
                    "time/generation": clock["generation"], "time/environment": clock["environment"],
                    "time/scoring": clock["scoring"], "time/update": clock["update"], "time/weight_sync": sync,
                    "time/step": time.perf_counter() - started,
-                   "throughput/tokens_per_s": tokens[0] / clock["generation"] if clock["generation"] else 0.0,
+                   "throughput/tokens_per_s": generated_tokens / clock["generation"] if clock["generation"] else 0.0,
                    "throughput/update_tokens_per_s": clock["update_tokens"] / clock["update"] if clock["update"] else 0.0,
                    "lr": self.scheduler.get_last_lr()[0]}
-        return metrics
+        return self.ranks.broadcast(metrics)  # rank 0's clock; the rest is the same everywhere
 
     def _next_seed(self) -> int:
         self.episodes_started += 1
@@ -269,6 +322,15 @@ class GRPOTrainer:
 
     def _to_rollouts(self, trajectories: list[Trajectory]) -> list[list[Rollout]]:
         return rollout_groups(trajectories, self.config.algorithm.normalize_std, self._images_consistent)
+
+    def _share(self, rollout: Rollout) -> Rollout:
+        """What the other ranks learn of one of this rank's trajectories: its rollout summary, where it lives
+        and its sizes; the trajectory itself stays in :attr:`played` until a rank trains on it."""
+        trajectory, advantage = rollout.extra["trajectory"], rollout.extra["advantage"]
+        key = (self.ranks.rank, len(self.played))
+        self.played[key] = (trajectory, advantage)
+        return replace(rollout, extra={"key": key, "advantage": advantage, "length": len(trajectory.ids),
+                                       "sampled_tokens": trajectory.sampled_tokens})
 
     def _images_consistent(self, trajectory: Trajectory) -> bool:
         grids = self.pixels(trajectory.images).get("image_grid_thw")
@@ -280,104 +342,154 @@ class GRPOTrainer:
         return True
 
     def _update(self, kept: list[Rollout], clock: dict[str, float]) -> dict[str, float]:
+        """Old (and reference) log-probs, then one optimizer step per mini-batch. Every rank holds the same
+        ``kept``; each mini-batch is spread over the ranks (:func:`~trainers.distributed.spread`), and every rank
+        makes the same number of forward passes (padding with an empty batch) since sharded weights are
+        gathered by all ranks at once."""
         import torch
 
         algorithm = self.config.algorithm
-        items = [(r.extra["trajectory"], r.extra["advantage"]) for r in kept]
-        if algorithm.mask_truncated:
-            items = [(t, a) for t, a in items if t.end_reason != "max_turns"]
-        items = [(t, a) for t, a in items if t.sampled_tokens > 0 and t.end_reason != "error"]
-        random.shuffle(items)
-        clock["update"], clock["update_tokens"] = 0.0, float(sum(len(t.ids) for t, _ in items))
+        items = [r for r in kept if r.extra["sampled_tokens"] > 0 and r.end_reason != "error"
+                 and not (algorithm.mask_truncated and r.end_reason == "max_turns")]
+        random.Random(self.config.seed * 1_000_003 + self.step_number).shuffle(items)
+        clock["update"], clock["update_tokens"] = 0.0, float(sum(r.extra["length"] for r in items))
         if not items:
             return {"loss": float("nan")}
         scoring = time.perf_counter()
-        model = self.policy.model
+        minibatches = _chunks(items, algorithm.mini_batch_size)
+        shares = [self._spread(minibatch) for minibatch in minibatches]
+        trajectories = self._gather_trajectories(shares)
+        model, micro = self.policy.model, algorithm.micro_batch_size
         temperature, chunk_size = self.config.rollout.temperature, algorithm.logprob_chunk_size
-        old: dict[int, Any] = {}
-        reference: dict[int, Any] = {}
-        mismatch = []
+        old: dict[Any, Any] = {}
+        reference: dict[Any, Any] = {}
+        mismatch = {"sum": 0.0, "count": 0.0}
+        mine = [r for share in shares for r in share[self.ranks.rank]]
+        passes = max(math.ceil(sum(len(share[rank]) for share in shares) / micro) for rank in range(self.ranks.size))
         with torch.no_grad(), self.policy.autocast():
-            for chunk in _chunks(items, algorithm.micro_batch_size):
-                batch = collate([t for t, _ in chunk], [a for _, a in chunk], self.chat, self.pixels)
+            for chunk in _chunks(mine, micro, passes):
+                batch = self._batch(chunk, trajectories)
                 mask = batch["loss_mask"].bool()
                 if algorithm.old_logprobs == "recompute":
                     recomputed = sequence_logprobs(model, batch, temperature, chunk_size).cpu()
-                    mismatch.append((recomputed - batch["old_logprobs"]).abs()[mask])
-                    for row, (t, _) in enumerate(chunk):
-                        old[id(t)] = recomputed[row, :len(t.ids)]
+                    mismatch["sum"] += float((recomputed - batch["old_logprobs"]).abs()[mask].sum())
+                    mismatch["count"] += float(mask.sum())
+                    for row, r in enumerate(chunk):
+                        old[r.extra["key"]] = recomputed[row, :r.extra["length"]]
                 if self.reference is not None:
                     ref = sequence_logprobs(self.reference, batch, temperature, chunk_size).cpu()
-                    for row, (t, _) in enumerate(chunk):
-                        reference[id(t)] = ref[row, :len(t.ids)]
+                    for row, r in enumerate(chunk):
+                        reference[r.extra["key"]] = ref[row, :r.extra["length"]]
         clock["scoring"] += time.perf_counter() - scoring
         updating = time.perf_counter()
         totals: dict[str, float] = defaultdict(float)
-        minibatches = 0
         model.train()
-        for mini in _chunks(items, algorithm.mini_batch_size):
-            token_count = float(sum(t.sampled_tokens for t, _ in mini))
+        for minibatch, share in zip(minibatches, shares):
+            token_count = float(sum(r.extra["sampled_tokens"] for r in minibatch))
+            passes = max(math.ceil(len(part) / micro) for part in share)
             self.optimizer.zero_grad(set_to_none=True)
-            loss_sum = 0.0
-            for micro in _chunks(mini, algorithm.micro_batch_size):
-                batch = collate([t for t, _ in micro], [a for _, a in micro], self.chat, self.pixels)
-                if old:
-                    batch["behaviour_logprobs"] = batch["old_logprobs"]  # the sampler's, as collated
-                    batch["old_logprobs"] = _pad_rows([old[id(t)] for t, _ in micro], batch["input_ids"].shape)
-                ref = _pad_rows([reference[id(t)] for t, _ in micro], batch["input_ids"].shape) if reference else None
+            for chunk in _chunks(share[self.ranks.rank], micro, passes):
+                batch = self._batch(chunk, trajectories, old if algorithm.old_logprobs == "recompute" else None,
+                                    reference if self.reference is not None else None)
                 with self.policy.autocast():
                     logprobs = sequence_logprobs(model, batch, temperature, chunk_size)
                 loss, stats = grpo_loss(logprobs, batch, clip_low=algorithm.clip_low, clip_high=algorithm.clip_high,
-                                        token_count=token_count, ref_logprobs=ref, kl_coef=algorithm.kl_coef,
-                                        importance_cap=self.importance_cap)
-                loss.backward()
-                loss_sum += float(loss.detach())
+                                        token_count=token_count, ref_logprobs=batch.get("ref_logprobs"),
+                                        kl_coef=algorithm.kl_coef, importance_cap=self.importance_cap)
+                (loss * self.ranks.size).backward()  # the ranks' gradients are averaged; the loss is a share
+                totals["loss"] += float(loss.detach())
                 for key, value in stats.items():
                     totals[key] += value
             grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters, algorithm.max_grad_norm)
             self.optimizer.step()
-            totals["loss"] += loss_sum
-            totals["grad_norm"] += float(grad_norm)
-            minibatches += 1
+            totals["grad_norm"] += _scalar(grad_norm) / self.ranks.size  # the same on every rank
         self.scheduler.step()
         clock["update"] = time.perf_counter() - updating
-        out = {key: value / minibatches for key, value in totals.items()}
-        if mismatch:
-            out["logprob_mismatch"] = float(torch.cat(mismatch).mean()) if sum(m.numel() for m in mismatch) else 0.0
+        totals = self.ranks.sum({**totals, **{f"mismatch_{key}": value for key, value in mismatch.items()}})
+        mismatch_sum, mismatch_count = totals.pop("mismatch_sum"), totals.pop("mismatch_count")
+        out = {key: value / len(minibatches) for key, value in totals.items()}
+        if algorithm.old_logprobs == "recompute":
+            out["logprob_mismatch"] = mismatch_sum / mismatch_count if mismatch_count else 0.0
         return out
+
+    def _spread(self, minibatch: Sequence[Rollout]) -> list[list[Rollout]]:
+        """The mini-batch's trajectories each rank trains on."""
+        ranks = spread([r.extra["length"] for r in minibatch], [r.extra["key"][0] for r in minibatch],
+                       self.ranks.size)
+        return [[r for r, rank in zip(minibatch, ranks) if rank == mine] for mine in range(self.ranks.size)]
+
+    def _gather_trajectories(self, shares: Sequence[Sequence[Sequence[Rollout]]]) -> dict[Any, tuple[Trajectory, float]]:
+        """This rank's trajectories and advantages for its shares: its own, and those that other ranks played
+        (each rank sends the ones it played for others; everyone receives them all and keeps its own)."""
+        rank = self.ranks.rank
+        leaving = {r.extra["key"]: self.played[r.extra["key"]] for share in shares
+                   for other, part in enumerate(share) if other != rank for r in part if r.extra["key"][0] == rank}
+        arriving = {key: value for part in self.ranks.gather(leaving) for key, value in part.items()}
+        return {r.extra["key"]: self.played.get(r.extra["key"]) or arriving[r.extra["key"]]
+                for share in shares for r in share[rank]}
+
+    def _batch(self, chunk: Sequence[Rollout], trajectories: dict[Any, tuple[Trajectory, float]],
+               old: dict[Any, Any] | None = None, reference: dict[Any, Any] | None = None) -> dict[str, Any]:
+        """The collated micro-batch of ``chunk`` (an empty chunk: a two-token batch outside the loss, for a rank
+        with nothing left to pass while the others still have), with the recomputed old log-probs (the sampler's
+        become ``behaviour_logprobs``) and the reference's, where given."""
+        import torch
+
+        if chunk:
+            pairs = [trajectories[r.extra["key"]] for r in chunk]
+            batch = collate([t for t, _ in pairs], [a for _, a in pairs], self.chat, self.pixels)
+        else:
+            shape = (1, 2)
+            batch = {"input_ids": torch.full(shape, self.chat.pad_token_id, dtype=torch.long),
+                     "attention_mask": torch.ones(shape, dtype=torch.long), "loss_mask": torch.zeros(shape),
+                     "old_logprobs": torch.zeros(shape), "advantages": torch.zeros(shape)}
+        shape = batch["input_ids"].shape
+        if old is not None:
+            batch["behaviour_logprobs"] = batch["old_logprobs"]  # the sampler's, as collated
+            batch["old_logprobs"] = _pad_rows([old[r.extra["key"]] for r in chunk], shape)
+        if reference is not None:
+            batch["ref_logprobs"] = _pad_rows([reference[r.extra["key"]] for r in chunk], shape)
+        return batch
 
     # --- evaluation, checkpoints ------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
-        """Greedy episodes on the first ``eval.episodes`` tasks of the evaluation split; logged as ``eval``."""
+        """Greedy episodes on the first ``eval.episodes`` tasks of the evaluation split (shared out over the
+        ranks); logged as ``eval``."""
         if self.eval_collector is None:
             return {}
         tasks = self.eval_envs.envs[0].unwrapped.tasks
         count = min(self.config.eval.episodes, len(tasks))
         sampling = Sampling(max_new_tokens=self.config.rollout.max_new_tokens,
                             temperature=self.config.eval.temperature)
-        trajectories = self.eval_collector.collect([EpisodeSpec(i, i, i) for i in range(count)], sampling)
-        self.last_eval = trajectories
-        metrics = episode_summary(trajectories)
-        self.logger.log(self.step_number, metrics, kind="eval")
+        specs = [EpisodeSpec(i, i, i) for i in range(count) if i % self.ranks.size == self.ranks.rank]
+        self.last_eval = self.eval_collector.collect(specs, sampling) if specs else []
+        records = [r for part in self.ranks.gather([episode_record(t) for t in self.last_eval]) for r in part]
+        metrics = episode_summary(records)
+        if self.ranks.is_main:
+            self.logger.log(self.step_number, metrics, kind="eval")
         return metrics
 
     def save(self) -> Path:
         extra = {"sampler": self.sampler.state(), "episodes_started": self.episodes_started}
         return save_checkpoint(self.run_dir, self.step_number, self.policy.model, self.policy.processors,
-                               self.optimizer, self.scheduler, extra, keep=self.config.checkpoint.keep)
+                               self.optimizer, self.scheduler, extra, keep=self.config.checkpoint.keep,
+                               ranks=self.ranks)
 
     def resume(self) -> bool:
-        """Continue from the newest checkpoint of the run folder, if any (returns whether it did)."""
-        folder = latest_checkpoint(self.run_dir)
+        """Continue from the newest checkpoint of the run folder, if any (returns whether it did); it may have
+        been written by another number of ranks."""
+        folder = self.ranks.broadcast(latest_checkpoint(self.run_dir))
         if folder is None:
             return False
-        state = load_checkpoint(folder, self.policy.model, self.optimizer, self.scheduler)
+        state = load_checkpoint(folder, self.policy.model, self.optimizer, self.scheduler, self.ranks)
         self.step_number = int(state["step"])
         self.sampler.load(state["extra"]["sampler"])
         self.episodes_started = int(state["extra"]["episodes_started"])
-        self.logger.truncate(self.step_number)
-        self.backend.sync_weights(self.policy.model, self.config.rollout.weight_sync_timeout)
+        if self.ranks.is_main:
+            self.logger.truncate(self.step_number)
+        if not self.backend.shares_trainer_weights:
+            self.backend.sync_weights(full_state_dict(self.policy.model), self.config.rollout.weight_sync_timeout)
         return True
 
     def close(self) -> None:
@@ -386,13 +498,25 @@ class GRPOTrainer:
                 envs.close()
         self.backend.close()
         self.pool.close()
-        self.logger.close()
+        if self.logger is not None:
+            self.logger.close()
+        self.ranks.close()
 
     def __enter__(self) -> GRPOTrainer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def blank_image(policy: PolicyModel) -> dict[str, Any] | None:
+    """The processor's inputs for a small blank image (what a sharded model's vision tower runs on in forward
+    passes without images), or None for a model without a vision tower."""
+    from PIL import Image
+
+    if not hasattr(policy.model, "get_image_features"):
+        return None
+    return PixelCache(policy.chat.image_processor)([Image.new("RGB", (56, 56), "white")])
 
 
 def importance_cap(config: GRPOConfig) -> float | None:
@@ -435,8 +559,19 @@ def rollout_groups(trajectories: Sequence[Trajectory], normalize_std: bool,
     return out
 
 
-def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [items[i:i + size] for i in range(0, len(items), max(1, size))]
+def _chunks(items: Sequence[Any], size: int, count: int | None = None) -> list[Sequence[Any]]:
+    """``items`` in chunks of ``size``, followed by empty chunks up to ``count`` chunks.
+
+    >>> _chunks([1, 2, 3], 2, count=3)
+    [[1, 2], [3], []]
+    """
+    chunks = [items[i:i + size] for i in range(0, len(items), max(1, size))]
+    return chunks + [items[:0]] * ((count or 0) - len(chunks))
+
+
+def _scalar(value: Any) -> float:
+    """A float of a (possibly sharded) zero-dimensional tensor."""
+    return float(value.full_tensor() if hasattr(value, "full_tensor") else value)
 
 
 def _pad_rows(rows: Sequence[Any], shape: Sequence[int]) -> Any:
@@ -448,4 +583,4 @@ def _pad_rows(rows: Sequence[Any], shape: Sequence[int]) -> Any:
     return out
 
 
-__all__ = ["GRPOTrainer", "TaskSampler", "episode_summary", "make_envs"]
+__all__ = ["GRPOTrainer", "TaskSampler", "episode_record", "episode_summary", "make_envs"]

@@ -33,15 +33,19 @@ class PolicyModel:
     device: str
     compute_dtype: str = "float32"
     """The dtype of forward passes (:meth:`autocast`); the weights are in the model's own dtype."""
+    sharded: bool = False
+    """The model is sharded over data-parallel ranks (:func:`~trainers.distributed.shard_model`), which casts
+    the weights to :attr:`compute_dtype` itself."""
 
     def autocast(self) -> Any:
-        """Run forward passes in :attr:`compute_dtype` (a no-op where it is the weights' dtype)."""
+        """Run forward passes in :attr:`compute_dtype` (a no-op where it is the weights' dtype, or where the
+        sharded model casts them)."""
         import contextlib
 
         import torch
 
         dtype = getattr(torch, self.compute_dtype)
-        if next(self.model.parameters()).dtype == dtype:
+        if self.sharded or next(self.model.parameters()).dtype == dtype:
             return contextlib.nullcontext()
         return torch.autocast(self.device.split(":")[0], dtype=dtype)
 
@@ -55,9 +59,10 @@ class PolicyModel:
         return [p for p in self.model.parameters() if p.requires_grad]
 
 
-def load_policy(config: ModelConfig) -> PolicyModel:
-    """The model, tokenizer and image processor of ``config.path`` in training mode; the chat template is
-    checked for token-in / token-out use (:meth:`ChatTokenizer.check_template`)."""
+def load_policy(config: ModelConfig, device: str | None = None) -> PolicyModel:
+    """The model, tokenizer and image processor of ``config.path`` in training mode, on ``device`` (default:
+    ``config.device``); the chat template is checked for token-in / token-out use
+    (:meth:`ChatTokenizer.check_template`)."""
     import torch
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
@@ -69,7 +74,8 @@ def load_policy(config: ModelConfig) -> PolicyModel:
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"model.path {str(path)!r} is not a model folder (no config.json); build a tiny one "
                              f"with `pyvision make-tiny-model {path}`")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    device = device or config.device
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     for name, value in (("model.dtype", dtype), ("model.master_dtype", config.master_dtype)):
         if value not in DTYPES:
@@ -123,9 +129,10 @@ def check_sees_pixels(policy: PolicyModel) -> None:
                                 "cannot see pixels (check its vision weights and image processor)")
 
 
-def start_run(config: Any) -> Path:
-    """Create the run folder of a trainer config, write its settings there (``config.json``) and seed Python,
-    numpy and torch with ``config.seed``; returns the folder."""
+def start_run(config: Any, rank: int = 0) -> Path:
+    """Create the run folder of a trainer config, write its settings there (``config.json``, by rank 0) and seed
+    Python, numpy and torch with ``config.seed`` (offset by the rank, so that ranks sample differently); returns
+    the folder."""
     import json
     import random
 
@@ -136,10 +143,12 @@ def start_run(config: Any) -> Path:
 
     run_dir = Path(config.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
+    if rank == 0:
+        (run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+    seed = config.seed + 1_000_003 * rank
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
     return run_dir
 
 

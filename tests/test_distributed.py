@@ -1,0 +1,138 @@
+"""Data-parallel GRPO on torch.distributed: 2 and 3 CPU processes on gloo, started by torchrun, against one
+process.
+
+The runs replay one recorded set of episodes (``tests/distributed_grpo.py``: real kernels when recorded), so every
+layout trains on the same trajectories; global OFR, the spread over ranks, FSDP2-sharded forward and backward
+passes, the optimizer and the sharded checkpoints are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainers.checkpoint import latest_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "distributed_grpo.py"
+LR = 1e-3
+SETTINGS = ["steps=2", "rollout.group_size=2", "env.num_envs=2", "rollout.max_new_tokens=48",
+            "ofr.target_size=6", "ofr.oversampling=1.0", "ofr.max_generation_rounds=3", "ofr.exhaustion=partial",
+            "eval.every=0", "checkpoint.every=1", "checkpoint.keep=3", "logging.tensorboard=false",
+            "logging.progress=false", "algorithm.mini_batch_size=4", "algorithm.micro_batch_size=1",
+            f"algorithm.lr={LR}", "algorithm.kl_coef=0.05", "algorithm.importance_correction=truncated"]
+"""Two updates of 6 trajectories in mini-batches of 4 and micro-batches of 1 (so ranks make different numbers
+of passes and pad), with a KL reference and the importance correction."""
+
+
+def launch(ranks: int, *arguments: str, timeout: float = 300) -> None:
+    starter = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                     f"--nproc-per-node={ranks}"]
+    result = subprocess.run([*starter, str(SCRIPT), *arguments], cwd=ROOT, capture_output=True, text=True,
+                            timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-5000:]
+
+
+def train(ranks: int, run_dir: Path, model_dir: Path, episodes: Path, *overrides: str, record: bool = False) -> None:
+    settings = [f"output_dir={run_dir}", f"model.path={model_dir}", *SETTINGS, *overrides]
+    launch(ranks, "--record" if record else "--replay", str(episodes), *(f"--set={s}" for s in settings))
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    (weights,) = latest_checkpoint(run_dir).glob("*.safetensors")
+    return load_file(weights)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, model_dir):
+    """The reference: two updates in one process, every episode played for real and recorded."""
+    folder = tmp_path_factory.mktemp("one-process")
+    episodes = folder / "episodes.pkl"
+    train(1, folder / "run", model_dir, episodes, record=True)
+    return folder / "run", episodes
+
+
+def assert_same_updates(run_dir: Path, reference: Path, model_dir: Path, first_step: int = 1) -> None:
+    """The same OFR selections (of the updates from ``first_step`` on: a resumed run made only those) and equal
+    weights after the updates, up to float rounding. Adam divides each gradient by its own scale, so
+    gradients that are zero but for rounding (attention key biases) become steps of rounding size; the
+    tolerance is a hundredth of the learning rate, while the updates moved most weights by about it."""
+    expected, got = final_weights(reference), final_weights(run_dir)
+    (initial_file,) = model_dir.glob("*.safetensors")
+    initial = load_file(initial_file)
+    moved = [float((expected[key] - initial[key]).abs().max()) for key in expected]
+    assert sum(m > LR / 2 for m in moved) > 0.8 * len(moved)
+    for key, value in expected.items():
+        assert torch.allclose(got[key], value, rtol=0, atol=LR / 100), (key, float((got[key] - value).abs().max()))
+    assert json.loads((run_dir / "selections.json").read_text()) == \
+        json.loads((reference / "selections.json").read_text())[first_step - 1:]
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_ranks_make_the_updates_of_one_process(one_process, tmp_path, model_dir, ranks):
+    """The same trajectories give the same OFR selection and, after two updates, the same weights."""
+    reference, episodes = one_process
+    train(ranks, tmp_path / "run", model_dir, episodes)
+    assert_same_updates(tmp_path / "run", reference, model_dir)
+    assert torch.load(latest_checkpoint(tmp_path / "run") / "trainer_state.pt", weights_only=False)["ranks"] == ranks
+
+
+@pytest.mark.timeout(600)
+def test_a_checkpoint_of_two_ranks_resumes_on_one_and_on_three(one_process, tmp_path, model_dir):
+    reference, episodes = one_process
+    train(2, tmp_path / "first", model_dir, episodes, "steps=1")
+    assert sorted(p.name for p in (latest_checkpoint(tmp_path / "first") / "rng").iterdir()) == \
+        ["rank-0.pt", "rank-1.pt"]
+    for ranks in (1, 3):
+        run_dir = tmp_path / f"resumed-on-{ranks}"
+        shutil.copytree(tmp_path / "first", run_dir)
+        train(ranks, run_dir, model_dir, episodes)
+        assert [json.loads(line)["step"] for line in (run_dir / "train.jsonl").read_text().splitlines()] == [1, 2]
+        assert_same_updates(run_dir, reference, model_dir, first_step=2)
+
+
+@pytest.mark.timeout(600)
+def test_a_killed_rank_fails_the_run_and_the_same_command_resumes_it(tmp_path, model_dir):
+    """``pyvision train --nproc 2``: one rank killed mid-run stops the run with an error that says how to resume;
+    the same command resumes from the last checkpoint, and no update is lost or logged twice."""
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "pyvision_env.cli", "train", str(ROOT / "trainers/configs/demo_grpo.yaml"),
+               "--nproc", "2", "--set", f"output_dir={run}", "--set", f"model.path={model_dir}", "--set", "steps=8",
+               "--set", "ofr.enabled=false", "--set", "prompts_per_round=4", "--set", "rollout.group_size=2",
+               "--set", "env.num_envs=2", "--set", "rollout.max_new_tokens=32", "--set", "eval.every=0",
+               "--set", "checkpoint.every=1", "--set", "checkpoint.keep=2", "--set", "logging.tensorboard=false",
+               "--set", "distributed.timeout_s=60"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while latest_checkpoint(run) is None and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    victim = next(p for p in psutil.Process(first.pid).children(recursive=True)
+                  if "pyvision_env.cli" in " ".join(p.cmdline()) and p.environ().get("RANK") == "1")
+    victim.send_signal(signal.SIGKILL)
+    try:
+        _, stderr = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    killed_at = latest_checkpoint(run)
+    assert first.returncode != 0 and killed_at is not None and killed_at.name != "step-000008"
+    assert "Run the same command again to resume from its last checkpoint" in stderr, stderr[-3000:]
+    resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    steps = [json.loads(line)["step"] for line in (run / "train.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+    assert torch.load(latest_checkpoint(run) / "trainer_state.pt", weights_only=False)["step"] == 8

@@ -1,0 +1,239 @@
+"""Data parallelism on torch.distributed: one process per device (per CPU process on gloo in tests), started by
+``torchrun`` — ``pyvision train CONFIG --nproc N`` is the shortcut on one machine; several machines use torchrun's
+own ``--nnodes`` / ``--rdzv-endpoint`` with the same command.
+
+* :class:`Ranks` — this process's place among the ranks and the few collectives the trainer needs. A process
+  started without a launcher is a world of one with no process group, so the trainer has a single code path.
+* :func:`shard_model` — FSDP2 (``fully_shard``): parameters, gradients and optimizer state sharded over the
+  ranks, each decoder layer and vision block its own unit; forward passes in the compute dtype with gradients
+  reduced in float32 over float32 master weights. Every forward runs the vision tower — on a blank image, its
+  features multiplied by zero, when the batch holds no image — so that all ranks gather the same weights in the
+  same order whatever their batches hold (a text-only batch on one rank would otherwise hang the others).
+* :func:`full_state_dict` — the whole weights on every rank, for the generation engine and for export.
+* :func:`spread` — which rank trains which trajectory: token budgets balanced, as few trajectories moved as
+  possible.
+
+Example (under ``torchrun --nproc_per_node 2``)::
+
+    ranks = Ranks.from_environment(timeout_s=600)
+    shard_model(policy, ranks)
+    everyone = ranks.gather(my_groups)        # the same list on every rank
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class RankFailure(RuntimeError):
+    """Another rank stopped answering (killed, crashed or hung past the timeout); the run cannot go on. Launch it
+    again: it resumes from its last checkpoint."""
+
+
+class Ranks:
+    """This process's ``rank`` among ``size`` ranks, and the collectives of the trainer over them.
+
+    >>> ranks = Ranks()                          # no launcher: a world of one
+    >>> ranks.size, ranks.is_main, ranks.gather("mine"), ranks.sum({"loss": 1.5})
+    (1, True, ['mine'], {'loss': 1.5})
+    """
+
+    def __init__(self, rank: int = 0, size: int = 1, local_rank: int = 0, device: str = "cpu") -> None:
+        self.rank, self.size, self.local_rank, self.device = rank, size, local_rank, device
+
+    @classmethod
+    def from_environment(cls, timeout_s: float, device: str = "auto") -> Ranks:
+        """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE``, ``RANK``,
+        ``LOCAL_RANK``, ``MASTER_ADDR``...), on NCCL with one GPU per rank or gloo on CPU; a world of one when
+        started without a launcher. A collective waits ``timeout_s`` for the other ranks."""
+        import torch
+        import torch.distributed as dist
+
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+        if size == 1:
+            return cls(device=("cuda" if cuda else "cpu") if device == "auto" else device)
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank, f"cuda:{local_rank}" if cuda else "cpu")
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that logs, writes shared files and shows progress."""
+        return self.rank == 0
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (picklable), in rank order, on every rank."""
+        if self.size == 1:
+            return [value]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.size
+        self._collective(dist.all_gather_object, out, value)
+        return out
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank."""
+        if self.size == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        self._collective(dist.broadcast_object_list, box, src=0)
+        return box[0]
+
+    def sum(self, values: Mapping[str, float]) -> dict[str, float]:
+        """The sum over the ranks of each value (every rank must pass the same keys)."""
+        if self.size == 1:
+            return dict(values)
+        import torch
+        import torch.distributed as dist
+
+        keys = sorted(values)
+        tensor = torch.tensor([float(values[key]) for key in keys], dtype=torch.float64,
+                              device=self.device if self.device.startswith("cuda") else "cpu")
+        self._collective(dist.all_reduce, tensor)
+        return dict(zip(keys, tensor.tolist()))
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            import torch.distributed as dist
+
+            self._collective(dist.barrier)
+
+    def _collective(self, operation: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            operation(*args, **kwargs)
+        except (RuntimeError, ConnectionError) as error:
+            raise RankFailure(f"rank {self.rank}: a collective with the other {self.size - 1} rank(s) failed — one "
+                              f"stopped or did not answer in time ({error}). Launch the run again to resume from "
+                              "its last checkpoint.") from error
+
+    def close(self) -> None:
+        """Leave the process group (a world of one has none)."""
+        if self.size > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def shard_model(model: Any, ranks: Ranks, compute_dtype: str, blank_image: Mapping[str, Any] | None,
+                offload: bool = False) -> None:
+    """Shard ``model`` in place over ``ranks`` with FSDP2: one unit per layer class the model names as not to
+    be split (``_no_split_modules``: decoder layers, vision blocks) plus the root; forward passes in
+    ``compute_dtype``, gradients reduced in float32, parameters kept in their own (master) dtype. ``offload``
+    keeps parameters, gradients and optimizer state in CPU memory between uses (FSDP2's ``CPUOffloadPolicy``).
+
+    ``blank_image``: the processor's ``pixel_values`` and ``image_grid_thw`` of a small blank image; forward
+    passes without images run the vision tower on it (see the module docstring). None for a text-only model.
+    """
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    # the model's outputs are views (logits and hidden states); nothing here changes them in place
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+    mesh = init_device_mesh(ranks.device.split(":")[0], (ranks.size,))
+    settings = {"mesh": mesh, "offload_policy": CPUOffloadPolicy() if offload else OffloadPolicy(),
+                "mp_policy": MixedPrecisionPolicy(param_dtype=getattr(torch, compute_dtype),
+                                                  reduce_dtype=torch.float32)}
+    unit_classes = set(getattr(model, "_no_split_modules", None) or ())
+    units = [module for module in model.modules() if type(module).__name__ in unit_classes]
+    if not units:
+        log.warning("%s names no layer classes (_no_split_modules): it is sharded as one unit",
+                    type(model).__name__)
+    for unit in units:
+        fully_shard(unit, **settings)
+    fully_shard(model, **settings)
+    if blank_image is not None:
+        _run_vision_tower_in_every_forward(model, blank_image)
+
+
+def _run_vision_tower_in_every_forward(model: Any, blank_image: Mapping[str, Any]) -> None:
+    """Hooks: a forward without ``pixel_values`` adds zero times the blank image's features to the token
+    embeddings — where real image features join them, so that gradients flow back in the same order too."""
+    import torch
+
+    forward_has_images = [True]
+
+    def remember(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        forward_has_images[0] = kwargs.get("pixel_values") is not None or kwargs.get("pixel_values_videos") is not None
+
+    def add_blank_features(module: Any, args: Any, embeddings: Any) -> Any:
+        if forward_has_images[0]:
+            return embeddings
+        device = embeddings.device
+        out = model.get_image_features(pixel_values=blank_image["pixel_values"].to(device),
+                                       image_grid_thw=blank_image["image_grid_thw"].to(device))
+        features = getattr(out, "pooler_output", out)
+        features = torch.cat(list(features)) if isinstance(features, (list, tuple)) else features
+        return embeddings + 0.0 * features.sum().to(embeddings.dtype)
+
+    model.register_forward_pre_hook(remember, with_kwargs=True)
+    model.get_input_embeddings().register_forward_hook(add_blank_features)
+
+
+def is_sharded(model: Any) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def model_class(model: Any) -> type:
+    """The model's own class (sharding makes its instances an ``FSDP<Class>`` subclass)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
+
+
+def full_state_dict(model: Any) -> dict[str, Any]:
+    """The model's whole weights by name on every rank (gathered from the shards: every rank must call it), or
+    its own state dict when it is not sharded."""
+    if not is_sharded(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+
+
+def spread(lengths: Sequence[int], owners: Sequence[int], size: int) -> list[int]:
+    """The rank that trains each item: every rank's total length near ``sum(lengths) / size``, an item staying
+    on the rank that played it (its owner) unless that rank already holds its share. Longest items are placed
+    first; items that leave their owner go to the least loaded rank.
+
+    >>> spread([5, 5, 5, 5], owners=[0, 0, 0, 0], size=2)
+    [0, 0, 1, 1]
+    >>> spread([9, 1, 1], owners=[1, 0, 0], size=2)
+    [1, 0, 0]
+    """
+    if len(lengths) != len(owners):
+        raise ValueError(f"{len(lengths)} lengths for {len(owners)} owners")
+    share = sum(lengths) / size
+    load = [0] * size
+    rank: list[int | None] = [None] * len(lengths)
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    for i in order:
+        owner = owners[i]
+        if load[owner] == 0 or load[owner] + lengths[i] <= share:
+            rank[i] = owner
+            load[owner] += lengths[i]
+    for i in order:
+        if rank[i] is None:
+            least = min(range(size), key=lambda r: (load[r], r))
+            rank[i] = least
+            load[least] += lengths[i]
+    return [int(r) for r in rank]  # type: ignore[arg-type]
+
+
+__all__ = ["RankFailure", "Ranks", "full_state_dict", "is_sharded", "model_class", "shard_model", "spread"]
