@@ -136,3 +136,18 @@ def test_a_killed_rank_fails_the_run_and_the_same_command_resumes_it(tmp_path, m
     steps = [json.loads(line)["step"] for line in (run / "train.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))
     assert torch.load(latest_checkpoint(run) / "trainer_state.pt", weights_only=False)["step"] == 8
+
+
+@pytest.mark.timeout(600)
+def test_lora_on_two_ranks_makes_the_updates_of_one_process(one_process, tmp_path, model_dir):
+    """LoRA under FSDP2 (each adapter a unit of its own): the adapters after two updates on 2 ranks are those of
+    one process, with a KL term whose reference is the model with its adapters off."""
+    _, episodes = one_process
+    lora = ("model.lora_rank=4", "model.lora_alpha=8")
+    train(1, tmp_path / "one", model_dir, episodes, *lora)
+    train(2, tmp_path / "two", model_dir, episodes, *lora)
+    expected, got = (load_file(latest_checkpoint(tmp_path / run) / "adapters.safetensors") for run in ("one", "two"))
+    assert expected.keys() == got.keys() and len(expected) > 0
+    assert all(float(value.abs().max()) > 0 for name, value in expected.items() if ".lora_B." in name)  # from 0
+    for name, value in expected.items():
+        assert torch.allclose(got[name], value, rtol=0, atol=LR / 100), name

@@ -444,6 +444,61 @@ def test_grpo_step_with_ofr_on_real_kernels(tmp_path, model_dir):
     assert latest_checkpoint(run).name == "step-000001" and (run / "plots" / "interaction.png").is_file()
 
 
+def test_lora_keeps_frozen_weights_in_the_compute_dtype_and_adapters_in_float32(model_dir):
+    policy = load_policy(ModelConfig(path=str(model_dir), dtype="bfloat16", lora_rank=4))
+    dtypes = {name: p.dtype for name, p in policy.model.named_parameters()}
+    assert {d for name, d in dtypes.items() if ".lora_" in name} == {torch.float32}
+    assert {d for name, d in dtypes.items() if ".lora_" not in name} == {torch.bfloat16}
+    batch = collate(_sampled_trajectories(policy), [1.0, -1.0], policy.chat, PixelCache(policy.chat.image_processor))
+    with policy.autocast():
+        logprobs = sequence_logprobs(policy.model, batch)
+    assert logprobs.dtype == torch.float32
+    (logprobs * batch["loss_mask"] * batch["advantages"]).sum().backward()
+    graded = {name for name, p in policy.model.named_parameters() if p.grad is not None}
+    assert graded == {name for name in dtypes if ".lora_" in name}
+
+
+@pytest.mark.parametrize("freeze_vision", [True, False])
+def test_lora_trains_only_the_adapters(tmp_path, model_dir, freeze_vision):
+    """Two updates with LoRA and a KL term (the reference: the adapters off): every adapter weight moves and
+    nothing else does; the checkpoint holds the adapters and, as a plain model folder, the merged weights; a run
+    resumes from it."""
+    from safetensors.torch import load_file
+
+    from trainers.lora import merged_weights
+
+    overrides = {"model.lora_rank": 4, "model.lora_alpha": 8, "model.freeze_vision": freeze_vision, "steps": 2,
+                 "algorithm.kl_coef": 0.05, "eval.every": 0}
+    initial = load_policy(ModelConfig(path=str(model_dir))).model.state_dict()
+    with GRPOTrainer(small_config(tmp_path, model_dir, **overrides)) as trainer:
+        trainer.backend = trainer.collector.backend = ScriptedTallyGeneration(trainer.chat)
+        assert trainer.reference is None
+        injected = {name: value.detach().clone() for name, value in trainer.policy.model.named_parameters()}
+        train = trainer.train()["train"]
+        after = dict(trainer.policy.model.named_parameters())
+    assert math.isfinite(train["kl"]) and train["grad_norm"] > 0
+    adapters = {name: value for name, value in after.items() if ".lora_" in name}
+    assert adapters and all(value.requires_grad for value in adapters.values())
+    assert any(".visual." in name for name in adapters) != freeze_vision
+    for name, value in after.items():
+        if name in adapters:  # lora_B starts at zero, so lora_A has gradients from the second update on
+            assert not torch.equal(value, injected[name]), name
+        else:
+            assert not value.requires_grad and torch.equal(value, initial[name.replace(".base_layer", "")]), name
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    saved = load_file(checkpoint / "adapters.safetensors")
+    assert saved.keys() == adapters.keys()
+    plain = load_policy(ModelConfig(path=str(checkpoint))).model.state_dict()
+    expected = merged_weights({name: value.detach() for name, value in after.items()}, scaling=8 / 4)
+    assert plain.keys() == initial.keys()
+    assert all(torch.allclose(plain[name], expected[name], atol=1e-6) for name in plain if name in expected)
+    assert any(not torch.equal(plain[name], initial[name]) for name in plain)
+    with GRPOTrainer(small_config(tmp_path, model_dir, **{**overrides, "steps": 3})) as resumed:
+        resumed.backend = resumed.collector.backend = ScriptedTallyGeneration(resumed.chat)
+        resumed.train()
+        assert resumed.step_number == 3
+
+
 def test_sft_learns_the_recorded_teacher(tmp_path, model_dir):
     from trainers.demo import record_teacher
 

@@ -7,6 +7,7 @@ with the tokenizer and image processor: evaluate it or train from it as any mode
 * ``optimizer/`` — the optimizer's state in torch.distributed.checkpoint's sharded format: each rank writes its
   own shards, and a run on any number of ranks reads them back resharded;
 * ``rng/rank-N.pt`` — each rank's random states (Python, numpy, torch);
+* ``adapters.safetensors`` — a LoRA run's adapters (the model folder holds the merged weights);
 * ``trainer_state.pt`` — scheduler, step and data position, written last: a folder without it is incomplete.
 
 A checkpoint is written into a temporary folder and renamed into place, so a kill during saving leaves the
@@ -16,25 +17,30 @@ previous one intact; only the newest ``keep`` are kept. Every rank calls :func:`
 
 Example::
 
-    save_checkpoint(run_dir, step, model, processors, optimizer, scheduler, {"sampler": sampler.state()})
-    state = load_checkpoint(latest_checkpoint(run_dir), model, optimizer, scheduler)
+    save_checkpoint(run_dir, step, policy, optimizer, scheduler, {"sampler": sampler.state()})
+    state = load_checkpoint(latest_checkpoint(run_dir), policy, optimizer, scheduler)
     state["step"], state["extra"]["sampler"]
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .distributed import Ranks, full_state_dict, is_sharded, model_class
+from .lora import adapter_weights, merged_weights
+from .modeling import PolicyModel
 
 STATE_FILE = "trainer_state.pt"
+ADAPTER_FILE = "adapters.safetensors"
 OPTIMIZER_DIR = "optimizer"
 RNG_DIR = "rng"
 
@@ -64,11 +70,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def save_checkpoint(run_dir: str | os.PathLike, step: int, model: Any, processors: Sequence[Any], optimizer: Any,
-                    scheduler: Any, extra: dict[str, Any], keep: int = 2, ranks: Ranks | None = None) -> Path:
+def save_checkpoint(run_dir: str | os.PathLike, step: int, policy: PolicyModel, optimizer: Any, scheduler: Any,
+                    extra: dict[str, Any], keep: int = 2, ranks: Ranks | None = None) -> Path:
     """Write the checkpoint of ``step`` atomically and prune older ones; returns its folder."""
     import torch
     import torch.distributed.checkpoint as dcp
+    from safetensors.torch import save_file
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     ranks = ranks or Ranks()
@@ -78,14 +85,19 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: Any, processor
         shutil.rmtree(staging, ignore_errors=True)
         (staging / RNG_DIR).mkdir(parents=True)
     ranks.barrier()
-    weights = full_state_dict(model)
+    weights = full_state_dict(policy.model)
     if ranks.is_main:
-        model.save_pretrained(staging, state_dict=weights)
-        for processor in processors:
+        if policy.lora_scaling:
+            save_file({name: value.contiguous() for name, value in adapter_weights(weights).items()},
+                      staging / ADAPTER_FILE)
+            weights = merged_weights(weights, policy.lora_scaling)
+        policy.model.save_pretrained(staging, state_dict=weights)
+        for processor in policy.processors:
             processor.save_pretrained(staging)
     del weights
-    dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=staging / OPTIMIZER_DIR,
-             no_dist=ranks.size == 1)
+    with _one_process_is_meant(ranks):
+        dcp.save({"optimizer": get_optimizer_state_dict(policy.model, optimizer)},
+                 checkpoint_id=staging / OPTIMIZER_DIR, no_dist=ranks.size == 1)
     torch.save(rng_state(), staging / RNG_DIR / f"rank-{ranks.rank}.pt")
     ranks.barrier()
     if ranks.is_main:
@@ -100,11 +112,11 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: Any, processor
     return final
 
 
-def load_checkpoint(folder: str | os.PathLike, model: Any, optimizer: Any, scheduler: Any,
+def load_checkpoint(folder: str | os.PathLike, policy: PolicyModel, optimizer: Any, scheduler: Any,
                     ranks: Ranks | None = None) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and random states from ``folder`` (written by any number of ranks);
-    returns the saved state (``step``, ``extra``). A rank the checkpoint has no random states for (the run
-    grew) seeds its generators from the step and its rank."""
+    """Restore weights (a LoRA policy: its adapters), optimizer, scheduler and random states from ``folder``
+    (written by any number of ranks); returns the saved state (``step``, ``extra``). A rank the checkpoint has
+    no random states for (the run grew) seeds its generators from the step and its rank."""
     import torch
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
@@ -116,17 +128,16 @@ def load_checkpoint(folder: str | os.PathLike, model: Any, optimizer: Any, sched
 
     ranks = ranks or Ranks()
     folder = Path(folder)
+    model = policy.model
     state = torch.load(folder / STATE_FILE, weights_only=False)
     weights = {}
     if ranks.is_main or not is_sharded(model):
-        saved = model_class(model).from_pretrained(folder)  # the saved key layout
-        weights = saved.state_dict()
-        del saved
+        weights = _saved_weights(folder, policy)
     if is_sharded(model):
-        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True,
-                                                                     broadcast_from_rank0=True))
+        set_model_state_dict(model, weights, options=StateDictOptions(
+            full_state_dict=True, broadcast_from_rank0=True, strict=not policy.lora_scaling))
     else:
-        model.load_state_dict(weights)
+        model.load_state_dict(weights, strict=not policy.lora_scaling)
     del weights
     scheduler.load_state_dict(state["scheduler"])
     if "optimizer" in state:  # written by a version before sharded checkpoints, in one process
@@ -134,7 +145,8 @@ def load_checkpoint(folder: str | os.PathLike, model: Any, optimizer: Any, sched
         set_rng_state(state["rng"])
         return state
     optimizer_state = get_optimizer_state_dict(model, optimizer)
-    dcp.load({"optimizer": optimizer_state}, checkpoint_id=folder / OPTIMIZER_DIR, no_dist=ranks.size == 1)
+    with _one_process_is_meant(ranks):
+        dcp.load({"optimizer": optimizer_state}, checkpoint_id=folder / OPTIMIZER_DIR, no_dist=ranks.size == 1)
     set_optimizer_state_dict(model, optimizer, optimizer_state)
     mine = folder / RNG_DIR / f"rank-{ranks.rank}.pt"
     if mine.is_file():
@@ -145,3 +157,33 @@ def load_checkpoint(folder: str | os.PathLike, model: Any, optimizer: Any, sched
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
     return state
+
+
+@contextlib.contextmanager
+def _one_process_is_meant(ranks: Ranks) -> Iterator[None]:
+    """Without a process group, torch.distributed.checkpoint warns that it assumes one process: it is right."""
+    with warnings.catch_warnings():
+        if ranks.size == 1:
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
+def _saved_weights(folder: Path, policy: PolicyModel) -> dict[str, Any]:
+    """The checkpoint's weights by the trained model's names: a LoRA policy's adapters (all of them), or the
+    whole model."""
+    from safetensors.torch import load_file
+
+    if not policy.lora_scaling:
+        saved = model_class(policy.model).from_pretrained(folder)  # the saved key layout
+        weights = saved.state_dict()
+        del saved
+        return weights
+    if not (folder / ADAPTER_FILE).is_file():
+        raise FileNotFoundError(f"{folder} holds no LoRA adapters ({ADAPTER_FILE}): it was written by a run "
+                                "without model.lora_rank")
+    weights = load_file(folder / ADAPTER_FILE)
+    expected = set(adapter_weights(dict(policy.model.named_parameters())))
+    if set(weights) != expected:
+        raise ValueError(f"{folder / ADAPTER_FILE} holds other adapters than the model's (rank or targets "
+                         f"changed?): {len(weights)} saved, {len(expected)} expected")
+    return weights

@@ -54,8 +54,18 @@ class ModelConfig:
     torch_threads: int = 1
     """CPU threads of torch (0: torch's default). On a small CPU machine, 1 leaves the cores to the kernels."""
     freeze_vision: bool = False
-    """Train only the language model (the vision tower's parameters get no gradient)."""
+    """Train only the language model (the vision tower's parameters get no gradient; with LoRA, it gets no
+    adapters)."""
     gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them (less memory, about a
+    third more compute)."""
+    lora_rank: int = 0
+    """Train LoRA adapters of this rank instead of the whole model (0: full fine-tuning); see
+    :mod:`trainers.lora`."""
+    lora_alpha: float = 32.0
+    """The adapters' scale is ``lora_alpha / lora_rank``."""
+    lora_targets: str = "all-linear"
+    """The layers that get adapters: peft's ``target_modules`` (``all-linear``, or a regex of module names)."""
 
 
 @dataclass

@@ -135,12 +135,15 @@ def shard_model(model: Any, ranks: Ranks, compute_dtype: str, blank_image: Mappi
     ``compute_dtype``, gradients reduced in float32, parameters kept in their own (master) dtype. ``offload``
     keeps parameters, gradients and optimizer state in CPU memory between uses (FSDP2's ``CPUOffloadPolicy``).
 
-    ``blank_image``: the processor's ``pixel_values`` and ``image_grid_thw`` of a small blank image; forward
+    A LoRA model's adapters (:mod:`trainers.lora`) are units of their own, since a unit's parameters share one
+    dtype. ``blank_image``: the processor's ``pixel_values`` and ``image_grid_thw`` of a small blank image; forward
     passes without images run the vision tower on it (see the module docstring). None for a text-only model.
     """
     import torch
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    from .lora import adapter_modules
 
     # the model's outputs are views (logits and hidden states); nothing here changes them in place
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
@@ -153,6 +156,8 @@ def shard_model(model: Any, ranks: Ranks, compute_dtype: str, blank_image: Mappi
     if not units:
         log.warning("%s names no layer classes (_no_split_modules): it is sharded as one unit",
                     type(model).__name__)
+    for adapter in adapter_modules(model):  # in the master dtype, beside frozen weights in the compute dtype
+        fully_shard(adapter, **settings)
     for unit in units:
         fully_shard(unit, **settings)
     fully_shard(model, **settings)

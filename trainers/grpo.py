@@ -33,12 +33,13 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,8 @@ from pyvision_env.vector import PyVisionVectorEnv
 from .backends import GenerationBackend, HFBackend, PixelCache, VLLMBackend
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import GRPOConfig
-from .distributed import Ranks, full_state_dict, shard_model, spread
+from .distributed import Ranks, model_class, shard_model, spread
+from .lora import adapters_off
 from .metrics import CollapseAlarm, MetricsLogger, plot_run
 from .modeling import PolicyModel, load_policy, make_optimizer, start_run
 from .objective import collate, grpo_loss, sequence_logprobs
@@ -167,12 +169,15 @@ class GRPOTrainer:
         self.chat = self.policy.chat
         compute_dtype = getattr(torch, self.policy.compute_dtype)
         self.reference = None
-        if algorithm.kl_coef > 0:  # kept in the compute dtype: it needs no master weights
+        """The KL reference: a frozen copy of the initial model (in the compute dtype: it needs no master
+        weights); a LoRA policy is its own, with the adapters off."""
+        if algorithm.kl_coef > 0 and not self.policy.lora_scaling:
             self.reference = copy.deepcopy(self.policy.model).eval().requires_grad_(False).to(compute_dtype)
         generation_copy = None
         if self.ranks.size > 1:
             if backend is None and config.rollout.backend == "hf":  # generate() cannot run on a sharded model
-                generation_copy = copy.deepcopy(self.policy.model).eval().requires_grad_(False).to(compute_dtype)
+                generation_copy = model_class(self.policy.model).from_pretrained(
+                    config.model.path, dtype=compute_dtype).to(self.policy.device).eval().requires_grad_(False)
             blank = blank_image(self.policy)
             for model in (self.policy.model, self.reference):
                 if model is not None:
@@ -302,7 +307,7 @@ class GRPOTrainer:
         update_metrics = self._update(kept, clock)
         syncing = time.perf_counter()
         if not self.backend.shares_trainer_weights:
-            self.backend.sync_weights(full_state_dict(self.policy.model), self.config.rollout.weight_sync_timeout)
+            self.backend.sync_weights(self.policy.plain_weights(), self.config.rollout.weight_sync_timeout)
         sync = time.perf_counter() - syncing
         records = [record for part in self.ranks.gather([episode_record(t) for t in generated]) for record in part]
         generated_tokens = self.ranks.sum({"tokens": tokens[0]})["tokens"]
@@ -376,8 +381,9 @@ class GRPOTrainer:
                     mismatch["count"] += float(mask.sum())
                     for row, r in enumerate(chunk):
                         old[r.extra["key"]] = recomputed[row, :r.extra["length"]]
-                if self.reference is not None:
-                    ref = sequence_logprobs(self.reference, batch, temperature, chunk_size).cpu()
+                if algorithm.kl_coef > 0:
+                    with self._reference_model() as reference_model:
+                        ref = sequence_logprobs(reference_model, batch, temperature, chunk_size).cpu()
                     for row, r in enumerate(chunk):
                         reference[r.extra["key"]] = ref[row, :r.extra["length"]]
         clock["scoring"] += time.perf_counter() - scoring
@@ -390,7 +396,7 @@ class GRPOTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             for chunk in _chunks(share[self.ranks.rank], micro, passes):
                 batch = self._batch(chunk, trajectories, old if algorithm.old_logprobs == "recompute" else None,
-                                    reference if self.reference is not None else None)
+                                    reference if algorithm.kl_coef > 0 else None)
                 with self.policy.autocast():
                     logprobs = sequence_logprobs(model, batch, temperature, chunk_size)
                 loss, stats = grpo_loss(logprobs, batch, clip_low=algorithm.clip_low, clip_high=algorithm.clip_high,
@@ -411,6 +417,14 @@ class GRPOTrainer:
         if algorithm.old_logprobs == "recompute":
             out["logprob_mismatch"] = mismatch_sum / mismatch_count if mismatch_count else 0.0
         return out
+
+    @contextlib.contextmanager
+    def _reference_model(self) -> Iterator[Any]:
+        if self.reference is not None:
+            yield self.reference
+        else:
+            with adapters_off(self.policy.model) as initial:
+                yield initial
 
     def _spread(self, minibatch: Sequence[Rollout]) -> list[list[Rollout]]:
         """The mini-batch's trajectories each rank trains on."""
@@ -472,9 +486,8 @@ class GRPOTrainer:
 
     def save(self) -> Path:
         extra = {"sampler": self.sampler.state(), "episodes_started": self.episodes_started}
-        return save_checkpoint(self.run_dir, self.step_number, self.policy.model, self.policy.processors,
-                               self.optimizer, self.scheduler, extra, keep=self.config.checkpoint.keep,
-                               ranks=self.ranks)
+        return save_checkpoint(self.run_dir, self.step_number, self.policy, self.optimizer, self.scheduler, extra,
+                               keep=self.config.checkpoint.keep, ranks=self.ranks)
 
     def resume(self) -> bool:
         """Continue from the newest checkpoint of the run folder, if any (returns whether it did); it may have
@@ -482,14 +495,14 @@ class GRPOTrainer:
         folder = self.ranks.broadcast(latest_checkpoint(self.run_dir))
         if folder is None:
             return False
-        state = load_checkpoint(folder, self.policy.model, self.optimizer, self.scheduler, self.ranks)
+        state = load_checkpoint(folder, self.policy, self.optimizer, self.scheduler, self.ranks)
         self.step_number = int(state["step"])
         self.sampler.load(state["extra"]["sampler"])
         self.episodes_started = int(state["extra"]["episodes_started"])
         if self.ranks.is_main:
             self.logger.truncate(self.step_number)
         if not self.backend.shares_trainer_weights:
-            self.backend.sync_weights(full_state_dict(self.policy.model), self.config.rollout.weight_sync_timeout)
+            self.backend.sync_weights(self.policy.plain_weights(), self.config.rollout.weight_sync_timeout)
         return True
 
     def close(self) -> None:

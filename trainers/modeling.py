@@ -36,6 +36,8 @@ class PolicyModel:
     sharded: bool = False
     """The model is sharded over data-parallel ranks (:func:`~trainers.distributed.shard_model`), which casts
     the weights to :attr:`compute_dtype` itself."""
+    lora_scaling: float | None = None
+    """The adapters' scale when the model trains LoRA adapters (:mod:`trainers.lora`), else None."""
 
     def autocast(self) -> Any:
         """Run forward passes in :attr:`compute_dtype` (a no-op where it is the weights' dtype, or where the
@@ -45,7 +47,7 @@ class PolicyModel:
         import torch
 
         dtype = getattr(torch, self.compute_dtype)
-        if self.sharded or next(self.model.parameters()).dtype == dtype:
+        if self.sharded or all(parameter.dtype == dtype for parameter in self.model.parameters()):
             return contextlib.nullcontext()
         return torch.autocast(self.device.split(":")[0], dtype=dtype)
 
@@ -57,6 +59,15 @@ class PolicyModel:
     @property
     def trainable_parameters(self) -> list[Any]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def plain_weights(self) -> dict[str, Any]:
+        """The whole weights under the model's own names, adapters merged: what a generation engine or a model
+        without adapters loads. A sharded model gathers them, so every rank must call it."""
+        from .distributed import full_state_dict
+        from .lora import merged_weights
+
+        weights = full_state_dict(self.model)
+        return merged_weights(weights, self.lora_scaling) if self.lora_scaling else weights
 
 
 def load_policy(config: ModelConfig, device: str | None = None) -> PolicyModel:
@@ -92,10 +103,18 @@ def load_policy(config: ModelConfig, device: str | None = None) -> PolicyModel:
         for name, parameter in model.named_parameters():
             if ".visual." in f".{name}":
                 parameter.requires_grad_(False)
+    if config.lora_rank:
+        from .lora import add_adapters
+
+        add_adapters(model, config.lora_rank, config.lora_alpha, config.lora_targets,
+                     train_vision=not config.freeze_vision, frozen_dtype=getattr(torch, dtype))
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+        if config.lora_rank:  # the frozen embeddings' outputs must carry gradients into checkpointed layers
+            model.enable_input_require_grads()
     model.train()
-    policy = PolicyModel(model, chat, device, dtype)
+    policy = PolicyModel(model, chat, device, dtype,
+                         lora_scaling=config.lora_alpha / config.lora_rank if config.lora_rank else None)
     check_sees_pixels(policy)
     return policy
 

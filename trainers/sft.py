@@ -159,7 +159,7 @@ class SFTTrainer:
 
         config = self.config
         if config.checkpoint.resume and (folder := latest_checkpoint(self.run_dir)) is not None:
-            state = load_checkpoint(folder, self.policy.model, self.optimizer, self.scheduler)
+            state = load_checkpoint(folder, self.policy, self.optimizer, self.scheduler)
             self.step_number = int(state["step"])
             self.sampler.load(state["extra"]["sampler"])
             self.logger.truncate(self.step_number)
@@ -187,10 +187,10 @@ class SFTTrainer:
                            "lr": self.scheduler.get_last_lr()[0], "epoch": self.sampler.epoch}
                 self.logger.log(self.step_number, metrics)
                 bar.update()
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
                 if self.step_number == self.steps or self.step_number % config.checkpoint.every == 0:
-                    save_checkpoint(self.run_dir, self.step_number, model, self.policy.processors, self.optimizer,
-                                    self.scheduler, {"sampler": self.sampler.state()}, keep=config.checkpoint.keep)
+                    save_checkpoint(self.run_dir, self.step_number, self.policy, self.optimizer, self.scheduler,
+                                    {"sampler": self.sampler.state()}, keep=config.checkpoint.keep)
         finally:
             bar.close()
             plot_run(self.run_dir)
