@@ -26,7 +26,7 @@ from trainers.checkpoint import latest_checkpoint
 from trainers.config import ConfigError, GRPOConfig, ModelConfig, SFTConfig, load_config, to_dict
 from trainers.grpo import GRPOTrainer, TaskSampler, importance_cap, rollout_groups
 from trainers.modeling import check_sees_pixels, load_policy, make_optimizer
-from trainers.objective import collate, grpo_loss, sequence_logprobs
+from trainers.objective import MODEL_INPUTS, collate, grpo_loss, sequence_logprobs
 from trainers.rollout import EpisodeSpec, GenerationBatcher, Trajectory
 from trainers.sft import SFTTrainer, tokenize_conversation
 from trainers.tokens import Encoded, ImageTokenMismatch, TemplateError, VisualParityError, check_images
@@ -188,6 +188,31 @@ def test_chunked_logprobs_equal_the_full_ones_and_never_project_more_than_a_chun
         assert torch.allclose(gradient, chunked_gradients[name], rtol=1e-4, atol=1e-6), name
     with pytest.raises(ValueError, match="positive"):
         sequence_logprobs(model, batch, chunk_size=0)
+
+
+def test_image_tokens_get_the_models_3d_positions(policy):
+    """Qwen2.5-VL places image tokens by their row and column (3D rotary positions), computed from
+    ``mm_token_type_ids``; without them every token gets a 1D position, unlike the model's training and vLLM.
+    A collated (right-padded) row gives the logits of that sequence alone with its explicit 3D positions."""
+    chat = policy.chat
+    assert chat.token_types
+    trajectories = _sampled_trajectories(policy)
+    trajectories[1].ids = trajectories[1].ids[:-3]  # shorter: padded in the batch
+    trajectories[1].loss_mask, trajectories[1].logprobs = trajectories[1].loss_mask[:-3], trajectories[1].logprobs[:-3]
+    batch = collate(trajectories, [0.0, 0.0], chat, PixelCache(chat.image_processor))
+    assert batch["mm_token_type_ids"].sum() == (batch["input_ids"] == chat.image_token_id).sum() > 0
+    alone = torch.tensor([trajectories[1].ids])
+    pixels = PixelCache(chat.image_processor)(trajectories[1].images)
+    token_types = (alone == chat.image_token_id).long()
+    positions, _ = policy.model.model.get_rope_index(alone, token_types, pixels["image_grid_thw"])
+    assert not torch.equal(positions[0], positions[1])  # rows and columns of the image differ
+    with torch.no_grad():
+        inputs = {key: batch[key] for key in MODEL_INPUTS if key in batch}
+        collated = policy.model(**inputs).logits[1, :alone.shape[1]]
+        explicit = policy.model(input_ids=alone, position_ids=positions, **pixels).logits[0]
+        flat = policy.model(input_ids=alone, **pixels).logits[0]
+    assert torch.allclose(collated, explicit, atol=1e-4)
+    assert (flat - explicit).abs().max() > 1e-3  # ten times the tolerance above
 
 
 def test_grpo_loss_clips_each_side_and_averages_over_tokens():

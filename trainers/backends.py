@@ -141,7 +141,8 @@ class HFBackend(GenerationBackend):
             input_ids[row, longest - len(prompt.ids):] = torch.tensor(prompt.ids)
             attention[row, longest - len(prompt.ids):] = 1
         extra = self.pixels([image for prompt in prompts for image in prompt.images])
-        inputs = {"input_ids": input_ids, "attention_mask": attention, **extra}
+        inputs = {"input_ids": input_ids, "attention_mask": attention, **extra,
+                  **self.chat.token_type_inputs(input_ids)}
         was_training = self.model.training
         self.model.eval()
         try:

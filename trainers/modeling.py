@@ -77,7 +77,7 @@ def load_policy(config: ModelConfig, device: str | None = None) -> PolicyModel:
     import torch
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
-    from agents.hf import ModelLoadError
+    from agents.hf import ModelLoadError, takes_token_types
 
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
@@ -97,7 +97,7 @@ def load_policy(config: ModelConfig, device: str | None = None) -> PolicyModel:
     if not getattr(tokenizer, "chat_template", None):
         raise ModelLoadError(f"the tokenizer in {path} has no chat template")
     merge = int(getattr(getattr(model.config, "vision_config", None), "spatial_merge_size", 2))
-    chat = ChatTokenizer(tokenizer, image_processor, merge)
+    chat = ChatTokenizer(tokenizer, image_processor, merge, token_types=takes_token_types(model))
     chat.check_template()
     if config.freeze_vision:
         for name, parameter in model.named_parameters():

@@ -25,7 +25,7 @@ from .backends import PixelCache, token_logprobs
 from .rollout import Trajectory
 from .tokens import ChatTokenizer, check_visual_parity
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 
 
 def collate(trajectories: Sequence[Trajectory], advantages: Sequence[float], chat: ChatTokenizer,
@@ -53,6 +53,7 @@ def collate(trajectories: Sequence[Trajectory], advantages: Sequence[float], cha
         batch["loss_mask"][row, :n] = torch.tensor(trajectory.loss_mask, dtype=torch.float)
         batch["old_logprobs"][row, :n] = torch.tensor(trajectory.logprobs)
         batch["advantages"][row, :n] = float(advantage)
+    batch.update(chat.token_type_inputs(batch["input_ids"]))
     return batch
 
 

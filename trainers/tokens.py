@@ -33,7 +33,7 @@ from typing import Any
 
 from PIL import Image
 
-from agents.hf import template_messages
+from agents.hf import image_token_types, template_messages
 from pyvision_env.messages import ImagePart, Message
 from pyvision_env.wrappers.recording import image_digest
 
@@ -82,10 +82,14 @@ class ChatTokenizer:
         tokenizer: a Hugging Face tokenizer with a chat template (Qwen2-VL wire format or compatible).
         image_processor: the model's image processor (gives each image's ``image_grid_thw``).
         merge_size: the vision tower's spatial merge (tokens per image = t * h * w / merge_size**2).
+        token_types: whether the model's inputs include ``mm_token_type_ids``.
     """
 
-    def __init__(self, tokenizer: Any, image_processor: Any, merge_size: int = 2) -> None:
+    def __init__(self, tokenizer: Any, image_processor: Any, merge_size: int = 2, token_types: bool = False) -> None:
         self.tokenizer, self.image_processor, self.merge_size = tokenizer, image_processor, merge_size
+        self.token_types = token_types
+        """Model inputs carry ``mm_token_type_ids`` (:meth:`token_type_inputs`): the model computes its image
+        tokens' 3D positions from them (Qwen2-VL, Qwen2.5-VL; :func:`agents.hf.takes_token_types`)."""
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.end_token_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_token_id
@@ -96,6 +100,11 @@ class ChatTokenizer:
         self._after_end = after_end[after_end.rindex(END_TOKEN) + len(END_TOKEN):]
         """What the template writes after an assistant turn's end token (Qwen: a newline)."""
         self._probe = [*probe, Message.text("assistant", "a")]
+
+    def token_type_inputs(self, input_ids: Any) -> dict[str, Any]:
+        """``{"mm_token_type_ids": ...}`` of a batch of ids when the model takes them (:attr:`token_types`),
+        else ``{}``."""
+        return {"mm_token_type_ids": image_token_types(input_ids, self.image_token_id)} if self.token_types else {}
 
     # --- rendering --------------------------------------------------------------------------------
 
