@@ -27,6 +27,7 @@ from trainers.config import ConfigError, GRPOConfig, ModelConfig, SFTConfig, loa
 from trainers.grpo import GRPOTrainer, TaskSampler, importance_cap, rollout_groups
 from trainers.modeling import check_sees_pixels, load_policy, make_optimizer
 from trainers.objective import MODEL_INPUTS, collate, grpo_loss, sequence_logprobs
+from trainers.ofr import OFRSelector
 from trainers.rollout import EpisodeSpec, GenerationBatcher, Trajectory
 from trainers.sft import SFTTrainer, tokenize_conversation
 from trainers.tokens import Encoded, ImageTokenMismatch, TemplateError, VisualParityError, check_images
@@ -80,6 +81,15 @@ def test_config_reads_yaml_with_overrides_and_refuses_bad_settings(tmp_path):
     written = tmp_path / "config.json"  # what a run writes in its folder reads back as the same settings
     written.write_text(json.dumps(to_dict(config)))
     assert load_config(GRPOConfig, written) == config
+
+
+def test_the_7b_config_holds_the_papers_batch():
+    config = load_config(GRPOConfig, ROOT / "trainers/configs/pyvision_image_7b.yaml")
+    assert config.ofr.target_size == 64 * config.rollout.group_size == 512
+    assert OFRSelector(config.ofr, group_size=config.rollout.group_size).groups_per_round == 32
+    assert (config.algorithm.lr, config.env.max_turns, config.rollout.max_length) == (1e-6, 5, 32768)
+    assert importance_cap(config) == config.algorithm.importance_cap  # vLLM: corrected
+    assert config.model.master_dtype == "float32" and config.model.dtype == "bfloat16"
 
 
 def test_task_sampler_covers_every_task_each_epoch_and_resumes():

@@ -53,7 +53,7 @@ from pyvision_env.vector import PyVisionVectorEnv
 from .backends import GenerationBackend, HFBackend, PixelCache, VLLMBackend
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import GRPOConfig
-from .distributed import Ranks, model_class, shard_model, spread
+from .distributed import Ranks, model_class, shard_model, spread, state_bytes_per_parameter
 from .lora import adapters_off
 from .metrics import CollapseAlarm, MetricsLogger, plot_run
 from .modeling import PolicyModel, load_policy, make_optimizer, start_run
@@ -319,6 +319,11 @@ class GRPOTrainer:
                    "throughput/tokens_per_s": generated_tokens / clock["generation"] if clock["generation"] else 0.0,
                    "throughput/update_tokens_per_s": clock["update_tokens"] / clock["update"] if clock["update"] else 0.0,
                    "lr": self.scheduler.get_last_lr()[0]}
+        if self.policy.device.startswith("cuda"):
+            import torch
+
+            metrics["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30  # rank 0's, this update
+            torch.cuda.reset_peak_memory_stats()
         return self.ranks.broadcast(metrics)  # rank 0's clock; the rest is the same everywhere
 
     def _next_seed(self) -> int:
@@ -411,9 +416,12 @@ class GRPOTrainer:
             totals["grad_norm"] += _scalar(grad_norm) / self.ranks.size  # the same on every rank
         self.scheduler.step()
         clock["update"] = time.perf_counter() - updating
-        totals = self.ranks.sum({**totals, **{f"mismatch_{key}": value for key, value in mismatch.items()}})
-        mismatch_sum, mismatch_count = totals.pop("mismatch_sum"), totals.pop("mismatch_count")
+        held = state_bytes_per_parameter(model, self.optimizer)
+        totals = self.ranks.sum({**totals, **{f"mismatch_{key}": value for key, value in mismatch.items()},
+                                 "held": held})
+        mismatch_sum, mismatch_count, held = totals.pop("mismatch_sum"), totals.pop("mismatch_count"), totals.pop("held")
         out = {key: value / len(minibatches) for key, value in totals.items()}
+        out["memory/state_bytes_per_parameter"] = held / self.ranks.size  # the mean over ranks
         if algorithm.old_logprobs == "recompute":
             out["logprob_mismatch"] = mismatch_sum / mismatch_count if mismatch_count else 0.0
         return out
