@@ -80,11 +80,12 @@ def assert_same_updates(run_dir: Path, reference: Path, model_dir: Path, first_s
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_ranks_make_the_updates_of_one_process(one_process, tmp_path, model_dir, ranks):
-    """The same trajectories give the same OFR selection and, after two updates, the same weights."""
+@pytest.mark.parametrize("ranks, packed", [(2, False), (3, False), (2, True)])
+def test_ranks_make_the_updates_of_one_process(one_process, tmp_path, model_dir, ranks, packed):
+    """The same trajectories give the same OFR selection and, after two updates, the same weights — also with
+    micro-batches packed without padding (against the padded ones of the reference)."""
     reference, episodes = one_process
-    train(ranks, tmp_path / "run", model_dir, episodes)
+    train(ranks, tmp_path / "run", model_dir, episodes, *(["algorithm.micro_batch_tokens=300"] if packed else []))
     assert_same_updates(tmp_path / "run", reference, model_dir)
     assert torch.load(latest_checkpoint(tmp_path / "run") / "trainer_state.pt", weights_only=False)["ranks"] == ranks
 

@@ -26,7 +26,7 @@ from trainers.checkpoint import latest_checkpoint
 from trainers.config import ConfigError, GRPOConfig, ModelConfig, SFTConfig, load_config, to_dict
 from trainers.grpo import GRPOTrainer, TaskSampler, importance_cap, rollout_groups
 from trainers.modeling import check_sees_pixels, load_policy, make_optimizer
-from trainers.objective import MODEL_INPUTS, collate, grpo_loss, sequence_logprobs
+from trainers.objective import MODEL_INPUTS, collate, grpo_loss, pack, rows, sequence_logprobs
 from trainers.ofr import OFRSelector
 from trainers.rollout import EpisodeSpec, GenerationBatcher, Trajectory
 from trainers.sft import SFTTrainer, tokenize_conversation
@@ -223,6 +223,42 @@ def test_image_tokens_get_the_models_3d_positions(policy):
         flat = policy.model(input_ids=alone, **pixels).logits[0]
     assert torch.allclose(collated, explicit, atol=1e-4)
     assert (flat - explicit).abs().max() > 1e-3  # ten times the tolerance above
+
+
+def test_packed_trajectories_give_the_padded_logprobs_and_gradients(policy):
+    """Two trajectories with images and a text-only one, back to back in one row without padding (each with
+    its own 3D positions), give the log-probs and gradients of the padded batch."""
+    chat, model = policy.chat, policy.model
+    torch.manual_seed(3)
+    trajectories = _sampled_trajectories(policy)
+    text_only = Trajectory(EpisodeSpec(0, 0, 0), "t")
+    text_only.extend(chat.prompt([Message.text("user", "Say something.")]), sampled=False)
+    text_only.extend(HFBackend(model, chat).generate([chat.prompt([Message.text("user", "Say something.")])],
+                                                     Sampling(max_new_tokens=6, temperature=1.0))[0], sampled=True)
+    trajectories.append(text_only)
+    advantages = [1.0, -1.0, 0.5]
+    pixels = PixelCache(chat.image_processor)
+    backbone = model.model
+
+    def logprobs_and_gradients(batch):
+        model.zero_grad(set_to_none=True)
+        logprobs = sequence_logprobs(model, batch)
+        (logprobs * batch["loss_mask"] * batch["advantages"]).sum().backward()
+        return rows(logprobs.detach(), batch), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    try:
+        padded, padded_gradients = logprobs_and_gradients(collate(trajectories, advantages, chat, pixels))
+        packed_batch = pack(trajectories, advantages, chat, pixels,
+                            lambda ids, types, grids: backbone.get_rope_index(ids, types, grids)[0])
+        assert packed_batch["input_ids"].shape == (1, sum(len(t.ids) for t in trajectories))
+        assert packed_batch["position_ids"].shape[:2] == (4, 1) and "attention_mask" not in packed_batch
+        packed, packed_gradients = logprobs_and_gradients(packed_batch)
+    finally:
+        model.zero_grad(set_to_none=True)
+    for trajectory, a, b in zip(trajectories, padded, packed):
+        assert len(a) == len(b) == len(trajectory.ids) and torch.allclose(a, b, atol=1e-5)
+    for name, gradient in padded_gradients.items():
+        assert torch.allclose(gradient, packed_gradients[name], rtol=1e-4, atol=1e-6), name
 
 
 def test_grpo_loss_clips_each_side_and_averages_over_tokens():

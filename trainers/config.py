@@ -132,6 +132,10 @@ class AlgorithmConfig:
     """Trajectories per optimizer step (an update makes len(batch) / mini_batch_size steps)."""
     micro_batch_size: int = 8
     """Trajectories per forward/backward pass (gradient accumulation within a mini-batch)."""
+    micro_batch_tokens: int | None = None
+    """Instead of ``micro_batch_size``: pack each pass with trajectories up to this many tokens, back to back
+    without padding (a trajectory, with its images, is never split; a longer one passes alone). Needs a model
+    whose attention keeps packed sequences apart by their positions (transformers' SDPA, eager, FlashAttention 2)."""
     max_grad_norm: float = 1.0
     old_logprobs: str = "recompute"
     """``recompute`` (the trainer's own forward pass before the update, robust to sampler numerics) or
@@ -149,6 +153,9 @@ class AlgorithmConfig:
 
     def __post_init__(self) -> None:
         _check_chunk_size(self.logprob_chunk_size)
+        if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
+            raise ValueError(f"micro_batch_tokens must be a positive number of tokens or null, got "
+                             f"{self.micro_batch_tokens}")
 
 
 @dataclass

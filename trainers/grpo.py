@@ -34,7 +34,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import time
 import warnings
@@ -57,7 +56,7 @@ from .distributed import Ranks, model_class, shard_model, spread, state_bytes_pe
 from .lora import adapters_off
 from .metrics import CollapseAlarm, MetricsLogger, plot_run
 from .modeling import PolicyModel, load_policy, make_optimizer, start_run
-from .objective import collate, grpo_loss, sequence_logprobs
+from .objective import collate, grpo_loss, lay_out, pack, rows, sequence_logprobs
 from .ofr import OFRSelector, Rollout, group_advantages
 from .rollout import EpisodeSpec, RolloutCollector, Trajectory
 from .tokens import VisualParityError, check_visual_parity
@@ -185,6 +184,10 @@ class GRPOTrainer:
             self.policy.sharded = True
         self.optimizer, self.scheduler = make_optimizer(self.policy, algorithm.lr, algorithm.weight_decay,
                                                         algorithm.warmup_steps)
+        backbone = getattr(self.policy.model, "model", None)
+        self._rope_index = (lambda ids, token_types, grids: backbone.get_rope_index(ids, token_types, grids)[0]) \
+            if self.chat.token_types and hasattr(backbone, "get_rope_index") else None
+        """Image tokens' 3D positions for packed micro-batches (:func:`~trainers.objective.pack`)."""
         self.pixels = PixelCache(self.chat.image_processor)
         self.pool = make_pool(config.pool, concurrency=config.env.num_envs)
         self.train_envs = make_envs(config, config.env.split, self.pool)
@@ -369,37 +372,33 @@ class GRPOTrainer:
         minibatches = _chunks(items, algorithm.mini_batch_size)
         shares = [self._spread(minibatch) for minibatch in minibatches]
         trajectories = self._gather_trajectories(shares)
-        model, micro = self.policy.model, algorithm.micro_batch_size
+        model = self.policy.model
         temperature, chunk_size = self.config.rollout.temperature, algorithm.logprob_chunk_size
         old: dict[Any, Any] = {}
         reference: dict[Any, Any] = {}
         mismatch = {"sum": 0.0, "count": 0.0}
-        mine = [r for share in shares for r in share[self.ranks.rank]]
-        passes = max(math.ceil(sum(len(share[rank]) for share in shares) / micro) for rank in range(self.ranks.size))
+        everyones = [[r for share in shares for r in share[rank]] for rank in range(self.ranks.size)]
         with torch.no_grad(), self.policy.autocast():
-            for chunk in _chunks(mine, micro, passes):
+            for chunk in self._passes(everyones):
                 batch = self._batch(chunk, trajectories)
                 mask = batch["loss_mask"].bool()
                 if algorithm.old_logprobs == "recompute":
                     recomputed = sequence_logprobs(model, batch, temperature, chunk_size).cpu()
                     mismatch["sum"] += float((recomputed - batch["old_logprobs"]).abs()[mask].sum())
                     mismatch["count"] += float(mask.sum())
-                    for row, r in enumerate(chunk):
-                        old[r.extra["key"]] = recomputed[row, :r.extra["length"]]
+                    old.update((r.extra["key"], values) for r, values in zip(chunk, rows(recomputed, batch)))
                 if algorithm.kl_coef > 0:
                     with self._reference_model() as reference_model:
                         ref = sequence_logprobs(reference_model, batch, temperature, chunk_size).cpu()
-                    for row, r in enumerate(chunk):
-                        reference[r.extra["key"]] = ref[row, :r.extra["length"]]
+                    reference.update((r.extra["key"], values) for r, values in zip(chunk, rows(ref, batch)))
         clock["scoring"] += time.perf_counter() - scoring
         updating = time.perf_counter()
         totals: dict[str, float] = defaultdict(float)
         model.train()
         for minibatch, share in zip(minibatches, shares):
             token_count = float(sum(r.extra["sampled_tokens"] for r in minibatch))
-            passes = max(math.ceil(len(part) / micro) for part in share)
             self.optimizer.zero_grad(set_to_none=True)
-            for chunk in _chunks(share[self.ranks.rank], micro, passes):
+            for chunk in self._passes(share):
                 batch = self._batch(chunk, trajectories, old if algorithm.old_logprobs == "recompute" else None,
                                     reference if algorithm.kl_coef > 0 else None)
                 with self.policy.autocast():
@@ -459,19 +458,45 @@ class GRPOTrainer:
 
         if chunk:
             pairs = [trajectories[r.extra["key"]] for r in chunk]
-            batch = collate([t for t, _ in pairs], [a for _, a in pairs], self.chat, self.pixels)
+            chosen, advantages = [t for t, _ in pairs], [a for _, a in pairs]
+            batch = (pack(chosen, advantages, self.chat, self.pixels, self._rope_index)
+                     if self.config.algorithm.micro_batch_tokens else
+                     collate(chosen, advantages, self.chat, self.pixels))
         else:
             shape = (1, 2)
             batch = {"input_ids": torch.full(shape, self.chat.pad_token_id, dtype=torch.long),
                      "attention_mask": torch.ones(shape, dtype=torch.long), "loss_mask": torch.zeros(shape),
-                     "old_logprobs": torch.zeros(shape), "advantages": torch.zeros(shape)}
-        shape = batch["input_ids"].shape
+                     "old_logprobs": torch.zeros(shape), "advantages": torch.zeros(shape), "lengths": []}
         if old is not None:
             batch["behaviour_logprobs"] = batch["old_logprobs"]  # the sampler's, as collated
-            batch["old_logprobs"] = _pad_rows([old[r.extra["key"]] for r in chunk], shape)
+            batch["old_logprobs"] = lay_out([old[r.extra["key"]] for r in chunk], batch)
         if reference is not None:
-            batch["ref_logprobs"] = _pad_rows([reference[r.extra["key"]] for r in chunk], shape)
+            batch["ref_logprobs"] = lay_out([reference[r.extra["key"]] for r in chunk], batch)
         return batch
+
+    def _passes(self, everyones: Sequence[Sequence[Rollout]]) -> list[list[Rollout]]:
+        """This rank's forward passes over its trajectories (``everyones[rank]``), padded with empty passes to the
+        most any rank makes: ``micro_batch_size`` trajectories each, or packed up to ``micro_batch_tokens``
+        (longest first, each into the first pass with room; a longer trajectory passes alone)."""
+        algorithm = self.config.algorithm
+
+        def passes(items: Sequence[Rollout]) -> list[list[Rollout]]:
+            if algorithm.micro_batch_tokens is None:
+                return [list(chunk) for chunk in _chunks(items, algorithm.micro_batch_size)]
+            out: list[list[Rollout]] = []
+            room: list[int] = []
+            for item in sorted(items, key=lambda r: -r.extra["length"]):
+                fits = next((i for i, left in enumerate(room) if item.extra["length"] <= left), None)
+                if fits is None:
+                    out.append([item])
+                    room.append(algorithm.micro_batch_tokens - item.extra["length"])
+                else:
+                    out[fits].append(item)
+                    room[fits] -= item.extra["length"]
+            return out
+
+        mine = passes(everyones[self.ranks.rank])
+        return mine + [[] for _ in range(max(len(passes(items)) for items in everyones) - len(mine))]
 
     # --- evaluation, checkpoints ------------------------------------------------------------------
 
@@ -580,28 +605,13 @@ def rollout_groups(trajectories: Sequence[Trajectory], normalize_std: bool,
     return out
 
 
-def _chunks(items: Sequence[Any], size: int, count: int | None = None) -> list[Sequence[Any]]:
-    """``items`` in chunks of ``size``, followed by empty chunks up to ``count`` chunks.
-
-    >>> _chunks([1, 2, 3], 2, count=3)
-    [[1, 2], [3], []]
-    """
-    chunks = [items[i:i + size] for i in range(0, len(items), max(1, size))]
-    return chunks + [items[:0]] * ((count or 0) - len(chunks))
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), max(1, size))]
 
 
 def _scalar(value: Any) -> float:
     """A float of a (possibly sharded) zero-dimensional tensor."""
     return float(value.full_tensor() if hasattr(value, "full_tensor") else value)
-
-
-def _pad_rows(rows: Sequence[Any], shape: Sequence[int]) -> Any:
-    import torch
-
-    out = torch.zeros(tuple(shape))
-    for i, row in enumerate(rows):
-        out[i, :len(row)] = row
-    return out
 
 
 __all__ = ["GRPOTrainer", "TaskSampler", "episode_record", "episode_summary", "make_envs"]

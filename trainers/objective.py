@@ -1,7 +1,9 @@
 """The policy-gradient objective: batches of trajectories, token log-probs, and the clipped GRPO loss.
 
 * :func:`collate` pads trajectories into model inputs (right padding) with their loss masks, old log-probs and
-  per-token advantages, after checking every trajectory's image placeholders against its images;
+  per-token advantages, after checking every trajectory's image placeholders against its images; :func:`pack`
+  puts them back to back in one row instead, without padding (:func:`rows` and :func:`lay_out` go between
+  per-trajectory values and either layout);
 * :func:`sequence_logprobs` is the log-prob of every token given the ones before it, under
   ``softmax(logits / temperature)`` — the same quantity the samplers record — optionally a chunk of positions at
   a time so that long sequences never hold their full vocabulary logits;
@@ -18,36 +20,32 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .backends import PixelCache, token_logprobs
 from .rollout import Trajectory
 from .tokens import ChatTokenizer, check_visual_parity
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 
 
 def collate(trajectories: Sequence[Trajectory], advantages: Sequence[float], chat: ChatTokenizer,
             pixels: PixelCache) -> dict[str, Any]:
     """Model inputs plus ``loss_mask``, ``old_logprobs`` (the sampler's) and ``advantages`` (one value per
-    trajectory, spread over its tokens), right-padded to the longest trajectory. Every trajectory's images must
-    be the ones its rollout saw, processed to the same grids, each with its placeholders
-    (:func:`~trainers.tokens.check_visual_parity`), or the batch is refused."""
+    trajectory, spread over its tokens), right-padded to the longest trajectory, and the trajectories'
+    ``lengths``. Every trajectory's images must be the ones its rollout saw, processed to the same grids, each
+    with its placeholders (:func:`~trainers.tokens.check_visual_parity`), or the batch is refused."""
     import torch
 
-    longest = max(len(t.ids) for t in trajectories)
-    shape = (len(trajectories), longest)
-    batch = {"input_ids": torch.full(shape, chat.pad_token_id, dtype=torch.long),
-             "attention_mask": torch.zeros(shape, dtype=torch.long),
-             "loss_mask": torch.zeros(shape), "old_logprobs": torch.zeros(shape), "advantages": torch.zeros(shape)}
-    batch.update(pixels([image for trajectory in trajectories for image in trajectory.images]))
-    grids = batch["image_grid_thw"].tolist() if "image_grid_thw" in batch else []
-    for row, (trajectory, advantage) in enumerate(zip(trajectories, advantages)):
-        mine, grids = grids[:len(trajectory.images)], grids[len(trajectory.images):]
-        check_visual_parity(trajectory.ids, trajectory.images, trajectory.image_records, mine, chat,
-                            trajectory.label)
-        n = len(trajectory.ids)
+    batch = _checked_pixels(trajectories, chat, pixels)
+    lengths = batch["lengths"]
+    shape = (len(trajectories), max(lengths))
+    batch.update({"input_ids": torch.full(shape, chat.pad_token_id, dtype=torch.long),
+                  "attention_mask": torch.zeros(shape, dtype=torch.long), "loss_mask": torch.zeros(shape),
+                  "old_logprobs": torch.zeros(shape), "advantages": torch.zeros(shape)})
+    for row, (trajectory, advantage, n) in enumerate(zip(trajectories, advantages, lengths)):
         batch["input_ids"][row, :n] = torch.tensor(trajectory.ids)
         batch["attention_mask"][row, :n] = 1
         batch["loss_mask"][row, :n] = torch.tensor(trajectory.loss_mask, dtype=torch.float)
@@ -56,6 +54,72 @@ def collate(trajectories: Sequence[Trajectory], advantages: Sequence[float], cha
     batch.update(chat.token_type_inputs(batch["input_ids"]))
     return batch
 
+
+def pack(trajectories: Sequence[Trajectory], advantages: Sequence[float], chat: ChatTokenizer, pixels: PixelCache,
+         rope_index: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """What :func:`collate` gives, as one row of the trajectories back to back, without padding: each
+    trajectory's positions restart at 0 and the model keeps the trajectories apart by them (transformers builds
+    the block-causal mask from ``position_ids`` when there is no ``attention_mask``: SDPA, eager and
+    FlashAttention 2). A trajectory, and so an image with its placeholders, is never split.
+
+    ``rope_index(input_ids, mm_token_type_ids, image_grid_thw)``: the ``(3, 1, n)`` positions of one trajectory
+    with images (Qwen2-VL and Qwen2.5-VL: the first output of ``model.model.get_rope_index``), for a model with
+    ``chat.token_types``; positions are then ``(4, 1, L)``, text positions first, as those models take packed
+    inputs. Without it they are 1D.
+    """
+    import torch
+
+    batch = _checked_pixels(trajectories, chat, pixels)
+    grids = batch["image_grid_thw"] if "image_grid_thw" in batch else torch.zeros((0, 3), dtype=torch.long)
+    columns: dict[str, list[Any]] = defaultdict(list)
+    for trajectory, advantage in zip(trajectories, advantages):
+        ids = torch.tensor([trajectory.ids])
+        columns["input_ids"].append(ids)
+        columns["loss_mask"].append(torch.tensor([trajectory.loss_mask], dtype=torch.float))
+        columns["old_logprobs"].append(torch.tensor([trajectory.logprobs]))
+        columns["advantages"].append(torch.full(ids.shape, float(advantage)))
+        text = torch.arange(ids.shape[1]).view(1, 1, -1)
+        if rope_index is not None and chat.token_types:
+            mine, grids = grids[:len(trajectory.images)], grids[len(trajectory.images):]
+            spatial = rope_index(ids, chat.token_type_inputs(ids)["mm_token_type_ids"], mine) if len(mine) else \
+                text.expand(3, 1, -1)
+            columns["position_ids"].append(torch.cat([text, spatial]))
+        else:
+            columns["position_ids"].append(text[0])
+    batch.update({key: torch.cat(parts, dim=-1) for key, parts in columns.items()})
+    batch.update(chat.token_type_inputs(batch["input_ids"]))
+    return batch
+
+
+def rows(values: Any, batch: dict[str, Any]) -> list[Any]:
+    """Each trajectory's entries of a ``(rows, length)`` tensor laid out as ``batch`` (padded or packed)."""
+    if "position_ids" in batch:
+        return list(values[0].split(batch["lengths"]))
+    return [values[row, :n] for row, n in enumerate(batch["lengths"])]
+
+
+def lay_out(per_trajectory: Sequence[Any], batch: dict[str, Any]) -> Any:
+    """The inverse of :func:`rows`: per-trajectory 1D tensors laid out as ``batch`` (zeros in the padding)."""
+    import torch
+
+    if "position_ids" in batch:
+        return torch.cat(list(per_trajectory))[None]
+    out = torch.zeros(batch["input_ids"].shape)
+    for row, values in enumerate(per_trajectory):
+        out[row, :len(values)] = values
+    return out
+
+
+def _checked_pixels(trajectories: Sequence[Trajectory], chat: ChatTokenizer, pixels: PixelCache) -> dict[str, Any]:
+    """The trajectories' pixel inputs and ``lengths``, after the visual parity check of each trajectory."""
+    batch = pixels([image for trajectory in trajectories for image in trajectory.images])
+    grids = batch["image_grid_thw"].tolist() if "image_grid_thw" in batch else []
+    for trajectory in trajectories:
+        mine, grids = grids[:len(trajectory.images)], grids[len(trajectory.images):]
+        check_visual_parity(trajectory.ids, trajectory.images, trajectory.image_records, mine, chat,
+                            trajectory.label)
+    batch["lengths"] = [len(trajectory.ids) for trajectory in trajectories]
+    return batch
 
 
 def sequence_logprobs(model: Any, batch: dict[str, Any], temperature: float = 1.0,
@@ -101,7 +165,11 @@ def sequence_logprobs(model: Any, batch: dict[str, Any], temperature: float = 1.
             checkpoint(_projected_logprobs, head, hidden[:, start:start + chunk_size],
                        targets[:, start:start + chunk_size], temperature, use_reentrant=False)
             for start in range(0, hidden.shape[1], chunk_size)], dim=1)
-    return torch.cat([torch.zeros_like(logprobs[:, :1]), logprobs], dim=1)
+    logprobs = torch.cat([torch.zeros_like(logprobs[:, :1]), logprobs], dim=1)
+    if "position_ids" in inputs:  # packed: a trajectory's first token has nothing of its own before it
+        text_positions = inputs["position_ids"][0] if inputs["position_ids"].dim() == 3 else inputs["position_ids"]
+        logprobs = logprobs.masked_fill(text_positions == 0, 0.0)
+    return logprobs
 
 
 def _projected_logprobs(head: Any, hidden: Any, targets: Any, temperature: float) -> Any:
