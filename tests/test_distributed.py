@@ -80,14 +80,18 @@ def assert_same_updates(run_dir: Path, reference: Path, model_dir: Path, first_s
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("ranks, packed", [(2, False), (3, False), (2, True)])
-def test_ranks_make_the_updates_of_one_process(one_process, tmp_path, model_dir, ranks, packed):
+@pytest.mark.parametrize("ranks, overrides", [(2, ()), (3, ()), (2, ("algorithm.micro_batch_tokens=300",)),
+                                              (2, ("rollout.staleness=1",))], ids=["2", "3", "2-packed", "2-ahead"])
+def test_ranks_make_the_updates_of_one_process(one_process, tmp_path, model_dir, ranks, overrides):
     """The same trajectories give the same OFR selection and, after two updates, the same weights — also with
-    micro-batches packed without padding (against the padded ones of the reference)."""
+    micro-batches packed without padding (against the padded ones of the reference), and with the next update's
+    batch played in a thread of every rank while this one trains (its exchanges on a process group of its own)."""
     reference, episodes = one_process
-    train(ranks, tmp_path / "run", model_dir, episodes, *(["algorithm.micro_batch_tokens=300"] if packed else []))
+    train(ranks, tmp_path / "run", model_dir, episodes, *overrides)
     assert_same_updates(tmp_path / "run", reference, model_dir)
     assert torch.load(latest_checkpoint(tmp_path / "run") / "trainer_state.pt", weights_only=False)["ranks"] == ranks
+    rows = [json.loads(line) for line in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    assert [row["staleness"] for row in rows] == ([0, 1] if "rollout.staleness=1" in overrides else [0, 0])
 
 
 @pytest.mark.timeout(600)

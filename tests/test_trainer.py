@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -513,6 +514,52 @@ def test_grpo_step_with_ofr_on_real_kernels(tmp_path, model_dir):
     evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     assert [row["step"] for row in evals] == [0, 1] and evals[0]["tool_calls"] > 0
     assert latest_checkpoint(run).name == "step-000001" and (run / "plots" / "interaction.png").is_file()
+
+
+def test_the_one_step_off_loop_trains_on_the_behaviour_policys_log_probs(tmp_path, model_dir, monkeypatch):
+    """With rollout.staleness 1, update 2's batch is played by the initial weights while update 1 trains: the
+    sampler's log-probs it carries are the initial model's, the ratio's old log-probs are the weights that update 2
+    starts from, and the truncated importance weight between them is on."""
+    import trainers.grpo as grpo
+
+    def alternating_advantages(*args, **kwargs):  # every trajectory pushes the weights, whatever its reward
+        groups = original_groups(*args, **kwargs)
+        return [[replace(r, extra={**r.extra, "advantage": (-1.0) ** i}) for i, r in enumerate(group)]
+                for group in groups]
+
+    def recording_loss(logprobs, batch, **kwargs):
+        seen.append((trainer.step_number, {k: v.detach().clone() if torch.is_tensor(v) else v
+                                           for k, v in batch.items()}, logprobs.detach().clone(), kwargs))
+        return original_loss(logprobs, batch, **kwargs)
+
+    original_groups, original_loss, seen = grpo.rollout_groups, grpo.grpo_loss, []
+    monkeypatch.setattr(grpo, "rollout_groups", alternating_advantages)
+    monkeypatch.setattr(grpo, "grpo_loss", recording_loss)
+    config = small_config(tmp_path, model_dir, **{"rollout.staleness": 1, "steps": 3, "eval.every": 0,
+                                                  "ofr.enabled": "false", "prompts_per_round": 2,
+                                                  "rollout.max_new_tokens": 16, "algorithm.lr": 1e-2})
+    initial = load_policy(ModelConfig(path=str(model_dir))).model.eval()
+    with GRPOTrainer(config) as trainer:
+        assert trainer.importance_cap == 2.0  # auto: on for a stale batch
+        trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    assert [row["staleness"] for row in rows] == [0, 1, 1]
+    _, batch, logprobs, kwargs = next(record for record in seen if record[0] == 2)
+    mask = batch["loss_mask"].bool()
+    with torch.no_grad():
+        played_by = sequence_logprobs(initial, batch)
+    assert torch.allclose(batch["behaviour_logprobs"][mask], played_by[mask], atol=2e-4)
+    assert torch.allclose(batch["old_logprobs"][mask], logprobs[mask], atol=1e-5)  # update 2's first pass
+    assert (batch["old_logprobs"] - batch["behaviour_logprobs"])[mask].abs().max() > 1e-2  # update 1 moved them
+    assert kwargs["importance_cap"] == 2.0
+
+
+def test_staleness_needs_an_engine_with_weights_of_its_own(tmp_path, model_dir):
+    with pytest.raises(ValueError, match="staleness must be 0 or more"):
+        GRPOTrainer(small_config(tmp_path, model_dir, **{"rollout.staleness": -1}))
+    config = small_config(tmp_path, model_dir, **{"rollout.staleness": 1})
+    with pytest.raises(ValueError, match="weights of its own"):
+        GRPOTrainer(config, backend=HFBackend(load_policy(config.model).model, load_policy(config.model).chat))
 
 
 def test_lora_keeps_frozen_weights_in_the_compute_dtype_and_adapters_in_float32(model_dir):

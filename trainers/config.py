@@ -106,6 +106,11 @@ class RolloutConfig:
     top_p: float = 1.0
     max_batch: int = 64
     """Generation requests per batch."""
+    staleness: int = 0
+    """Updates a batch may be trained after the weights that played it. 0: each update plays its own batch
+    first (on-policy). 1: the next update's batch is played while this one trains (one-step-off; generation and
+    training overlap); ``k``: up to ``k`` ahead. The ratio is then taken against the behaviour policy (see
+    :mod:`trainers.offpolicy`)."""
     weight_sync_timeout: float = 300.0
     """Seconds allowed to load new weights into the vLLM engine (the run stops with an error past it)."""
     vllm: dict[str, Any] = field(default_factory=dict)
@@ -143,7 +148,8 @@ class AlgorithmConfig:
     importance_correction: str = "auto"
     """Weight each token's surrogate by ``min(pi_old / pi_sampler, importance_cap)``, the truncated
     importance-sampling correction for a sampler whose numerics differ from the trainer's: ``truncated``,
-    ``none``, or ``auto`` (truncated with the vLLM backend, none with ``hf``). Needs ``old_logprobs: recompute``."""
+    ``none``, or ``auto`` (truncated with the vLLM backend or ``rollout.staleness`` > 0, none otherwise). Needs
+    ``old_logprobs: recompute``."""
     importance_cap: float = 2.0
     """The truncation of the importance weights."""
     logprob_chunk_size: int | None = None

@@ -45,8 +45,11 @@ class Ranks:
     (1, True, ['mine'], {'loss': 1.5})
     """
 
-    def __init__(self, rank: int = 0, size: int = 1, local_rank: int = 0, device: str = "cpu") -> None:
+    def __init__(self, rank: int = 0, size: int = 1, local_rank: int = 0, device: str = "cpu",
+                 group: Any = None) -> None:
         self.rank, self.size, self.local_rank, self.device = rank, size, local_rank, device
+        self.group = group
+        """The process group of the collectives (None: the default one)."""
 
     @classmethod
     def from_environment(cls, timeout_s: float, device: str = "auto") -> Ranks:
@@ -67,6 +70,16 @@ class Ranks:
             dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
         return cls(dist.get_rank(), dist.get_world_size(), local_rank, f"cuda:{local_rank}" if cuda else "cpu")
 
+    def subgroup(self) -> Ranks:
+        """The same ranks over a process group of their own (gloo: the exchanges are of Python objects), for
+        collectives made from another thread — two threads must never share a group, or their collectives
+        interleave. Every rank must call it at the same point."""
+        if self.size == 1:
+            return Ranks(self.rank, 1, self.local_rank, self.device)
+        import torch.distributed as dist
+
+        return Ranks(self.rank, self.size, self.local_rank, "cpu", group=dist.new_group(backend="gloo"))
+
     @property
     def is_main(self) -> bool:
         """Rank 0: the one that logs, writes shared files and shows progress."""
@@ -79,7 +92,7 @@ class Ranks:
         import torch.distributed as dist
 
         out: list[Any] = [None] * self.size
-        self._collective(dist.all_gather_object, out, value)
+        self._collective(dist.all_gather_object, out, value, group=self.group)
         return out
 
     def broadcast(self, value: Any) -> Any:
@@ -89,7 +102,7 @@ class Ranks:
         import torch.distributed as dist
 
         box = [value]
-        self._collective(dist.broadcast_object_list, box, src=0)
+        self._collective(dist.broadcast_object_list, box, src=0, group=self.group)
         return box[0]
 
     def sum(self, values: Mapping[str, float]) -> dict[str, float]:
@@ -102,14 +115,14 @@ class Ranks:
         keys = sorted(values)
         tensor = torch.tensor([float(values[key]) for key in keys], dtype=torch.float64,
                               device=self.device if self.device.startswith("cuda") else "cpu")
-        self._collective(dist.all_reduce, tensor)
+        self._collective(dist.all_reduce, tensor, group=self.group)
         return dict(zip(keys, tensor.tolist()))
 
     def barrier(self) -> None:
         if self.size > 1:
             import torch.distributed as dist
 
-            self._collective(dist.barrier)
+            self._collective(dist.barrier, group=self.group)
 
     def _collective(self, operation: Any, *args: Any, **kwargs: Any) -> None:
         try:
@@ -120,8 +133,8 @@ class Ranks:
                               "its last checkpoint.") from error
 
     def close(self) -> None:
-        """Leave the process group (a world of one has none)."""
-        if self.size > 1:
+        """Leave the process groups (a world of one has none)."""
+        if self.size > 1 and self.group is None:
             import torch.distributed as dist
 
             if dist.is_initialized():

@@ -39,7 +39,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ from .lora import adapters_off
 from .metrics import CollapseAlarm, MetricsLogger, plot_run
 from .modeling import PolicyModel, load_policy, make_optimizer, start_run
 from .objective import collate, grpo_loss, lay_out, pack, rows, sequence_logprobs
+from .offpolicy import RolloutProducer
 from .ofr import OFRSelector, Rollout, group_advantages
 from .rollout import EpisodeSpec, RolloutCollector, Trajectory
 from .tokens import VisualParityError, check_visual_parity
@@ -138,6 +139,25 @@ def _mean(values: Any) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+@dataclass
+class RolloutBatch:
+    """One update's data: OFR's kept rollouts (the same on every rank, each naming where its trajectory lives),
+    this rank's played trajectories with their advantages, every rank's episode records, and how it was made."""
+
+    kept: list[Rollout]
+    played: dict[tuple[int, int], tuple[Trajectory, float]]
+    records: list[dict[str, Any]]
+    ofr_metrics: dict[str, float]
+    clock: dict[str, float]
+    """Seconds in generation, environments and scoring (this rank's)."""
+    generated_tokens: float
+    data_position: dict[str, Any]
+    """The task sampler's state and the episodes started after this batch: what a checkpoint after its update
+    resumes from."""
+    version: int
+    """The updates whose weights played it (set by the producer; without one, the previous update's)."""
+
+
 class GRPOTrainer:
     """The modular multi-turn GRPO trainer (see the module docstring).
 
@@ -161,6 +181,11 @@ class GRPOTrainer:
         algorithm = config.algorithm
         if algorithm.old_logprobs not in ("recompute", "rollout"):
             raise ValueError(f"algorithm.old_logprobs must be 'recompute' or 'rollout', got {algorithm.old_logprobs!r}")
+        if config.rollout.staleness < 0:
+            raise ValueError(f"rollout.staleness must be 0 or more, got {config.rollout.staleness}")
+        if config.rollout.staleness and backend is not None and backend.shares_trainer_weights:
+            raise ValueError("rollout.staleness > 0 generates while the update changes the weights: it needs a "
+                             "generation backend with weights of its own, not one sharing the trainer's")
         self.importance_cap = importance_cap(config)
         self.ranks = Ranks.from_environment(config.distributed.timeout_s, config.model.device)
         self.run_dir = start_run(config, self.ranks.rank)
@@ -173,10 +198,11 @@ class GRPOTrainer:
         if algorithm.kl_coef > 0 and not self.policy.lora_scaling:
             self.reference = copy.deepcopy(self.policy.model).eval().requires_grad_(False).to(compute_dtype)
         generation_copy = None
+        if backend is None and config.rollout.backend == "hf" and (self.ranks.size > 1 or config.rollout.staleness):
+            # generate() cannot run on a sharded model, nor on weights that an update changes meanwhile
+            generation_copy = model_class(self.policy.model).from_pretrained(
+                config.model.path, dtype=compute_dtype).to(self.policy.device).eval().requires_grad_(False)
         if self.ranks.size > 1:
-            if backend is None and config.rollout.backend == "hf":  # generate() cannot run on a sharded model
-                generation_copy = model_class(self.policy.model).from_pretrained(
-                    config.model.path, dtype=compute_dtype).to(self.policy.device).eval().requires_grad_(False)
             blank = blank_image(self.policy)
             for model in (self.policy.model, self.reference):
                 if model is not None:
@@ -208,8 +234,11 @@ class GRPOTrainer:
         self.alarm = CollapseAlarm("tool_calls", config.logging.collapse_window, config.logging.collapse_ratio)
         self.step_number = 0
         self.episodes_started = 0
-        self.played: dict[tuple[int, int], tuple[Trajectory, float]] = {}
-        """This rank's trajectories of the current update by key ``(rank, index)``, with their advantages."""
+        self.data_position = {"sampler": self.sampler.state(), "episodes_started": 0}
+        """Where the data of the last trained batch ends (what a checkpoint saves)."""
+        self._producer: RolloutProducer | None = None
+        self._producer_ranks = self.ranks.subgroup() if rollout.staleness else self.ranks
+        """The producer thread's own process group: two threads' collectives must never share one."""
         self.last_eval: list[Trajectory] = []
         """The episodes this rank played in the last evaluation."""
 
@@ -246,6 +275,9 @@ class GRPOTrainer:
         bar = tqdm(total=config.steps, initial=self.step_number, desc="GRPO", unit="update",
                    disable=not (config.logging.progress and main))
         metrics: dict[str, float] = {}
+        if config.rollout.staleness and self.step_number < config.steps:
+            self._producer = RolloutProducer(lambda step: self._generate(step, self._producer_ranks),
+                                             self.step_number + 1, config.steps, config.rollout.staleness)
         try:
             while self.step_number < config.steps:
                 self.step_number += 1
@@ -260,32 +292,67 @@ class GRPOTrainer:
                 final = self.step_number == config.steps
                 evaluated = {}
                 if config.eval.every and (final or self.step_number % config.eval.every == 0):
-                    last_eval = evaluated = self.evaluate()
+                    with self._engine():
+                        last_eval = evaluated = self.evaluate()
                 if final or self.step_number % config.checkpoint.every == 0:
                     self.save()
                 if on_update is not None:
                     on_update(self.step_number, {**metrics, **{f"eval/{k}": v for k, v in evaluated.items()}})
         finally:
             bar.close()
+            if self._producer:
+                self._producer.close()
+                self._producer = None
             if main:
                 plot_run(self.run_dir)
         return {"train": metrics, "eval": last_eval}
 
     def step(self) -> dict[str, float]:
-        """One update: rollouts (with OFR), loss, optimizer steps, weight sync. Returns its metrics (the same on
-        every rank)."""
+        """One update: its batch (rollouts with OFR; with ``rollout.staleness``, generated while the previous
+        update trained), loss, optimizer steps, weight sync. Returns its metrics (the same on every rank)."""
         started = time.perf_counter()
+        batch = self._producer.take() if self._producer else self._generate(self.step_number, self.ranks)
+        self.data_position = batch.data_position
+        clock = dict(batch.clock)
+        update_metrics = self._update(batch.kept, batch.played, clock)
+        syncing = time.perf_counter()
+        with self._engine():
+            if not self.backend.shares_trainer_weights:
+                self.backend.sync_weights(self.policy.plain_weights(), self.config.rollout.weight_sync_timeout)
+        if self._producer:
+            self._producer.synced(self.step_number)
+        sync = time.perf_counter() - syncing
+        metrics = {**episode_summary(batch.records), **batch.ofr_metrics, **update_metrics,
+                   "episodes": len(batch.records), "trained_trajectories": len(batch.kept),
+                   "staleness": self.step_number - 1 - batch.version,
+                   "time/generation": clock["generation"], "time/environment": clock["environment"],
+                   "time/scoring": clock["scoring"], "time/update": clock["update"], "time/weight_sync": sync,
+                   "time/step": time.perf_counter() - started,
+                   "throughput/tokens_per_s": batch.generated_tokens / clock["generation"] if clock["generation"]
+                   else 0.0,
+                   "throughput/update_tokens_per_s": clock["update_tokens"] / clock["update"] if clock["update"] else 0.0,
+                   "lr": self.scheduler.get_last_lr()[0]}
+        if self.policy.device.startswith("cuda"):
+            import torch
+
+            metrics["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30  # rank 0's, this update
+            torch.cuda.reset_peak_memory_stats()
+        return self.ranks.broadcast(metrics)  # rank 0's clock; the rest is the same everywhere
+
+    def _generate(self, step: int, ranks: Ranks) -> RolloutBatch:
+        """The batch of update ``step``: rounds of groups played (each rank its share), OFR's selection from
+        all of them, with ``ranks`` for the exchanges (the producer thread has its own)."""
         clock = {"generation": 0.0, "environment": 0.0, "scoring": 0.0}
         generated: list[Trajectory] = []
+        played: dict[tuple[int, int], tuple[Trajectory, float]] = {}
         tokens = [0]
         rounds = [0]
-        self.played = {}
 
         def generate_round(groups: int) -> list[list[Rollout]]:
             rounds[0] += 1
-            specs = [EpisodeSpec(task, self._next_seed(), (self.step_number, rounds[0], g))
+            specs = [EpisodeSpec(task, self._next_seed(), (step, rounds[0], g))
                      for g, task in enumerate(self.sampler.take(groups)) for _ in range(self.config.rollout.group_size)]
-            mine = [spec for spec in specs if spec.group[-1] % self.ranks.size == self.ranks.rank]
+            mine = [spec for spec in specs if spec.group[-1] % ranks.size == ranks.rank]
             trajectories = self.collector.collect(mine) if mine else []
             if mine:
                 stats = self.collector.stats
@@ -294,9 +361,9 @@ class GRPOTrainer:
                 tokens[0] += stats.generated_tokens
             generated.extend(trajectories)
             scoring = time.perf_counter()
-            shared = [[self._share(rollout) for rollout in group] for group in self._to_rollouts(trajectories)]
+            shared = [[self._share(rollout, played) for rollout in group] for group in self._to_rollouts(trajectories)]
             clock["scoring"] += time.perf_counter() - scoring
-            everyone = [group for groups_of_rank in self.ranks.gather(shared) for group in groups_of_rank]
+            everyone = [group for groups_of_rank in ranks.gather(shared) for group in groups_of_rank]
             return sorted(everyone, key=lambda group: group[0].group_id)  # generation order, as in one process
 
         if self.ofr is not None:
@@ -307,27 +374,14 @@ class GRPOTrainer:
         else:
             kept = [r for group in generate_round(self.config.prompts_per_round) for r in group]
             ofr_metrics = {}
-        update_metrics = self._update(kept, clock)
-        syncing = time.perf_counter()
-        if not self.backend.shares_trainer_weights:
-            self.backend.sync_weights(self.policy.plain_weights(), self.config.rollout.weight_sync_timeout)
-        sync = time.perf_counter() - syncing
-        records = [record for part in self.ranks.gather([episode_record(t) for t in generated]) for record in part]
-        generated_tokens = self.ranks.sum({"tokens": tokens[0]})["tokens"]
-        metrics = {**episode_summary(records), **ofr_metrics, **update_metrics,
-                   "episodes": len(records), "trained_trajectories": len(kept),
-                   "time/generation": clock["generation"], "time/environment": clock["environment"],
-                   "time/scoring": clock["scoring"], "time/update": clock["update"], "time/weight_sync": sync,
-                   "time/step": time.perf_counter() - started,
-                   "throughput/tokens_per_s": generated_tokens / clock["generation"] if clock["generation"] else 0.0,
-                   "throughput/update_tokens_per_s": clock["update_tokens"] / clock["update"] if clock["update"] else 0.0,
-                   "lr": self.scheduler.get_last_lr()[0]}
-        if self.policy.device.startswith("cuda"):
-            import torch
+        records = [record for part in ranks.gather([episode_record(t) for t in generated]) for record in part]
+        return RolloutBatch(kept, played, records, ofr_metrics, clock, ranks.sum({"tokens": tokens[0]})["tokens"],
+                            {"sampler": self.sampler.state(), "episodes_started": self.episodes_started},
+                            version=step - 1)
 
-            metrics["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30  # rank 0's, this update
-            torch.cuda.reset_peak_memory_stats()
-        return self.ranks.broadcast(metrics)  # rank 0's clock; the rest is the same everywhere
+    def _engine(self) -> Any:
+        """Hold the generation engine against the producer thread (nothing to hold without one)."""
+        return self._producer.engine() if self._producer else contextlib.nullcontext()
 
     def _next_seed(self) -> int:
         self.episodes_started += 1
@@ -336,12 +390,12 @@ class GRPOTrainer:
     def _to_rollouts(self, trajectories: list[Trajectory]) -> list[list[Rollout]]:
         return rollout_groups(trajectories, self.config.algorithm.normalize_std, self._images_consistent)
 
-    def _share(self, rollout: Rollout) -> Rollout:
+    def _share(self, rollout: Rollout, played: dict[tuple[int, int], tuple[Trajectory, float]]) -> Rollout:
         """What the other ranks learn of one of this rank's trajectories: its rollout summary, where it lives
-        and its sizes; the trajectory itself stays in :attr:`played` until a rank trains on it."""
+        and its sizes; the trajectory itself stays in ``played`` until a rank trains on it."""
         trajectory, advantage = rollout.extra["trajectory"], rollout.extra["advantage"]
-        key = (self.ranks.rank, len(self.played))
-        self.played[key] = (trajectory, advantage)
+        key = (self.ranks.rank, len(played))
+        played[key] = (trajectory, advantage)
         return replace(rollout, extra={"key": key, "advantage": advantage, "length": len(trajectory.ids),
                                        "sampled_tokens": trajectory.sampled_tokens})
 
@@ -354,7 +408,8 @@ class GRPOTrainer:
             return False
         return True
 
-    def _update(self, kept: list[Rollout], clock: dict[str, float]) -> dict[str, float]:
+    def _update(self, kept: list[Rollout], played: dict[tuple[int, int], tuple[Trajectory, float]],
+                clock: dict[str, float]) -> dict[str, float]:
         """Old (and reference) log-probs, then one optimizer step per mini-batch. Every rank holds the same
         ``kept``; each mini-batch is spread over the ranks (:func:`~trainers.distributed.spread`), and every rank
         makes the same number of forward passes (padding with an empty batch) since sharded weights are
@@ -371,7 +426,7 @@ class GRPOTrainer:
         scoring = time.perf_counter()
         minibatches = _chunks(items, algorithm.mini_batch_size)
         shares = [self._spread(minibatch) for minibatch in minibatches]
-        trajectories = self._gather_trajectories(shares)
+        trajectories = self._gather_trajectories(shares, played)
         model = self.policy.model
         temperature, chunk_size = self.config.rollout.temperature, algorithm.logprob_chunk_size
         old: dict[Any, Any] = {}
@@ -439,14 +494,16 @@ class GRPOTrainer:
                        self.ranks.size)
         return [[r for r, rank in zip(minibatch, ranks) if rank == mine] for mine in range(self.ranks.size)]
 
-    def _gather_trajectories(self, shares: Sequence[Sequence[Sequence[Rollout]]]) -> dict[Any, tuple[Trajectory, float]]:
-        """This rank's trajectories and advantages for its shares: its own, and those that other ranks played
-        (each rank sends the ones it played for others; everyone receives them all and keeps its own)."""
+    def _gather_trajectories(self, shares: Sequence[Sequence[Sequence[Rollout]]],
+                             played: dict[tuple[int, int], tuple[Trajectory, float]]
+                             ) -> dict[Any, tuple[Trajectory, float]]:
+        """This rank's trajectories and advantages for its shares: those it ``played``, and those that other ranks
+        played (each rank sends the ones it played for others; everyone receives them all and keeps its own)."""
         rank = self.ranks.rank
-        leaving = {r.extra["key"]: self.played[r.extra["key"]] for share in shares
+        leaving = {r.extra["key"]: played[r.extra["key"]] for share in shares
                    for other, part in enumerate(share) if other != rank for r in part if r.extra["key"][0] == rank}
         arriving = {key: value for part in self.ranks.gather(leaving) for key, value in part.items()}
-        return {r.extra["key"]: self.played.get(r.extra["key"]) or arriving[r.extra["key"]]
+        return {r.extra["key"]: played.get(r.extra["key"]) or arriving[r.extra["key"]]
                 for share in shares for r in share[rank]}
 
     def _batch(self, chunk: Sequence[Rollout], trajectories: dict[Any, tuple[Trajectory, float]],
@@ -518,9 +575,8 @@ class GRPOTrainer:
         return metrics
 
     def save(self) -> Path:
-        extra = {"sampler": self.sampler.state(), "episodes_started": self.episodes_started}
-        return save_checkpoint(self.run_dir, self.step_number, self.policy, self.optimizer, self.scheduler, extra,
-                               keep=self.config.checkpoint.keep, ranks=self.ranks)
+        return save_checkpoint(self.run_dir, self.step_number, self.policy, self.optimizer, self.scheduler,
+                               self.data_position, keep=self.config.checkpoint.keep, ranks=self.ranks)
 
     def resume(self) -> bool:
         """Continue from the newest checkpoint of the run folder, if any (returns whether it did); it may have
@@ -532,6 +588,7 @@ class GRPOTrainer:
         self.step_number = int(state["step"])
         self.sampler.load(state["extra"]["sampler"])
         self.episodes_started = int(state["extra"]["episodes_started"])
+        self.data_position = state["extra"]
         if self.ranks.is_main:
             self.logger.truncate(self.step_number)
         if not self.backend.shares_trainer_weights:
@@ -567,11 +624,16 @@ def blank_image(policy: PolicyModel) -> dict[str, Any] | None:
 
 def importance_cap(config: GRPOConfig) -> float | None:
     """The truncation of the importance weights the update applies, or None when it does not correct the
-    sampler (``algorithm.importance_correction``; ``auto`` corrects the vLLM backend only).
+    sampler (``algorithm.importance_correction``; ``auto`` corrects the vLLM backend, whose numerics differ from
+    the trainer's, and batches played by older weights, ``rollout.staleness`` > 0).
 
     >>> from trainers.config import load_config
     >>> importance_cap(load_config(GRPOConfig, overrides=["rollout.backend=vllm"]))
     2.0
+    >>> importance_cap(load_config(GRPOConfig, overrides=["rollout.staleness=1"]))
+    2.0
+    >>> importance_cap(load_config(GRPOConfig)) is None
+    True
     """
     algorithm = config.algorithm
     if algorithm.importance_correction not in ("auto", "truncated", "none"):
@@ -581,8 +643,8 @@ def importance_cap(config: GRPOConfig) -> float | None:
         raise ValueError("algorithm.importance_correction: truncated corrects recomputed old log-probs; set "
                          "algorithm.old_logprobs: recompute")
     corrected = algorithm.importance_correction == "truncated" or (
-        algorithm.importance_correction == "auto" and config.rollout.backend == "vllm"
-        and algorithm.old_logprobs == "recompute")
+        algorithm.importance_correction == "auto" and algorithm.old_logprobs == "recompute"
+        and (config.rollout.backend == "vllm" or config.rollout.staleness > 0))
     return algorithm.importance_cap if corrected else None
 
 
