@@ -4,7 +4,9 @@
 by episode spec, in FILE. ``--replay FILE``: play nothing; every rank's collector returns the recorded episodes
 of the specs it is given — so runs on any number of ranks train on exactly the trajectories of the recording,
 and the rest (OFR, the spread over ranks, sharded forward and backward passes, optimizer, checkpoints) is real.
-Rank 0 writes ``selections.json`` (what OFR kept, per update) into the run folder.
+Rank 0 writes ``selections.json`` (what OFR kept, per update) and ``engine_weights.safetensors`` (what a generation
+engine is loaded with after the last update: the weights gathered from every rank's shards, adapters merged)
+into the run folder.
 
     torchrun --nproc_per_node 2 tests/distributed_grpo.py --replay episodes.pkl --set output_dir=run ...
 """
@@ -16,6 +18,8 @@ import json
 import pickle
 import sys
 from pathlib import Path
+
+from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
@@ -80,8 +84,10 @@ def main() -> None:
 
             trainer.ofr.collect = recording_collect
         trainer.train()
+        engine_weights = {name: value.clone() for name, value in trainer.policy.plain_weights()}  # every rank
         if trainer.ranks.is_main:
             (trainer.run_dir / "selections.json").write_text(json.dumps(selections))
+            save_file(engine_weights, trainer.run_dir / "engine_weights.safetensors")
             if args.record:
                 args.record.write_bytes(pickle.dumps(trainer.collector.episodes))
 

@@ -63,6 +63,18 @@ def one_process(tmp_path_factory, model_dir):
     return folder / "run", episodes
 
 
+def assert_engines_get_the_checkpoints_weights(run_dir: Path) -> None:
+    """The weights the ranks stream to their generation engines are the model the last checkpoint saved (read
+    back by transformers, so both are under the in-memory names)."""
+    from transformers import AutoModelForImageTextToText
+
+    saved = AutoModelForImageTextToText.from_pretrained(latest_checkpoint(run_dir), dtype=torch.float32).state_dict()
+    streamed = load_file(run_dir / "engine_weights.safetensors")
+    assert saved.keys() == streamed.keys()
+    for name, value in saved.items():
+        assert torch.equal(streamed[name], value), name
+
+
 def assert_same_updates(run_dir: Path, reference: Path, model_dir: Path, first_step: int = 1) -> None:
     """The same OFR selections (of the updates from ``first_step`` on: a resumed run made only those) and equal
     weights after the updates, up to float rounding. Adam divides each gradient by its own scale, so
@@ -89,6 +101,7 @@ def test_ranks_make_the_updates_of_one_process(one_process, tmp_path, model_dir,
     reference, episodes = one_process
     train(ranks, tmp_path / "run", model_dir, episodes, *overrides)
     assert_same_updates(tmp_path / "run", reference, model_dir)
+    assert_engines_get_the_checkpoints_weights(tmp_path / "run")
     assert torch.load(latest_checkpoint(tmp_path / "run") / "trainer_state.pt", weights_only=False)["ranks"] == ranks
     rows = [json.loads(line) for line in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
     assert [row["staleness"] for row in rows] == ([0, 1] if "rollout.staleness=1" in overrides else [0, 0])
@@ -156,3 +169,4 @@ def test_lora_on_two_ranks_makes_the_updates_of_one_process(one_process, tmp_pat
     assert all(float(value.abs().max()) > 0 for name, value in expected.items() if ".lora_B." in name)  # from 0
     for name, value in expected.items():
         assert torch.allclose(got[name], value, rtol=0, atol=LR / 100), name
+    assert_engines_get_the_checkpoints_weights(tmp_path / "two")

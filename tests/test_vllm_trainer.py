@@ -1,4 +1,5 @@
-"""The trainer's vLLM backend on vLLM's real engine, on CPU (``make test-vllm`` runs these in ``.venv-vllm``).
+"""The trainer's vLLM backend on vLLM's real engine, on CPU (``make test-vllm`` runs these in ``.venv-vllm``), in one
+process and on two torchrun ranks.
 
 vLLM cannot run the tiny Qwen2.5-VL on CPU (its processors need torchvision, unusable beside the CPU torch), so the model is the
 tiny text-only Qwen2 of :mod:`agents.tiny_text_model`, its weights held by a Hugging Face model as the trainer
@@ -130,7 +131,7 @@ def test_weights_changed_by_the_trainer_reach_the_engine(setup):
             parameter.add_(torch.randn_like(parameter) * 0.05)
     changed = greedy(model, encoded.ids, chat)
     assert changed != before.ids
-    seconds = backend.sync_weights(model.state_dict(), timeout=120)
+    seconds = backend.sync_weights(model.state_dict().items(), timeout=120)
     [after] = backend.generate([encoded], greedy_sampling)
     assert after.ids == changed and seconds > 0
     assert after.logprobs == pytest.approx(recomputed(model, encoded.ids, after.ids), abs=MISMATCH)
@@ -139,8 +140,55 @@ def test_weights_changed_by_the_trainer_reach_the_engine(setup):
 def test_a_weight_sync_past_its_timeout_is_an_error(setup):
     backend, _, model = setup
     with pytest.raises(WeightSyncTimeout, match="took over"):
-        backend.sync_weights(model.state_dict(), timeout=1e-4)
+        backend.sync_weights(model.state_dict().items(), timeout=1e-4)
     deadline = time.monotonic() + 120  # let the abandoned load finish before the engine is closed
     while any(t.name.startswith("pyvision-weight-sync") for t in threading.enumerate()):
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def test_a_sleeping_engine_refuses_to_generate_and_wakes_with_the_new_weights(setup):
+    """The update-time cycle: sleep (level 2: weights and KV cache released; on CPU vLLM accepts the calls and
+    frees nothing), then the weight sync wakes the weights, loads the trainer's from its iterator, wakes the
+    cache; the engine then samples from the new weights."""
+    backend, chat, model = setup
+    encoded = prompt(chat)
+    greedy_sampling = Sampling(max_new_tokens=NEW_TOKENS, temperature=0.0)
+    backend.generate([encoded], greedy_sampling)
+    backend.sleep()
+    assert backend.llm.llm_engine.engine_core.engine_core.model_executor.is_sleeping
+    with pytest.raises(RuntimeError, match="asleep"):
+        backend.generate([encoded], greedy_sampling)
+    torch.manual_seed(8)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    handed = []
+    weights = ((name, handed.append(name) or value) for name, value in model.state_dict().items())
+    backend.sync_weights(weights, timeout=120)
+    assert handed == list(model.state_dict())  # the whole iterator, one tensor at a time
+    assert not backend.llm.llm_engine.engine_core.engine_core.model_executor.is_sleeping
+    [after] = backend.generate([encoded], greedy_sampling)
+    assert after.ids == greedy(model, encoded.ids, chat)
+    assert after.logprobs == pytest.approx(recomputed(model, encoded.ids, after.ids), abs=MISMATCH)
+
+
+def test_two_ranks_engines_load_the_weights_gathered_from_the_shards(tmp_path):
+    """torchrun, 2 ranks on gloo, each with its own engine (``external_launcher``) beside a trainer model
+    sharded with FSDP2: after a change to the shards, each sleeping engine is woken with the whole new weights,
+    gathered one tensor at a time, and samples what the changed model samples (``tests/distributed_vllm.py``)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    model_dir = make_tiny_text_model(tmp_path / "model")
+    result = tmp_path / "result.json"
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                          str(root / "tests" / "distributed_vllm.py"), str(model_dir), str(result)],
+                         cwd=root, capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-4000:]
+    found = json.loads(result.read_text())
+    assert [rank["rank"] for rank in found] == [0, 1]
+    assert all(rank["changed"] and rank["matches"] and rank["seconds"] > 0 for rank in found), found

@@ -23,7 +23,7 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,10 +60,15 @@ class GenerationBackend(ABC):
     """The backend samples from the trained model object itself, so it needs no weights loaded after an update
     (the trainer skips gathering them)."""
 
-    def sync_weights(self, weights: Mapping[str, Any], timeout: float) -> float:
-        """Make the engine sample from ``weights`` (the trained model's whole state dict, by name); returns the
-        seconds it took."""
+    def sync_weights(self, weights: Iterable[tuple[str, Any]], timeout: float) -> float:
+        """Make the engine sample from ``weights`` (the trained model's whole weights, ``(name, tensor)`` one at
+        a time, as :meth:`~trainers.modeling.PolicyModel.plain_weights` gives them; the iterator must be
+        consumed to its end) and wake it if it sleeps; returns the seconds it took."""
         return 0.0
+
+    def sleep(self) -> None:  # noqa: B027  (optional: most backends hold no memory worth releasing)
+        """Release the engine's memory (weights and cache) until the next :meth:`sync_weights`: while the
+        trainer updates, the GPU is the trainer's."""
 
     def close(self) -> None:  # noqa: B027  (optional: most backends hold nothing to free)
         """Free the engine."""
@@ -120,14 +125,22 @@ class HFBackend(GenerationBackend):
         self.shares_trainer_weights = shares_trainer_weights
         self.pixels = PixelCache(chat.image_processor)
 
-    def sync_weights(self, weights: Mapping[str, Any], timeout: float) -> float:
+    def sync_weights(self, weights: Iterable[tuple[str, Any]], timeout: float) -> float:
         if self.shares_trainer_weights:
             return 0.0
         import torch
 
         started = time.perf_counter()
+        own = self.model.state_dict()
+        missing = set(own)
         with torch.no_grad():
-            self.model.load_state_dict(weights)
+            for name, value in weights:
+                if name not in own:
+                    raise KeyError(f"the engine's model has no weight {name!r}")
+                own[name].copy_(value)
+                missing.discard(name)
+        if missing:
+            raise KeyError(f"weights missing from the sync: {sorted(missing)[:5]}")
         return time.perf_counter() - started
 
     def generate(self, prompts: Sequence[Encoded], sampling: Sampling) -> list[Sampled]:
@@ -181,9 +194,14 @@ class VLLMBackend(GenerationBackend):
         **engine_options: further ``vllm.LLM`` arguments (``gpu_memory_utilization``, ``max_model_len``...).
 
     Log-probs are vLLM's ``processed_logprobs`` (temperature applied, as the trainer recomputes them). Weights
-    are synced with ``collective_rpc("reload_weights")`` and the prefix cache is reset (its keys and values
-    were computed with the old weights), under a timeout. Reloading from weights in memory needs vLLM
+    are synced with ``collective_rpc("reload_weights")`` straight from the trainer's iterator (a sharded
+    model's tensors are gathered one at a time as the engine loads them) and the prefix cache is reset (its keys
+    and values were computed with the old weights), under a timeout. Reloading from weights in memory needs vLLM
     :data:`VLLM_FLOOR` or newer (before it, ``reload_weights`` only re-read the files on disk).
+
+    :meth:`sleep` (``LLM.sleep(level=2)``: weights and KV cache released; the engine needs
+    ``enable_sleep_mode=True``, which vLLM allows on GPUs only — on CPU the call is accepted and frees nothing)
+    is followed by :meth:`sync_weights`, which wakes the weights, loads the new ones, then wakes the cache.
     """
 
     def __init__(self, model_path: str, chat: ChatTokenizer, seed: int = 0, **engine_options: Any) -> None:
@@ -202,6 +220,7 @@ class VLLMBackend(GenerationBackend):
         self.never_sampled = dict.fromkeys(chat.never_sampled, -100.0)
         engine_options.setdefault("logprobs_mode", "processed_logprobs")
         self.llm = LLM(model=str(model_path), seed=seed, **engine_options)
+        self.asleep = False
 
     def _collapsed(self, ids: Sequence[int]) -> list[int]:
         """One placeholder per image run (vLLM's processor expands each one again)."""
@@ -213,6 +232,9 @@ class VLLMBackend(GenerationBackend):
 
     def generate(self, prompts: Sequence[Encoded], sampling: Sampling) -> list[Sampled]:
         from vllm import SamplingParams, TokensPrompt
+
+        if self.asleep:
+            raise RuntimeError("the vLLM engine is asleep (its weights were released); sync_weights wakes it")
 
         params = SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                                 top_p=sampling.top_p, top_k=sampling.top_k or -1, logprobs=0,
@@ -235,14 +257,20 @@ class VLLMBackend(GenerationBackend):
             results.append(Sampled(ids, logprobs, completion.finish_reason == "stop"))
         return results
 
-    def sync_weights(self, weights: Mapping[str, Any], timeout: float) -> float:
-        """Load ``weights`` into the engine; raises :class:`WeightSyncTimeout` past ``timeout`` s."""
+    def sync_weights(self, weights: Iterable[tuple[str, Any]], timeout: float) -> float:
+        """Load ``weights`` into the engine (waking it first if it sleeps); raises :class:`WeightSyncTimeout`
+        past ``timeout`` s."""
         started = time.perf_counter()
-        weights = [(name, tensor.detach()) for name, tensor in weights.items()]
 
         def load() -> None:
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
-                                                              "is_checkpoint_format": True})
+            if self.asleep:
+                self.llm.wake_up(tags=["weights"])
+            self.llm.collective_rpc("reload_weights", kwargs={
+                "weights_iterator": ((name, tensor.detach()) for name, tensor in weights),
+                "is_checkpoint_format": True})
+            if self.asleep:
+                self.llm.wake_up(tags=["kv_cache"])
+                self.asleep = False
             self.llm.reset_prefix_cache()
 
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pyvision-weight-sync")
@@ -253,6 +281,10 @@ class VLLMBackend(GenerationBackend):
         finally:
             pool.shutdown(wait=False)
         return time.perf_counter() - started
+
+    def sleep(self) -> None:
+        self.llm.sleep(level=2)
+        self.asleep = True
 
     def close(self) -> None:
         del self.llm

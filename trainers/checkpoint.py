@@ -90,7 +90,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, policy: PolicyModel, 
         if policy.lora_scaling:
             save_file({name: value.contiguous() for name, value in adapter_weights(weights).items()},
                       staging / ADAPTER_FILE)
-            weights = merged_weights(weights, policy.lora_scaling)
+            weights = dict(merged_weights(weights, policy.lora_scaling))
         policy.model.save_pretrained(staging, state_dict=weights)
         for processor in policy.processors:
             processor.save_pretrained(staging)

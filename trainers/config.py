@@ -113,6 +113,10 @@ class RolloutConfig:
     :mod:`trainers.offpolicy`)."""
     weight_sync_timeout: float = 300.0
     """Seconds allowed to load new weights into the vLLM engine (the run stops with an error past it)."""
+    engine_sleep: str = "auto"
+    """Release the generation engine's weights and KV cache during each update, waking it to load the new
+    weights: ``on``, ``off``, or ``auto`` (on for vLLM on a GPU with ``staleness`` 0; a batch generated during
+    the update needs the engine awake)."""
     vllm: dict[str, Any] = field(default_factory=dict)
     """``vllm.LLM`` options (``gpu_memory_utilization``, ``max_model_len``, ``enforce_eager``...)."""
 

@@ -9,7 +9,8 @@ own ``--nnodes`` / ``--rdzv-endpoint`` with the same command.
   reduced in float32 over float32 master weights. Every forward runs the vision tower — on a blank image, its
   features multiplied by zero, when the batch holds no image — so that all ranks gather the same weights in the
   same order whatever their batches hold (a text-only batch on one rank would otherwise hang the others).
-* :func:`full_state_dict` — the whole weights on every rank, for the generation engine and for export.
+* :func:`full_state_dict` — the whole weights on rank 0, for export; :func:`gathered` — one whole tensor on
+  every rank, for the generation engines (:meth:`~trainers.modeling.PolicyModel.plain_weights`).
 * :func:`spread` — which rank trains which trajectory: token budgets balanced, as few trajectories moved as
   possible.
 
@@ -216,13 +217,24 @@ def model_class(model: Any) -> type:
 
 
 def full_state_dict(model: Any) -> dict[str, Any]:
-    """The model's whole weights by name on every rank (gathered from the shards: every rank must call it), or
-    its own state dict when it is not sharded."""
+    """The model's whole weights by name: its own state dict when it is not sharded; when it is, gathered from
+    the shards into rank 0's CPU memory (every rank must call it; the others get an empty dict)."""
     if not is_sharded(model):
         return model.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def gathered(tensor: Any) -> Any:
+    """The whole of a sharded tensor (a DTensor: an all-gather every rank makes at the same point), or
+    ``tensor`` itself.
+
+    >>> import torch
+    >>> gathered(torch.ones(2)).tolist()
+    [1.0, 1.0]
+    """
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def state_bytes_per_parameter(model: Any, optimizer: Any) -> float:
@@ -279,5 +291,5 @@ def spread(lengths: Sequence[int], owners: Sequence[int], size: int) -> list[int
     return [int(r) for r in rank]  # type: ignore[arg-type]
 
 
-__all__ = ["RankFailure", "Ranks", "full_state_dict", "is_sharded", "model_class", "shard_model", "spread",
+__all__ = ["RankFailure", "Ranks", "full_state_dict", "gathered", "is_sharded", "model_class", "shard_model", "spread",
            "state_bytes_per_parameter"]

@@ -190,6 +190,8 @@ class GRPOTrainer:
         self.ranks = Ranks.from_environment(config.distributed.timeout_s, config.model.device)
         self.run_dir = start_run(config, self.ranks.rank)
         self.policy = load_policy(config.model, device=self.ranks.device)
+        self.engine_sleeps = engine_sleeps(config, self.policy.device)
+        """The generation engine releases its memory during updates (``rollout.engine_sleep``)."""
         self.chat = self.policy.chat
         compute_dtype = getattr(torch, self.policy.compute_dtype)
         self.reference = None
@@ -250,6 +252,8 @@ class GRPOTrainer:
             return HFBackend(self.policy.model, self.chat, self.policy.autocast)
         if rollout.backend == "vllm":
             options = dict(rollout.vllm)
+            if self.engine_sleeps and self.policy.device.startswith("cuda"):
+                options.setdefault("enable_sleep_mode", True)  # vLLM refuses it on CPU, where sleep frees nothing
             if self.ranks.size > 1:  # one engine per rank, inside torchrun's processes
                 options.setdefault("distributed_executor_backend", "external_launcher")
             return VLLMBackend(self.config.model.path, self.chat, seed=self.config.seed + self.ranks.rank, **options)
@@ -314,11 +318,14 @@ class GRPOTrainer:
         batch = self._producer.take() if self._producer else self._generate(self.step_number, self.ranks)
         self.data_position = batch.data_position
         clock = dict(batch.clock)
+        sleeping = time.perf_counter()
+        if self.engine_sleeps:
+            self.backend.sleep()
+        clock["engine_sleep"] = time.perf_counter() - sleeping
         update_metrics = self._update(batch.kept, batch.played, clock)
         syncing = time.perf_counter()
         with self._engine():
-            if not self.backend.shares_trainer_weights:
-                self.backend.sync_weights(self.policy.plain_weights(), self.config.rollout.weight_sync_timeout)
+            self._sync_weights()
         if self._producer:
             self._producer.synced(self.step_number)
         sync = time.perf_counter() - syncing
@@ -327,6 +334,7 @@ class GRPOTrainer:
                    "staleness": self.step_number - 1 - batch.version,
                    "time/generation": clock["generation"], "time/environment": clock["environment"],
                    "time/scoring": clock["scoring"], "time/update": clock["update"], "time/weight_sync": sync,
+                   "time/engine_sleep": clock["engine_sleep"],
                    "time/step": time.perf_counter() - started,
                    "throughput/tokens_per_s": batch.generated_tokens / clock["generation"] if clock["generation"]
                    else 0.0,
@@ -591,9 +599,16 @@ class GRPOTrainer:
         self.data_position = state["extra"]
         if self.ranks.is_main:
             self.logger.truncate(self.step_number)
-        if not self.backend.shares_trainer_weights:
-            self.backend.sync_weights(self.policy.plain_weights(), self.config.rollout.weight_sync_timeout)
+        self._sync_weights()
         return True
+
+    def _sync_weights(self) -> None:
+        """Load the trained weights into the generation engine (waking it), gathered one tensor at a time."""
+        if not self.backend.shares_trainer_weights:
+            import torch
+
+            self.backend.sync_weights(self.policy.plain_weights(getattr(torch, self.policy.compute_dtype)),
+                                      self.config.rollout.weight_sync_timeout)
 
     def close(self) -> None:
         for envs in (self.train_envs, self.eval_envs):
@@ -646,6 +661,27 @@ def importance_cap(config: GRPOConfig) -> float | None:
         algorithm.importance_correction == "auto" and algorithm.old_logprobs == "recompute"
         and (config.rollout.backend == "vllm" or config.rollout.staleness > 0))
     return algorithm.importance_cap if corrected else None
+
+
+def engine_sleeps(config: GRPOConfig, device: str) -> bool:
+    """Whether the generation engine sleeps during updates (``rollout.engine_sleep``; ``auto``: a vLLM engine
+    on a GPU, on-policy).
+
+    >>> from trainers.config import load_config
+    >>> engine_sleeps(load_config(GRPOConfig, overrides=["rollout.backend=vllm"]), "cuda:0")
+    True
+    >>> engine_sleeps(load_config(GRPOConfig, overrides=["rollout.backend=vllm", "rollout.staleness=1"]), "cuda:0")
+    False
+    """
+    rollout = config.rollout
+    if rollout.engine_sleep not in ("auto", "on", "off"):
+        raise ValueError(f"rollout.engine_sleep must be 'auto', 'on' or 'off', got {rollout.engine_sleep!r}")
+    if rollout.engine_sleep == "on" and rollout.staleness:
+        raise ValueError("rollout.engine_sleep: on releases the engine during updates, while rollout.staleness > 0 "
+                         "generates then; choose one")
+    if rollout.engine_sleep == "auto":
+        return rollout.backend == "vllm" and device.startswith("cuda") and not rollout.staleness
+    return rollout.engine_sleep == "on"
 
 
 def rollout_groups(trajectories: Sequence[Trajectory], normalize_std: bool,

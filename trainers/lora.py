@@ -14,13 +14,13 @@ Example::
     add_adapters(model, rank=16, alpha=32, targets="all-linear", train_vision=False)
     with adapters_off(model):
         reference_logits = model(**inputs).logits
-    plain = merged_weights(model.state_dict(), scaling=32 / 16)     # loadable by a model without adapters
+    plain = dict(merged_weights(model.state_dict(), scaling=32 / 16))  # loadable by a model without adapters
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 ADAPTER = "default"
@@ -58,7 +58,10 @@ def has_adapters(model: Any) -> bool:
 
 
 def adapter_modules(model: Any) -> list[Any]:
-    """The adapters' own modules (``lora_A`` and ``lora_B`` of every adapted layer)."""
+    """The adapters' own modules (``lora_A`` and ``lora_B`` of every adapted layer); none without adapters
+    (peft, then, need not be installed)."""
+    if not has_adapters(model):
+        return []
     from peft.tuners.lora import LoraLayer
 
     return [module for layer in model.modules() if isinstance(layer, LoraLayer)
@@ -80,29 +83,31 @@ def adapters_off(model: Any) -> Iterator[Any]:
             layer.enable_adapters(True)
 
 
-def merged_weights(state: Mapping[str, Any], scaling: float) -> dict[str, Any]:
-    """The weights of the model without adapters: each adapted layer's ``W + scaling · B A`` (in ``W``'s dtype)
-    under the layer's own name; the adapters' entries dropped.
+def merged_weights(state: Mapping[str, Any], scaling: float,
+                   gather: Callable[[Any], Any] = lambda tensor: tensor) -> Iterator[tuple[str, Any]]:
+    """The weights of the model without adapters, one at a time: each adapted layer's ``W + scaling · B A`` (in
+    ``W``'s dtype) under the layer's own name; the adapters' entries dropped. ``gather`` makes a whole tensor of
+    each entry used (a sharded model's :func:`~trainers.distributed.gathered`).
 
     >>> import torch
     >>> state = {"fc.base_layer.weight": torch.zeros(2, 2), "fc.base_layer.bias": torch.ones(2),
     ...          "fc.lora_A.default.weight": torch.ones(1, 2), "fc.lora_B.default.weight": torch.ones(2, 1)}
-    >>> merged = merged_weights(state, scaling=0.5)
+    >>> merged = dict(merged_weights(state, scaling=0.5))
     >>> sorted(merged), merged["fc.weight"].tolist()
     (['fc.bias', 'fc.weight'], [[0.5, 0.5], [0.5, 0.5]])
     """
-    out = {}
     for name, value in state.items():
         if ADAPTER_MARK in name:
             continue
+        value = gather(value)
         if ".base_layer." in name:
             layer, _, field = name.rpartition(".base_layer.")
             if field == "weight":
-                down, up = state[f"{layer}.lora_A.{ADAPTER}.weight"], state[f"{layer}.lora_B.{ADAPTER}.weight"]
+                down = gather(state[f"{layer}.lora_A.{ADAPTER}.weight"])
+                up = gather(state[f"{layer}.lora_B.{ADAPTER}.weight"])
                 value = (value.float() + scaling * (up.float() @ down.float())).to(value.dtype)
             name = f"{layer}.{field}"
-        out[name] = value
-    return out
+        yield name, value
 
 
 def adapter_weights(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,14 +61,19 @@ class PolicyModel:
     def trainable_parameters(self) -> list[Any]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def plain_weights(self) -> dict[str, Any]:
-        """The whole weights under the model's own names, adapters merged: what a generation engine or a model
-        without adapters loads. A sharded model gathers them, so every rank must call it."""
-        from .distributed import full_state_dict
+    def plain_weights(self, dtype: Any = None) -> Iterator[tuple[str, Any]]:
+        """The whole weights under the model's own names, adapters merged, one tensor at a time (in ``dtype``
+        if given): what a generation engine loads. A sharded model gathers each tensor from its shards as it
+        goes, so every rank must consume the iterator to its end, and no rank ever holds the whole model twice.
+        Example: ``backend.sync_weights(policy.plain_weights(torch.bfloat16), timeout=300)``."""
+        from .distributed import gathered
         from .lora import merged_weights
 
-        weights = full_state_dict(self.model)
-        return merged_weights(weights, self.lora_scaling) if self.lora_scaling else weights
+        state = self.model.state_dict()
+        weights = (merged_weights(state, self.lora_scaling, gathered) if self.lora_scaling
+                   else ((name, gathered(value)) for name, value in state.items()))
+        for name, value in weights:
+            yield name, value.to(dtype) if dtype is not None and value.is_floating_point() else value
 
 
 def load_policy(config: ModelConfig, device: str | None = None) -> PolicyModel:
