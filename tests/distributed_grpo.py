@@ -4,9 +4,9 @@
 by episode spec, in FILE. ``--replay FILE``: play nothing; every rank's collector returns the recorded episodes
 of the specs it is given — so runs on any number of ranks train on exactly the trajectories of the recording,
 and the rest (OFR, the spread over ranks, sharded forward and backward passes, optimizer, checkpoints) is real.
-Rank 0 writes ``selections.json`` (what OFR kept, per update) and ``engine_weights.safetensors`` (what a generation
-engine is loaded with after the last update: the weights gathered from every rank's shards, adapters merged)
-into the run folder.
+Rank 0 writes ``selections.json`` (what OFR kept, per update), ``engine_weights.safetensors`` (what a generation
+engine is loaded with after the last update: the weights gathered from every rank's shards, adapters merged) and
+``pools.json`` (each rank's environment pool, and its Ray job when the pool is on Ray) into the run folder.
 
     torchrun --nproc_per_node 2 tests/distributed_grpo.py --replay episodes.pkl --set output_dir=run ...
 """
@@ -58,6 +58,12 @@ class Replayer:
         return [self.episodes[spec] for spec in specs]
 
 
+def ray_job() -> str | None:
+    """This process's Ray job, if it joined a Ray cluster."""
+    ray = sys.modules.get("ray")
+    return ray.get_runtime_context().get_job_id() if ray is not None and ray.is_initialized() else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     mode = parser.add_mutually_exclusive_group(required=True)
@@ -85,7 +91,9 @@ def main() -> None:
             trainer.ofr.collect = recording_collect
         trainer.train()
         engine_weights = {name: value.clone() for name, value in trainer.policy.plain_weights()}  # every rank
+        pools = trainer.ranks.gather({"pool": type(trainer.pool).__name__, "ray_job": ray_job()})
         if trainer.ranks.is_main:
+            (trainer.run_dir / "pools.json").write_text(json.dumps(pools))
             (trainer.run_dir / "selections.json").write_text(json.dumps(selections))
             save_file(engine_weights, trainer.run_dir / "engine_weights.safetensors")
             if args.record:

@@ -147,6 +147,23 @@ def test_trainer_benchmark_report(tmp_path):
     assert "| generation (s per step) |" in done.stdout
 
 
+@pytest.mark.timeout(300)
+def test_distributed_benchmark_report(tmp_path):
+    """1 and 2 processes of ``pyvision train`` side by side: the update batch's tokens per second, and the
+    training state per parameter halved by sharding (float32 AdamW: 16 bytes in one process, 8 on each of two)."""
+    done = run_quick("distributed", tmp_path, timeout=280)
+    report = json.loads((tmp_path / "distributed.json").read_text())
+    one, two = report["results"]["1 process"], report["results"]["2 processes"]
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert len(one["rows"]) == len(two["rows"]) == report["settings"]["steps"]
+    for arm in (one, two):
+        assert arm["mean"]["throughput/update_tokens_per_s"] > 0 and arm["mean"]["time/update"] > 0
+    assert one["mean"]["memory/state_bytes_per_parameter"] == pytest.approx(16.0, rel=0.01)
+    assert two["mean"]["memory/state_bytes_per_parameter"] == pytest.approx(8.0, rel=0.05)
+    assert two["mean"]["time/weight_sync"] > 0 == one["mean"]["time/weight_sync"]  # a copy to load / none
+    assert "| 2 processes |" in done.stdout and "scaling efficiency" in done.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_cluster_benchmark_report(tmp_path):

@@ -170,3 +170,28 @@ def test_lora_on_two_ranks_makes_the_updates_of_one_process(one_process, tmp_pat
     for name, value in expected.items():
         assert torch.allclose(got[name], value, rtol=0, atol=LR / 100), name
     assert_engines_get_the_checkpoints_weights(tmp_path / "two")
+
+
+@pytest.mark.timeout(400)
+def test_each_rank_plays_its_share_on_ray_actors_of_its_own(tmp_path, model_dir):
+    """``pool.backend: ray`` under torchrun: both ranks join one Ray cluster, each plays its episodes on its own
+    environment workers (real kernels in the actors), and the update trains on the groups of both."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 100 * 2**20})
+    try:
+        train(2, tmp_path / "run", model_dir, tmp_path / "played.pkl", "steps=1", "pool.backend=ray",
+              f"pool.address={cluster.address}", "pool.workers=1", "pool.envs_per_worker=2",
+              "pool.cpus_per_worker=0.25", "pool.call_timeout=120", record=True)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    pools = json.loads((tmp_path / "run" / "pools.json").read_text())
+    assert [pool["pool"] for pool in pools] == ["RayEnvPool", "RayEnvPool"]
+    assert None not in {pool["ray_job"] for pool in pools} and len({pool["ray_job"] for pool in pools}) == 2
+    [row] = [json.loads(line) for line in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    # the scripted sampler calls the tool in every other episode: only kernels that ran make those right
+    assert row["trained_trajectories"] == 6 and 0 < row["tool_calls"] < 1
+    assert row["accuracy"] == pytest.approx(row["tool_calls"])
+

@@ -192,3 +192,10 @@ def test_two_ranks_engines_load_the_weights_gathered_from_the_shards(tmp_path):
     found = json.loads(result.read_text())
     assert [rank["rank"] for rank in found] == [0, 1]
     assert all(rank["changed"] and rank["matches"] and rank["seconds"] > 0 for rank in found), found
+
+
+def test_an_engine_over_several_gpus_is_refused_with_the_reason(tmp_path):
+    model_dir = make_tiny_text_model(tmp_path / "model")
+    chat = ChatTokenizer(AutoTokenizer.from_pretrained(model_dir), image_processor=None)
+    with pytest.raises(ValueError, match="one engine per GPU"):
+        VLLMBackend(str(model_dir), chat, tensor_parallel_size=2)

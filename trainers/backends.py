@@ -216,6 +216,13 @@ class VLLMBackend(GenerationBackend):
             raise ImportError(f"the vLLM backend needs vllm>={VLLM_FLOOR} (reload_weights from memory); this is "
                               f"{vllm.__version__}")
 
+        parallel = {key: engine_options[key] for key in ("tensor_parallel_size", "pipeline_parallel_size")
+                    if engine_options.get(key, 1) != 1}
+        if parallel:
+            raise ValueError(f"{parallel}: an engine over several GPUs is not supported by the trainer yet — its "
+                             "weight sync streams tensors inside this process, and under torchrun every rank plays "
+                             "its own episodes (an engine shared by ranks needs them in lockstep); run one engine "
+                             "per GPU (one rank each)")
         self.image_token_id = chat.image_token_id
         self.never_sampled = dict.fromkeys(chat.never_sampled, -100.0)
         engine_options.setdefault("logprobs_mode", "processed_logprobs")

@@ -9,6 +9,9 @@ The benchmarks:
 
 * :mod:`.cluster` — environments on Ray actors against environments in this process (vector steps/s as workers
   are added, one step's round trip, bytes moved per observation, memory per worker);
+* :mod:`.distributed` — the trainer at 1 and 2 data-parallel processes (update tokens/s, scaling efficiency),
+  the training state's bytes per parameter in each memory setting (full, LoRA), weight-sync time, and a step
+  one step off-policy;
 * :mod:`.engine` — the sandboxed kernel execution engine against a bare ``jupyter_client`` kernel measured side
   by side in the same run (start-up, pooled acquire, per-cell round trip, image display, interrupt, throughput
   under concurrency, memory per kernel);

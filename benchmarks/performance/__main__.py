@@ -22,6 +22,7 @@ from .report import machine_description
 
 PERFORMANCE_BENCHMARKS = {
     "cluster": "benchmarks.performance.cluster",
+    "distributed": "benchmarks.performance.distributed",
     "engine": "benchmarks.performance.engine",
     "env": "benchmarks.performance.env",
     "ofr": "benchmarks.performance.ofr",
