@@ -149,8 +149,8 @@ def shard_model(model: Any, ranks: Ranks, compute_dtype: str, blank_image: Mappi
     ``compute_dtype``, gradients reduced in float32, parameters kept in their own (master) dtype. ``offload``
     keeps parameters, gradients and optimizer state in CPU memory between uses (FSDP2's ``CPUOffloadPolicy``).
 
-    A LoRA model's adapters (:mod:`trainers.lora`) are units of their own, since a unit's parameters share one
-    dtype. ``blank_image``: the processor's ``pixel_values`` and ``image_grid_thw`` of a small blank image; forward
+    A LoRA model's adapters (:mod:`trainers.lora`) are sharded apart from the frozen weights, since a unit's
+    parameters share one dtype: each layer's adapters form one unit. ``blank_image``: the processor's ``pixel_values`` and ``image_grid_thw`` of a small blank image; forward
     passes without images run the vision tower on it (see the module docstring). None for a text-only model.
     """
     import torch
@@ -170,8 +170,13 @@ def shard_model(model: Any, ranks: Ranks, compute_dtype: str, blank_image: Mappi
     if not units:
         log.warning("%s names no layer classes (_no_split_modules): it is sharded as one unit",
                     type(model).__name__)
-    for adapter in adapter_modules(model):  # in the master dtype, beside frozen weights in the compute dtype
-        fully_shard(adapter, **settings)
+    adapters = adapter_modules(model)  # in the master dtype, beside frozen weights in the compute dtype
+    for unit in [*units, model]:  # a unit's adapters form one group, gathered at once; any others, one more
+        inside = set(unit.modules())
+        group = [adapter for adapter in adapters if adapter in inside]
+        if group:
+            fully_shard(group, **settings)
+            adapters = [adapter for adapter in adapters if adapter not in inside]
     for unit in units:
         fully_shard(unit, **settings)
     fully_shard(model, **settings)
