@@ -160,7 +160,8 @@ def test_distributed_benchmark_report(tmp_path):
         assert arm["mean"]["throughput/update_tokens_per_s"] > 0 and arm["mean"]["time/update"] > 0
     assert one["mean"]["memory/state_bytes_per_parameter"] == pytest.approx(16.0, rel=0.01)
     assert two["mean"]["memory/state_bytes_per_parameter"] == pytest.approx(8.0, rel=0.05)
-    assert two["mean"]["time/weight_sync"] > 0 == one["mean"]["time/weight_sync"]  # a copy to load / none
+    # 2 processes load a generation copy; 1 process samples from the trained model itself
+    assert two["mean"]["time/weight_sync"] > 100 * one["mean"]["time/weight_sync"]
     assert "| 2 processes |" in done.stdout and "scaling efficiency" in done.stdout
 
 
