@@ -554,6 +554,11 @@ def test_the_one_step_off_loop_trains_on_the_behaviour_policys_log_probs(tmp_pat
     assert kwargs["importance_cap"] == 2.0
 
 
+def test_offload_in_one_process_is_refused(tmp_path, model_dir):
+    with pytest.raises(ValueError, match="needs several processes"):
+        GRPOTrainer(small_config(tmp_path, model_dir, **{"distributed.offload": "true"}))
+
+
 def test_staleness_needs_an_engine_with_weights_of_its_own(tmp_path, model_dir):
     with pytest.raises(ValueError, match="staleness must be 0 or more"):
         GRPOTrainer(small_config(tmp_path, model_dir, **{"rollout.staleness": -1}))

@@ -205,7 +205,7 @@ class DistributedConfig:
     generation round, since ranks meet after each one (a killed rank fails the others at once)."""
     offload: bool = False
     """Keep the sharded parameters, gradients and optimizer state in CPU memory between uses (FSDP2's
-    ``CPUOffloadPolicy``, GPUs only): slower, for a model that does not fit otherwise."""
+    ``CPUOffloadPolicy``; several processes, GPUs): slower, for a model that does not fit otherwise."""
 
 
 @dataclass

@@ -188,6 +188,9 @@ class GRPOTrainer:
                              "generation backend with weights of its own, not one sharing the trainer's")
         self.importance_cap = importance_cap(config)
         self.ranks = Ranks.from_environment(config.distributed.timeout_s, config.model.device)
+        if config.distributed.offload and self.ranks.size == 1:
+            raise ValueError("distributed.offload keeps the shards of a sharded model in CPU memory: it needs "
+                             "several processes (pyvision train --nproc N, or torchrun)")
         self.run_dir = start_run(config, self.ranks.rank)
         self.policy = load_policy(config.model, device=self.ranks.device)
         self.engine_sleeps = engine_sleeps(config, self.policy.device)

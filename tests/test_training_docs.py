@@ -1,0 +1,67 @@
+"""docs/training.md stays true: every command in it loads as a valid config, and its memory table is the
+arithmetic it states."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from trainers.config import GRPOConfig, load_config
+from trainers.grpo import engine_sleeps, importance_cap
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = (ROOT / "docs" / "training.md").read_text()
+
+PARAMETERS = {"Qwen2.5-VL-3B": 3_754_622_976, "Qwen2.5-VL-7B": 8_292_166_656}
+"""Of the published configurations, counted on the meta device (tests/test_gpu_scale.py counts them again)."""
+LORA_PARAMETERS = {"Qwen2.5-VL-3B": 36 * 64 * (2 * 4096 + 2 * 2304 + 3 * 13056),
+                   "Qwen2.5-VL-7B": 28 * 64 * (2 * 7168 + 2 * 4096 + 3 * 22528)}
+"""Rank 64 on q, k, v, o, gate, up and down of every decoder layer: rank x (inputs + outputs) each."""
+
+
+def train_commands() -> list[list[str]]:
+    """The arguments of every ``pyvision train`` (or torchrun ``-m pyvision_env.cli train``) in the bash blocks."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", DOC, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line.split("#")[0])
+            if "train" in words and ("pyvision" in words or "pyvision_env.cli" in words):
+                commands.append(words[words.index("train") + 1:])
+    return commands
+
+
+def test_the_docs_give_a_command_for_every_recipe():
+    commands = train_commands()
+    assert len(commands) == 5  # CPU data parallel, 7B LoRA, 3B full, one node, several nodes
+    assert sum("--nproc" in words for words in commands) == 2
+
+
+@pytest.mark.parametrize("words", train_commands(), ids=lambda words: " ".join(words)[:60])
+def test_every_training_command_in_the_docs_is_a_valid_config(words):
+    config_file, overrides = words[0], [words[i + 1] for i, word in enumerate(words) if word == "--set"]
+    config = load_config(GRPOConfig, ROOT / config_file, overrides)
+    importance_cap(config)  # the algorithm's settings agree
+    engine_sleeps(config, "cuda:0")
+    assert config.model.path  # every recipe names its model
+
+
+def test_the_memory_table_is_the_arithmetic_it_states():
+    rows = re.findall(r"^\| (Qwen2\.5-VL-\dB) \| (full|LoRA r64) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| "
+                      r"(yes|no) \| (yes|no) \|$", DOC, flags=re.M)
+    assert len(rows) == 8
+    for model, setting, gpus, state, engine, together, fits_80, fits_141 in rows:
+        total, gpus = PARAMETERS[model], int(gpus)
+        expected_state = (16 * total if setting == "full" else 2 * total + 16 * LORA_PARAMETERS[model]) / gpus / 1e9
+        expected_engine = 2 * total / 1e9
+        assert float(state) == pytest.approx(expected_state, abs=0.006), (model, setting, gpus)
+        assert float(engine) == pytest.approx(expected_engine, abs=0.006)
+        assert float(together) == pytest.approx(expected_state + expected_engine, abs=0.011)
+        assert (fits_80 == "yes", fits_141 == "yes") == (float(together) < 80, float(together) < 141)
+
+
+def test_the_stated_lora_sizes_are_the_counted_ones():
+    assert round(LORA_PARAMETERS["Qwen2.5-VL-7B"] / 1e6, 1) == 161.5 and "161.5" in DOC
+    assert round(LORA_PARAMETERS["Qwen2.5-VL-3B"] / 1e6, 1) == 119.7 and "119.7" in DOC
