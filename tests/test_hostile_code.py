@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import socket
 import struct
 import sys
@@ -712,6 +713,20 @@ def test_parent_environment_is_not_inherited(monkeypatch):
             "    except OSError:\n        pass\n"
             f"print(len(blobs) > 0, any({secret.encode()!r} in b for b in blobs), any(b'PYVISION_TEST' in b for b in blobs))")
         assert result.ok and result.stdout == "True False False\n", result.stdout
+
+
+@requires_sandbox
+def test_the_sandboxs_pid_1_shows_nothing_of_the_host(monkeypatch):
+    """Bubblewrap is the sandbox's PID 1: its environment is the kernel's own and its options (host paths,
+    mounts) reach it through a file descriptor, so /proc/1 tells a cell nothing the kernel does not know."""
+    monkeypatch.setenv("PATH", f"/host-marker-{uuid.uuid4().hex}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    eng = quiet_engine(limits=FAST_LIMITS, spare_kernels=0)
+    with eng, eng.session() as s:
+        result = s.run("import glob\nfor p in sorted(glob.glob('/proc/[0-9]*')):\n"
+                       "    print(open(p + '/environ', 'rb').read() + open(p + '/cmdline', 'rb').read())")
+    assert result.ok and result.stdout.count("\n") >= 2, result.stdout  # bubblewrap and the kernel at least
+    assert "host-marker" not in result.stdout
+    assert "--ro-bind" not in result.stdout and "--tmpfs" not in result.stdout and "--args" in result.stdout
 
 
 @requires_sandbox

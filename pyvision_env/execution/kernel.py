@@ -34,7 +34,7 @@ from jupyter_client.connect import write_connection_file
 from .limits import ExecutionLimits, SandboxConfig
 from .output import OutputCollector, PendingImage
 from .records import CellResult, CellStatus
-from .sandbox import Cgroup, CgroupManager, bubblewrap_command, kernel_environment, make_preexec
+from .sandbox import Cgroup, CgroupManager, bubblewrap_options, kernel_environment, make_preexec, options_file
 
 KERNEL_SIDE_CODE = (Path(__file__).with_name("kernel_side.py")).read_text()
 IDLE_WAIT = 0.5
@@ -63,15 +63,23 @@ class KernelDiedError(RuntimeError):
 
 
 def _launch(command: list[str], env: dict[str, str], directory: Path, limits: ExecutionLimits,
-            cgroups: CgroupManager | None, kernel_id: str) -> tuple[subprocess.Popen, Cgroup | None]:
-    """Create the kernel's cgroup and fork the process (runs on the spawner thread, off the event loop)."""
+            cgroups: CgroupManager | None, kernel_id: str, sandbox_options: list[str] | None
+            ) -> tuple[subprocess.Popen, Cgroup | None]:
+    """Create the kernel's cgroup and fork the process (runs on the spawner thread, off the event loop), inside
+    bubblewrap with ``sandbox_options`` when given. Bubblewrap, the sandbox's PID 1, gets the kernel's own
+    environment and its options through a file descriptor: a cell reading ``/proc/1`` learns nothing of the
+    host."""
     cgroup = cgroups.create(f"k-{kernel_id}", limits) if cgroups is not None else None
     cgroup_fds = cgroup.open_procs() if cgroup is not None else []
+    options_fd = options_file(sandbox_options) if sandbox_options is not None else None
+    if options_fd is not None:
+        command = [shutil.which("bwrap") or "bwrap", "--args", str(options_fd), "--", *command]
     log = open(directory / "kernel.log", "wb")  # noqa: SIM115 - handed to the child
     try:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
             cwd=str(directory / "work"), start_new_session=True, close_fds=True,
+            pass_fds=() if options_fd is None else (options_fd,),
             preexec_fn=make_preexec(limits, cgroup_fds, die_with_parent=True))
     except OSError as exc:
         _remove_tree(directory)
@@ -80,7 +88,7 @@ def _launch(command: list[str], env: dict[str, str], directory: Path, limits: Ex
         raise KernelStartError(f"could not launch the kernel: {exc}") from exc
     finally:
         log.close()
-        for fd in cgroup_fds:
+        for fd in cgroup_fds if options_fd is None else [*cgroup_fds, options_fd]:
             os.close(fd)
     return process, cgroup
 
@@ -174,12 +182,10 @@ class Kernel:
         python = config.python or sys.executable
         command = [python, "-m", "ipykernel_launcher", "-f", str(connection_file), *KERNEL_FLAGS]
         env = kernel_environment(config, home=str(directory / "work"))
-        if sandboxed:
-            command = bubblewrap_command(directory, directory / "work", directory / "inputs", config,
-                                         limits, env) + command
-            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        sandbox_options = bubblewrap_options(directory, directory / "work", directory / "inputs", config, limits,
+                                             env) if sandboxed else None
         launch = asyncio.get_running_loop().run_in_executor(
-            _spawner(), _launch, command, env, directory, limits, cgroups, kernel_id)
+            _spawner(), _launch, command, env, directory, limits, cgroups, kernel_id, sandbox_options)
         try:
             process, cgroup = await asyncio.shield(launch)
         except asyncio.CancelledError:

@@ -232,10 +232,12 @@ def kernel_environment(config: SandboxConfig, home: str) -> dict[str, str]:
     return env
 
 
-def bubblewrap_command(kernel_dir: Path, work_dir: Path, inputs_dir: Path, config: SandboxConfig,
+def bubblewrap_options(kernel_dir: Path, work_dir: Path, inputs_dir: Path, config: SandboxConfig,
                        limits: ExecutionLimits, env: dict[str, str]) -> list[str]:
-    """The ``bwrap`` prefix for one kernel: what is visible, writable and reachable."""
-    cmd = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+    """The ``bwrap`` options for one kernel: what is visible, writable and reachable. They reach bubblewrap
+    through a file descriptor (:func:`options_file`), not its command line, which the kernel can read as its
+    PID 1's ``/proc/1/cmdline``."""
+    cmd = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
            "--size", str(limits.disk_bytes), "--tmpfs", "/tmp"]
     for hidden in config.hidden_paths:
         if os.path.isdir(hidden) and not os.path.islink(hidden):
@@ -251,7 +253,16 @@ def bubblewrap_command(kernel_dir: Path, work_dir: Path, inputs_dir: Path, confi
             "--new-session", "--die-with-parent", "--clearenv", "--chdir", str(work_dir)]
     for key, value in env.items():
         cmd += ["--setenv", key, value]
-    return cmd + ["--"]
+    return cmd
+
+
+def options_file(options: list[str]) -> int:
+    """A file descriptor (unnamed, in memory) holding ``options`` as ``bwrap --args FD`` reads them:
+    NUL-terminated, from the start. The caller passes it to the child and closes it."""
+    fd = os.memfd_create("pyvision-bwrap-options")
+    os.write(fd, b"".join(option.encode() + b"\0" for option in options))
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _python_paths(config: SandboxConfig, engine_root: Path) -> tuple[str, ...]:
