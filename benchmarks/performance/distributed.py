@@ -42,7 +42,7 @@ NAME = "distributed"
 DESCRIPTION = "GRPO updates at 1 and 2 processes (scaling), state bytes per parameter, weight sync, one step off"
 
 MODEL = {"hidden_size": 256, "layers": 4, "vision_depth": 2}
-"""The benchmark's random Qwen2.5-VL (about 5 M parameters with the 1024-token vocabulary)."""
+"""The benchmark's random Qwen2.5-VL (2.7 M parameters with the 1024-token vocabulary)."""
 
 METRICS = ("throughput/update_tokens_per_s", "throughput/tokens_per_s", "memory/state_bytes_per_parameter",
            "time/update", "time/generation", "time/weight_sync", "time/step", "staleness")
