@@ -363,6 +363,19 @@ def test_a_failing_request_fails_its_episode_only():
     assert backend.batches[0] == 3 and sorted(backend.batches[1:]) == [1, 1, 1]  # the batch, then one by one
 
 
+def test_an_update_whose_every_episode_failed_stops_the_run_with_the_reason(tmp_path, model_dir):
+    """A generation engine that fails every request (out of memory, say) makes no update of NaNs: the run stops
+    and says why."""
+    class OutOfMemory(GenerationBackend):
+        def generate(self, prompts, sampling):
+            raise RuntimeError("CUDA out of memory (simulated)")
+
+    with GRPOTrainer(small_config(tmp_path, model_dir, **{"eval.every": 0, "ofr.enabled": "false"})) as trainer:
+        trainer.backend = trainer.collector.backend = OutOfMemory()
+        with pytest.raises(RuntimeError, match=r"every episode of update 1 failed .*CUDA out of memory"):
+            trainer.train()
+
+
 def _sampled_trajectories(policy, n: int = 2) -> list[Trajectory]:
     chat = policy.chat
     prompt = chat.prompt(conversation()[:2])

@@ -114,7 +114,7 @@ def episode_record(trajectory: Trajectory) -> dict[str, Any]:
     return {"reward": trajectory.reward, "correct": float(trajectory.correct), "tool_calls": trajectory.tool_calls,
             "turns": trajectory.turns, "visual_tokens": trajectory.info.get("visual_tokens", 0),
             "response_tokens": trajectory.sampled_tokens, "over_length": float(trajectory.end_reason == "over_length"),
-            "components": dict(trajectory.info.get("episode", {}).get("components") or {})}
+            "components": dict(trajectory.info.get("episode", {}).get("components") or {}), "error": trajectory.error}
 
 
 def episode_summary(records: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -310,7 +310,7 @@ class GRPOTrainer:
             if self._producer:
                 self._producer.close()
                 self._producer = None
-            if main:
+            if main and (self.logger.history("train") or self.logger.history("eval")):  # else nothing to plot
                 plot_run(self.run_dir)
         return {"train": metrics, "eval": last_eval}
 
@@ -319,6 +319,10 @@ class GRPOTrainer:
         update trained), loss, optimizer steps, weight sync. Returns its metrics (the same on every rank)."""
         started = time.perf_counter()
         batch = self._producer.take() if self._producer else self._generate(self.step_number, self.ranks)
+        failed = [record["error"] for record in batch.records if record["error"]]
+        if batch.records and len(failed) == len(batch.records):  # a broken engine, not bad episodes
+            raise RuntimeError(f"every episode of update {self.step_number} failed ({len(failed)} on all ranks); "
+                               f"the first: {failed[0]}")
         self.data_position = batch.data_position
         clock = dict(batch.clock)
         sleeping = time.perf_counter()
