@@ -246,6 +246,8 @@ class GRPOTrainer:
         """The producer thread's own process group: two threads' collectives must never share one."""
         self.last_eval: list[Trajectory] = []
         """The episodes this rank played in the last evaluation."""
+        if self.policy.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()  # memory/peak_gib: the updates', not the model loading's
 
     def _make_backend(self, generation_copy: Any) -> GenerationBackend:
         rollout = self.config.rollout
