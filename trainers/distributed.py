@@ -150,8 +150,9 @@ def shard_model(model: Any, ranks: Ranks, compute_dtype: str, blank_image: Mappi
     keeps parameters, gradients and optimizer state in CPU memory between uses (FSDP2's ``CPUOffloadPolicy``).
 
     A LoRA model's adapters (:mod:`trainers.lora`) are sharded apart from the frozen weights, since a unit's
-    parameters share one dtype: each layer's adapters form one unit. ``blank_image``: the processor's ``pixel_values`` and ``image_grid_thw`` of a small blank image; forward
-    passes without images run the vision tower on it (see the module docstring). None for a text-only model.
+    parameters share one dtype: each layer's adapters form one unit. ``blank_image``: the processor's
+    ``pixel_values`` and ``image_grid_thw`` of a small blank image; forward passes without images run the vision
+    tower on it (see the module docstring). None for a text-only model.
     """
     import torch
     from torch.distributed.device_mesh import init_device_mesh

@@ -71,15 +71,16 @@ def _launch(command: list[str], env: dict[str, str], directory: Path, limits: Ex
     host."""
     cgroup = cgroups.create(f"k-{kernel_id}", limits) if cgroups is not None else None
     cgroup_fds = cgroup.open_procs() if cgroup is not None else []
-    options_fd = options_file(sandbox_options) if sandbox_options is not None else None
-    if options_fd is not None:
-        command = [shutil.which("bwrap") or "bwrap", "--args", str(options_fd), "--", *command]
+    inherited: tuple[int, ...] = ()  # descriptors the child keeps open
+    if sandbox_options is not None:
+        inherited = (options_file(sandbox_options),)
+        command = [shutil.which("bwrap") or "bwrap", "--args", str(inherited[0]), "--", *command]
     log = open(directory / "kernel.log", "wb")  # noqa: SIM115 - handed to the child
     try:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
             cwd=str(directory / "work"), start_new_session=True, close_fds=True,
-            pass_fds=() if options_fd is None else (options_fd,),
+            pass_fds=inherited,
             preexec_fn=make_preexec(limits, cgroup_fds, die_with_parent=True))
     except OSError as exc:
         _remove_tree(directory)
@@ -88,7 +89,7 @@ def _launch(command: list[str], env: dict[str, str], directory: Path, limits: Ex
         raise KernelStartError(f"could not launch the kernel: {exc}") from exc
     finally:
         log.close()
-        for fd in cgroup_fds if options_fd is None else [*cgroup_fds, options_fd]:
+        for fd in (*cgroup_fds, *inherited):
             os.close(fd)
     return process, cgroup
 
