@@ -22,11 +22,12 @@ requires_sandbox = pytest.mark.skipif(not SANDBOX_WORKS, reason=f"needs bubblewr
 
 
 def kernel_processes() -> list[psutil.Process]:
-    """ipykernel processes started by this test process (directly or through bubblewrap)."""
+    """ipykernel processes started by this test process (directly, through bubblewrap, or forked by an engine's
+    kernel factory)."""
     found = []
     for proc in psutil.Process(os.getpid()).children(recursive=True):
         try:
-            if "ipykernel_launcher" in " ".join(proc.cmdline()):
+            if "ipykernel_launcher" in " ".join(proc.cmdline()) or proc.name() == "pyvision-kernel":
                 found.append(proc)
         except psutil.Error:
             continue

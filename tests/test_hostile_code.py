@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pyvision_env.execution import CellStatus, EpisodeLimitError
+from pyvision_env.execution import CellStatus, EpisodeLimitError, SandboxConfig
 
 from .conftest import FAST_LIMITS, SANDBOX_WORKS, quiet_engine, requires_sandbox, wait_until
 
@@ -99,10 +99,31 @@ def make_png_header_bomb(width: int, height: int) -> bytes:
             + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
 
 
+@pytest.fixture(scope="module", params=["fork", "exec"])
+def kernel_start(request):
+    """Every test of this module runs against kernels forked by the factory and against new interpreters."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def limited_engine():
+def engine(kernel_start):
+    eng = quiet_engine(spare_kernels=2, max_kernels=48, sandbox=SandboxConfig(kernel_start=kernel_start))
+    assert eng.status().kernel_start == kernel_start, eng.status().kernel_start_reason
+    yield eng
+    eng.close()
+
+
+@pytest.fixture
+def session(engine):
+    with engine.session() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def limited_engine(kernel_start):
     """An engine whose kernels start with small memory, disk, file, process and descriptor limits."""
-    eng = quiet_engine(limits=RESOURCE_LIMITS, spare_kernels=1, max_kernels=8)
+    eng = quiet_engine(limits=RESOURCE_LIMITS, spare_kernels=1, max_kernels=8,
+                       sandbox=SandboxConfig(kernel_start=kernel_start))
     yield eng
     eng.close()
 
@@ -408,10 +429,10 @@ def test_flood_that_ends_at_once_does_not_hurt_the_next_cell(engine):
 
 
 @pytest.mark.parametrize("fd", [1, 2])
-def test_descriptor_level_flood_neither_fills_the_host_disk_nor_breaks_forwarding(fd):
+def test_descriptor_level_flood_neither_fills_the_host_disk_nor_breaks_forwarding(fd, kernel_start):
     """ipykernel copies what is written to fds 1/2 to the kernel's log file, which lives on the host."""
     limits = FLOOD_LIMITS.replace(cell_timeout=4.0, max_file_bytes=3 * MiB)
-    eng = quiet_engine(limits=limits, spare_kernels=1)
+    eng = quiet_engine(limits=limits, spare_kernels=1, sandbox=SandboxConfig(kernel_start=kernel_start))
     with eng, eng.session() as s:
         log = kernel_of(s).directory / "kernel.log"
         for _ in range(3):  # 6 MiB in all: twice the kernel's file-size limit
@@ -698,10 +719,10 @@ def test_home_directory_and_ssh_keys_are_hidden(session):
     assert set(host_home) - python_dirs, "the check is meaningful only if the host home has other entries"
 
 
-def test_parent_environment_is_not_inherited(monkeypatch):
+def test_parent_environment_is_not_inherited(monkeypatch, kernel_start):
     secret = f"hunter2-{uuid.uuid4().hex}"
     monkeypatch.setenv("PYVISION_TEST_SECRET", secret)
-    eng = quiet_engine(limits=FAST_LIMITS, spare_kernels=1)
+    eng = quiet_engine(limits=FAST_LIMITS, spare_kernels=1, sandbox=SandboxConfig(kernel_start=kernel_start))
     with eng, eng.session() as s:
         own = s.run("import os\nprint('PYVISION_TEST_SECRET' in os.environ, os.environ.get('PYVISION_TEST_SECRET'))")
         assert own.ok and own.stdout == "False None\n", own.stdout
@@ -716,17 +737,21 @@ def test_parent_environment_is_not_inherited(monkeypatch):
 
 
 @requires_sandbox
-def test_the_sandboxs_pid_1_shows_nothing_of_the_host(monkeypatch):
-    """Bubblewrap is the sandbox's PID 1: its environment is the kernel's own and its options (host paths,
-    mounts) reach it through a file descriptor, so /proc/1 tells a cell nothing the kernel does not know."""
+@pytest.mark.parametrize("kernel_start", ["exec", "fork"])
+def test_the_sandboxs_pid_1_shows_nothing_of_the_host(monkeypatch, kernel_start):
+    """The sandbox's PID 1 (bubblewrap, or a forked kernel's init) has the kernel's own environment, and
+    bubblewrap's options (host paths, mounts) reach it through a file descriptor, so /proc tells a cell nothing
+    the kernel does not know."""
     monkeypatch.setenv("PATH", f"/host-marker-{uuid.uuid4().hex}:{os.environ.get('PATH', '/usr/bin:/bin')}")
-    eng = quiet_engine(limits=FAST_LIMITS, spare_kernels=0)
+    eng = quiet_engine(limits=FAST_LIMITS, spare_kernels=0, sandbox=SandboxConfig(kernel_start=kernel_start))
     with eng, eng.session() as s:
         result = s.run("import glob\nfor p in sorted(glob.glob('/proc/[0-9]*')):\n"
                        "    print(open(p + '/environ', 'rb').read() + open(p + '/cmdline', 'rb').read())")
-    assert result.ok and result.stdout.count("\n") >= 2, result.stdout  # bubblewrap and the kernel at least
-    assert "host-marker" not in result.stdout
-    assert "--ro-bind" not in result.stdout and "--tmpfs" not in result.stdout and "--args" in result.stdout
+    assert eng.status().kernel_start == kernel_start
+    assert result.ok and result.stdout.count("\n") == 2, result.stdout  # PID 1 and the kernel
+    assert "host-marker" not in result.stdout and "MPLBACKEND=Agg" in result.stdout
+    assert "--ro-bind" not in result.stdout and "--tmpfs" not in result.stdout
+    assert ("--args" in result.stdout) == (kernel_start == "exec"), result.stdout
 
 
 @requires_sandbox

@@ -44,7 +44,8 @@ from PIL import Image
 from ..deprecation import REMOVED_IN, renamed_keywords
 from ..video import reader as video_reader
 from ..video.reader import VideoOptions
-from .kernel import Kernel, KernelDiedError
+from .factory import FactoryError, KernelFactory
+from .kernel import Kernel, KernelDiedError, run_on_spawner
 from .limits import ExecutionLimits, SandboxConfig
 from .loop import LoopThread
 from .records import CellResult, CellStatus, EngineStatus
@@ -59,6 +60,9 @@ T = TypeVar("T")
 
 MAX_VALUES_BYTES = 1 << 20
 SOCKET_PATH_LIMIT = 107
+KERNEL_RECONNECT_MS = 5
+"""How soon a client retries a kernel socket that is not bound yet (ZMQ's default, 100 ms, would be most of a
+forked kernel's start)."""
 RESERVED_PREFIX = "_pyvision"
 
 
@@ -96,6 +100,9 @@ class AsyncEngine:
         self._context: zmq.asyncio.Context | None = None
         self._cgroups: CgroupManager | None = None
         self._supply: KernelSupply | None = None
+        self._factory: KernelFactory | None = None
+        self.kernel_start = "exec"
+        self.kernel_start_reason = "the engine has not started"
         self._finalizer: weakref.finalize | None = None
 
     @staticmethod
@@ -129,24 +136,50 @@ class AsyncEngine:
             raise ValueError(f"SandboxConfig.root_dir is too long for IPC sockets ({longest_socket} > "
                              f"{SOCKET_PATH_LIMIT} bytes): choose a shorter directory such as /tmp")
         self._context = zmq.asyncio.Context()
+        self._context.setsockopt(zmq.RECONNECT_IVL, KERNEL_RECONNECT_MS)
         self._cgroups = CgroupManager() if self.sandbox.use_cgroups else None
+        await self._start_factory()
         self._supply = KernelSupply(self._start_kernel, self._spare_kernels, self._max_kernels)
         self._finalizer = weakref.finalize(self, _emergency_cleanup, self._supply.live, self._root, self._cgroups,
-                                           os.getpid())
+                                           os.getpid(), self._factory)
         atexit.register(self._finalizer)
         self._supply.fill()
         return self
 
+    async def _start_factory(self) -> None:
+        """Start the kernel factory unless kernels are to be started as interpreters; fall back (``"auto"``) or
+        raise (``"fork"``) when it cannot work here."""
+        assert self._root is not None
+        if self.sandbox.kernel_start == "exec":
+            self.kernel_start, self.kernel_start_reason = "exec", "kernel_start='exec' was requested"
+            return
+        factory = KernelFactory(self._root, self.sandbox, isolate=self.isolation == "bubblewrap")
+        try:
+            await run_on_spawner(factory.start)
+        except FactoryError as exc:
+            if self.sandbox.kernel_start == "fork":
+                await self.close()
+                raise
+            log.warning("kernels start as new interpreters (about a second each): %s", exc)
+            self.kernel_start, self.kernel_start_reason = "exec", str(exc).splitlines()[0]
+            return
+        self._factory = factory
+        self.kernel_start, self.kernel_start_reason = "fork", f"forked by the kernel factory (pid {factory.pid})"
+
     async def _start_kernel(self) -> Kernel:
         assert self._root is not None and self._context is not None
         return await Kernel.start(root=self._root, config=self.sandbox, limits=self.limits, context=self._context,
-                                  cgroups=self._cgroups, sandboxed=self.isolation == "bubblewrap")
+                                  cgroups=self._cgroups, sandboxed=self.isolation == "bubblewrap",
+                                  factory=self._factory)
 
     async def close(self) -> None:
         """Kill every kernel and remove every file the engine made. Safe to call twice."""
-        if self._supply is None:
+        if self._context is None:
             return
-        await self._supply.close()
+        if self._supply is not None:
+            await self._supply.close()
+        if self._factory is not None:
+            await run_on_spawner(self._factory.stop)
         if self._cgroups is not None:
             self._cgroups.close()
         if self._root is not None:
@@ -157,6 +190,8 @@ class AsyncEngine:
             self._finalizer.detach()
             atexit.unregister(self._finalizer)
         self._supply = None
+        self._factory = None
+        self._context = None
 
     async def __aenter__(self) -> AsyncEngine:
         return await self.start()
@@ -175,7 +210,9 @@ class AsyncEngine:
             cgroups=self._cgroups.version if self._cgroups is not None else "none",
             live_kernels=supply.live_count if supply else 0, ready_kernels=supply.ready_count if supply else 0,
             max_kernels=self._max_kernels, kernels_started=supply.started if supply else 0,
-            kernels_failed=supply.failed if supply else 0)
+            kernels_failed=supply.failed if supply else 0, kernel_start=self.kernel_start,
+            kernel_start_reason=self.kernel_start_reason,
+            factory_starts=self._factory.starts if self._factory is not None else 0)
 
     # --- sessions --------------------------------------------------------------------------------
 
@@ -546,13 +583,16 @@ def _sweep_dead_engines(parent: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _emergency_cleanup(kernels: set[Kernel], root: Path, cgroups: CgroupManager | None, owner: int) -> None:
+def _emergency_cleanup(kernels: set[Kernel], root: Path, cgroups: CgroupManager | None, owner: int,
+                       factory: KernelFactory | None) -> None:
     """Finalizer / atexit: kill whatever is left without an event loop (only in the process that started
     the kernels: a forked child inherits this handler but must not kill its parent's kernels)."""
     if os.getpid() != owner:
         return
     for kernel in list(kernels):
         kernel.kill_now()
+    if factory is not None:
+        factory.stop()
     if cgroups is not None:
         cgroups.close()
     shutil.rmtree(root, ignore_errors=True)

@@ -23,6 +23,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from typing import TypeVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,11 +32,13 @@ import zmq.asyncio
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.connect import write_connection_file
 
+from .factory import FactoryError, ForkedProcess, KernelFactory
 from .limits import ExecutionLimits, SandboxConfig
 from .output import OutputCollector, PendingImage
 from .records import CellResult, CellStatus
 from .sandbox import Cgroup, CgroupManager, bubblewrap_options, kernel_environment, make_preexec, options_file
 
+T = TypeVar("T")
 KERNEL_SIDE_CODE = (Path(__file__).with_name("kernel_side.py")).read_text()
 IDLE_WAIT = 0.5
 """Seconds to wait for the ``idle`` status after the reply (it can be lost under an output flood)."""
@@ -63,26 +66,28 @@ class KernelDiedError(RuntimeError):
 
 
 def _launch(command: list[str], env: dict[str, str], directory: Path, limits: ExecutionLimits,
-            cgroups: CgroupManager | None, kernel_id: str, sandbox_options: list[str] | None
-            ) -> tuple[subprocess.Popen, Cgroup | None]:
-    """Create the kernel's cgroup and fork the process (runs on the spawner thread, off the event loop), inside
-    bubblewrap with ``sandbox_options`` when given. Bubblewrap, the sandbox's PID 1, gets the kernel's own
-    environment and its options through a file descriptor: a cell reading ``/proc/1`` learns nothing of the
-    host."""
+            cgroups: CgroupManager | None, kernel_id: str, sandbox_options: list[str] | None,
+            factory: KernelFactory | None) -> tuple[KernelProcess, Cgroup | None]:
+    """Create the kernel's cgroup and the process (runs on the spawner thread, off the event loop): forked by
+    ``factory`` when given, else a new interpreter, inside bubblewrap with ``sandbox_options`` when given.
+    Bubblewrap, the sandbox's PID 1, gets the kernel's own environment and its options through a file
+    descriptor: a cell reading ``/proc/1`` learns nothing of the host."""
     cgroup = cgroups.create(f"k-{kernel_id}", limits) if cgroups is not None else None
     cgroup_fds = cgroup.open_procs() if cgroup is not None else []
     inherited: tuple[int, ...] = ()  # descriptors the child keeps open
-    if sandbox_options is not None:
+    if sandbox_options is not None and factory is None:
         inherited = (options_file(sandbox_options),)
         command = [shutil.which("bwrap") or "bwrap", "--args", str(inherited[0]), "--", *command]
     log = open(directory / "kernel.log", "wb")  # noqa: SIM115 - handed to the child
     try:
+        if factory is not None:
+            return factory.fork(directory, directory / "kernel.json", limits, KERNEL_FLAGS, cgroup_fds), cgroup
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
             cwd=str(directory / "work"), start_new_session=True, close_fds=True,
             pass_fds=inherited,
             preexec_fn=make_preexec(limits, cgroup_fds, die_with_parent=True))
-    except OSError as exc:
+    except (OSError, FactoryError) as exc:
         _remove_tree(directory)
         if cgroup is not None:
             cgroup.remove()
@@ -99,11 +104,11 @@ def _discard_launch(launch: asyncio.Future, directory: Path) -> None:
     if launch.cancelled() or launch.exception() is not None:
         return
     process, cgroup = launch.result()
-    with contextlib.suppress(OSError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.kill()
+    _kill_process(process)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=5)
+    if isinstance(process, ForkedProcess):
+        process.close()
     if cgroup is not None:
         cgroup.remove()
     _remove_tree(directory)
@@ -122,6 +127,12 @@ def _spawner() -> concurrent.futures.ThreadPoolExecutor:
     return _spawn_executor
 
 
+async def run_on_spawner(function: Callable[[], T]) -> T:
+    """Run a blocking call on the spawner thread (the kernels' and the factory's parent-death signals are tied
+    to it)."""
+    return await asyncio.get_running_loop().run_in_executor(_spawner(), function)
+
+
 def _forget_spawner() -> None:
     global _spawn_executor
     _spawn_executor = None  # a forked child has no spawner thread; it makes its own on first use
@@ -138,10 +149,23 @@ class CellOutcome:
     pending_images: list[PendingImage] = field(default_factory=list)
 
 
+KernelProcess = subprocess.Popen | ForkedProcess
+"""A kernel's process: a new interpreter (of which the engine is the parent) or a kernel forked by the factory."""
+
+
+def _kill_process(process: KernelProcess) -> None:
+    """SIGKILL the kernel: a new interpreter with its whole session (it runs in one of its own)."""
+    if isinstance(process, subprocess.Popen):
+        with contextlib.suppress(OSError):
+            os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        process.kill()
+
+
 class Kernel:
     """A kernel process, its directory and its client. Create with :meth:`start`; end with :meth:`kill`."""
 
-    def __init__(self, kernel_id: str, directory: Path, process: subprocess.Popen, client: AsyncKernelClient,
+    def __init__(self, kernel_id: str, directory: Path, process: KernelProcess, client: AsyncKernelClient,
                  cgroup: Cgroup | None, sandboxed: bool) -> None:
         self.id = kernel_id
         self.directory = directory
@@ -170,8 +194,10 @@ class Kernel:
 
     @classmethod
     async def start(cls, *, root: Path, config: SandboxConfig, limits: ExecutionLimits,
-                    context: zmq.asyncio.Context, cgroups: CgroupManager | None, sandboxed: bool) -> Kernel:
-        """Launch a kernel, wait until it answers, run the preload. Raises :class:`KernelStartError`."""
+                    context: zmq.asyncio.Context, cgroups: CgroupManager | None, sandboxed: bool,
+                    factory: KernelFactory | None = None) -> Kernel:
+        """Launch a kernel (forked by ``factory`` when given), wait until it answers, run the preload. Raises
+        :class:`KernelStartError`."""
         kernel_id = uuid.uuid4().hex[:12]
         directory = root / f"k-{kernel_id}"
         directory.mkdir(mode=0o700)
@@ -184,9 +210,9 @@ class Kernel:
         command = [python, "-m", "ipykernel_launcher", "-f", str(connection_file), *KERNEL_FLAGS]
         env = kernel_environment(config, home=str(directory / "work"))
         sandbox_options = bubblewrap_options(directory, directory / "work", directory / "inputs", config, limits,
-                                             env) if sandboxed else None
+                                             env) if sandboxed and factory is None else None
         launch = asyncio.get_running_loop().run_in_executor(
-            _spawner(), _launch, command, env, directory, limits, cgroups, kernel_id, sandbox_options)
+            _spawner(), _launch, command, env, directory, limits, cgroups, kernel_id, sandbox_options, factory)
         try:
             process, cgroup = await asyncio.shield(launch)
         except asyncio.CancelledError:
@@ -240,7 +266,8 @@ class Kernel:
             return "still running"
         if code < 0:
             return f"killed by signal {signal.Signals(-code).name}"
-        if code > 128 and self.sandboxed:  # bwrap reports a signalled child as 128 + signal
+        if code > 128 and self.sandboxed and isinstance(self.process, subprocess.Popen):
+            # bwrap reports a signalled child as 128 + signal
             try:
                 return f"killed by signal {signal.Signals(code - 128).name}"
             except ValueError:
@@ -286,10 +313,7 @@ class Kernel:
     def _send_kill(self) -> None:
         """SIGKILL the kernel's session (the kernel runs in one of its own), the process, and its cgroup."""
         self._killed = True
-        with contextlib.suppress(OSError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            self.process.kill()
+        _kill_process(self.process)
         if self.cgroup is not None:
             self.cgroup.kill_all()
 
@@ -301,6 +325,8 @@ class Kernel:
                 self._poller.unregister(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
+        if isinstance(self.process, ForkedProcess):
+            self.process.close()
         if self.cgroup is not None:
             self.cgroup.remove()
         _remove_tree(self.directory)

@@ -102,6 +102,7 @@ class ExecutionLimits:
 
 
 ISOLATION_MODES = ("auto", "bubblewrap", "none")
+KERNEL_START_MODES = ("auto", "fork", "exec")
 
 DEFAULT_PRELOAD = (
     "import io, base64, math, os, sys, json",
@@ -129,6 +130,11 @@ class SandboxConfig:
     """
 
     isolation: str = "auto"
+    kernel_start: str = "auto"
+    """How kernels are made: ``"fork"`` from the engine's kernel factory, which imported everything once (tens
+    of milliseconds, pages shared; see :mod:`pyvision_env.execution.factory`), or ``"exec"``, a new interpreter
+    each (about a second). ``"auto"`` (default) forks where the factory works here and otherwise starts
+    interpreters, saying why in ``engine.status()``; ``"fork"`` raises instead."""
     use_cgroups: bool = True
     """Put each kernel in its own cgroup (``pids.max``, memory) when the cgroup filesystem is writable."""
     python: str | None = None
@@ -151,4 +157,7 @@ class SandboxConfig:
     def __post_init__(self) -> None:
         if self.isolation not in ISOLATION_MODES:
             raise ValueError(f"SandboxConfig.isolation must be one of {ISOLATION_MODES}, got {self.isolation!r}")
+        if self.kernel_start not in KERNEL_START_MODES:
+            raise ValueError(f"SandboxConfig.kernel_start must be one of {KERNEL_START_MODES}, "
+                             f"got {self.kernel_start!r}")
         _check_positive(self, ("startup_timeout",))

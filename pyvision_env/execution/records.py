@@ -108,6 +108,12 @@ class EngineStatus:
     max_kernels: int
     kernels_started: int
     kernels_failed: int
+    kernel_start: str = "exec"
+    """``"fork"`` (from the kernel factory) or ``"exec"`` (a new interpreter per kernel)."""
+    kernel_start_reason: str = ""
+    """Why kernels start as they do (e.g. why the factory could not work here)."""
+    factory_starts: int = 0
+    """Times the kernel factory was started (more than one: it died and was replaced)."""
 
     @property
     def weak(self) -> bool:

@@ -232,28 +232,37 @@ def kernel_environment(config: SandboxConfig, home: str) -> dict[str, str]:
     return env
 
 
+def host_view_options(config: SandboxConfig, engine_root: Path, tmp_bytes: int | None = None) -> list[str]:
+    """bubblewrap options for what a sandbox sees of the host: the root read-only, a private ``/tmp`` (of
+    ``tmp_bytes`` when given), the hidden paths empty, the interpreter's own directories read-only."""
+    options = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    options += (["--size", str(tmp_bytes)] if tmp_bytes is not None else []) + ["--tmpfs", "/tmp"]
+    for hidden in config.hidden_paths:
+        if os.path.isdir(hidden) and not os.path.islink(hidden):
+            options += ["--tmpfs", hidden]
+    for path in python_paths(config, engine_root) + tuple(config.extra_readonly_paths):
+        options += ["--ro-bind", path, path]
+    return options
+
+
 def bubblewrap_options(kernel_dir: Path, work_dir: Path, inputs_dir: Path, config: SandboxConfig,
                        limits: ExecutionLimits, env: dict[str, str]) -> list[str]:
     """The ``bwrap`` options for one kernel: what is visible, writable and reachable. They reach bubblewrap
     through a file descriptor (:func:`options_file`), not its command line, which the kernel can read as its
     PID 1's ``/proc/1/cmdline``."""
-    cmd = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-           "--size", str(limits.disk_bytes), "--tmpfs", "/tmp"]
-    for hidden in config.hidden_paths:
-        if os.path.isdir(hidden) and not os.path.islink(hidden):
-            cmd += ["--tmpfs", hidden]
+    cmd = host_view_options(config, kernel_dir.parent, limits.disk_bytes)
     # The engine's root (other kernels' directories and keys) is hidden; only this kernel's is mounted.
-    cmd += ["--tmpfs", str(kernel_dir.parent)]
-    for path in _python_paths(config, kernel_dir.parent) + tuple(config.extra_readonly_paths):
-        cmd += ["--ro-bind", path, path]
-    cmd += ["--bind", str(kernel_dir), str(kernel_dir),
+    cmd += ["--tmpfs", str(kernel_dir.parent),
+            "--bind", str(kernel_dir), str(kernel_dir),
             "--ro-bind", str(inputs_dir), str(inputs_dir),
             "--size", str(limits.disk_bytes), "--tmpfs", str(work_dir),
             "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox",
             "--new-session", "--die-with-parent", "--clearenv", "--chdir", str(work_dir)]
-    for key, value in env.items():
-        cmd += ["--setenv", key, value]
-    return cmd
+    return cmd + environment_options(env)
+
+
+def environment_options(env: dict[str, str]) -> list[str]:
+    return [option for key, value in env.items() for option in ("--setenv", key, value)]
 
 
 def options_file(options: list[str]) -> int:
@@ -265,7 +274,7 @@ def options_file(options: list[str]) -> int:
     return fd
 
 
-def _python_paths(config: SandboxConfig, engine_root: Path) -> tuple[str, ...]:
+def python_paths(config: SandboxConfig, engine_root: Path) -> tuple[str, ...]:
     """The interpreter's directories that the sandbox's own mounts would hide (under a hidden path or
     /tmp, e.g. a virtual environment in a checkout under /tmp), to re-expose read-only. A directory that
     contains the engine's root is never among them (it would expose other kernels' files)."""
@@ -283,16 +292,18 @@ def _is_under(path: str, roots: tuple[str, ...]) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
-def make_preexec(limits: ExecutionLimits, cgroup_fds: list[int], die_with_parent: bool) -> Callable[[], None]:
-    """What the child does between fork and exec: join the cgroup, set resource limits.
+def make_preexec(limits: ExecutionLimits | None, cgroup_fds: list[int], die_with_parent: bool
+                  ) -> Callable[[], None]:
+    """What the child does between fork and exec: join the cgroup, set resource limits (none when ``limits`` is
+    None), and die with the forking thread when ``die_with_parent``.
 
     Only plain system calls, since the parent has threads.
     """
     libc = ctypes.CDLL(None, use_errno=True) if die_with_parent else None
-    rlimits = [(resource.RLIMIT_AS, limits.memory_bytes),
-               (resource.RLIMIT_FSIZE, limits.max_file_bytes),
-               (resource.RLIMIT_NOFILE, limits.max_open_files),
-               (resource.RLIMIT_CORE, 0)]
+    rlimits = [] if limits is None else [(resource.RLIMIT_AS, limits.memory_bytes),
+                                         (resource.RLIMIT_FSIZE, limits.max_file_bytes),
+                                         (resource.RLIMIT_NOFILE, limits.max_open_files),
+                                         (resource.RLIMIT_CORE, 0)]
 
     def preexec() -> None:
         for fd in cgroup_fds:

@@ -1,0 +1,347 @@
+"""The kernel factory's own process: imports once, then forks every kernel (run as a script, never imported).
+
+The engine starts this file inside one bubblewrap sandbox (see :mod:`pyvision_env.execution.factory`) and talks
+to it over a Unix socket: a JSON line per request, the kernel's cgroup files passed as descriptors. Before it
+answers anything the factory imports what every kernel needs (ipykernel and IPython, the preload's modules) and
+freezes the garbage collector, so that forked kernels share those pages. It never opens a ZMQ context, a
+thread or a socket other than its control socket: each kernel makes its own after the fork.
+
+Each kernel is three processes:
+
+* the *holder*, forked from the factory: joins the kernel's cgroups, unshares its own mount, PID, IPC,
+  network and UTS namespaces, mounts its private ``/tmp``, ``/dev/shm`` and working directory (and hides the
+  other kernels' directories), forks the init, reports, and then only waits (``sleep``) so that the init dies
+  with it and it dies with the factory (parent-death signals all along the chain);
+* the *init*, PID 1 of the kernel's namespace: mounts its ``/proc``, drops its capabilities, forks the kernel,
+  reaps orphans, and when the kernel ends writes how (``exit_status``) and exits, which ends every process of
+  the namespace;
+* the *kernel*, PID 2: a new session, the kernel's resource limits, no capabilities, its own environment,
+  then ipykernel's application started in process, which binds its sockets in the kernel's directory.
+
+Messages (JSON lines): first ``{"preload": [...], "isolate": bool}`` -> ``{"ok": bool, "error": ..., "pid": ...}``;
+then per kernel ``{"kernel_dir", "connection_file", "env", "limits", "flags"}`` -> ``{"ok": true, "holder": PID,
+"kernel": PID}`` or ``{"ok": false, "error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import gc
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import struct
+import sys
+import traceback
+
+KERNEL_MODULES = (
+    "ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "ipykernel.debugger",
+    "IPython.core.completerlib", "IPython.core.debugger", "IPython.core.oinspect", "IPython.extensions.storemagic",
+    "tornado.gen", "tornado.locks", "tornado.queues", "tornado.platform.asyncio", "psutil", "faulthandler",
+    "pdb", "pydoc", "http.server", "xmlrpc.server", "matplotlib.backends.backend_agg",
+)
+"""What ipykernel imports while it starts (found by diffing ``sys.modules`` over a kernel's start-up)."""
+
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+KERNEL_NAMESPACES = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
+PR_SET_PDEATHSIG, PR_SET_NAME, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 1, 15, 24, 38, 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+EXIT_STATUS_FILE = "exit_status"
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def checked(result: int, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    encode = (lambda s: s.encode() if s is not None else None)
+    checked(libc.mount(encode(source), encode(target), encode(fstype), flags, encode(data)), f"mount {target}")
+
+
+def die_with_parent() -> None:
+    checked(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
+def set_process_name(name: bytes) -> None:
+    """What ``ps``, ``top`` and psutil's ``name()`` show (the command line stays the factory's)."""
+    libc.prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
+
+
+# --- start-up -------------------------------------------------------------------------------------
+
+def warm_up(preload: list[str]) -> None:
+    """Import what every kernel needs and run the preload statements once (in a scratch namespace)."""
+    for name in KERNEL_MODULES:
+        try:
+            __import__(name)
+        except ImportError:
+            pass  # optional (debugpy, psutil): the kernel imports it lazily, or does without
+    namespace: dict = {}
+    for statement in preload:
+        exec(compile(statement, "<preload>", "exec"), namespace)  # the engine's own configuration
+    gc.collect()
+    gc.freeze()  # objects made so far are never traversed again: the kernels' collector leaves their pages shared
+
+
+def threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def self_test(isolate: bool) -> str | None:
+    """Fork once the way kernels are forked (namespaces and mounts when ``isolate``); the reason it fails."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read_end)
+        try:
+            if isolate:
+                checked(libc.unshare(KERNEL_NAMESPACES), "unshare")
+                mount(None, "/", None, MS_REC | MS_PRIVATE)
+                mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m")
+                bring_loopback_up()
+            os.write(write_end, b"ok")
+        except BaseException as exc:  # noqa: BLE001 - reported to the engine
+            os.write(write_end, f"{type(exc).__name__}: {exc}".encode()[:1000])
+        os._exit(0)
+    os.close(write_end)
+    answer = read_all(read_end).decode("utf-8", "replace")
+    os.waitpid(child, 0)
+    return None if answer == "ok" else answer or "the test child died"
+
+
+def read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+# --- one kernel -----------------------------------------------------------------------------------
+
+def fork_kernel(request: dict, cgroup_fds: list[int], control: socket.socket, isolate: bool, sleep: str | None
+                ) -> dict:
+    """Fork the holder (which forks the init and the kernel); its report, or the error it hit."""
+    read_end, write_end = os.pipe()
+    holder = os.fork()
+    if holder == 0:
+        try:
+            os.close(read_end)
+            control.close()
+            become_holder(request, cgroup_fds, write_end, isolate, sleep)
+        except BaseException:  # noqa: BLE001 - any failure ends this child with its message
+            os.write(write_end, json.dumps({"ok": False, "error": traceback.format_exc(limit=4)[-3000:]}).encode())
+        os._exit(1)
+    os.close(write_end)
+    for fd in cgroup_fds:
+        os.close(fd)
+    answer = read_all(read_end)
+    try:
+        return json.loads(answer)
+    except ValueError:
+        return {"ok": False, "error": f"the kernel's holder process died before it reported ({answer[:200]!r})"}
+
+
+def become_holder(request: dict, cgroup_fds: list[int], report: int, isolate: bool, sleep: str | None) -> None:
+    factory = os.getppid()
+    die_with_parent()
+    if os.getppid() != factory:
+        os._exit(1)
+    for fd in cgroup_fds:
+        os.write(fd, b"0")
+        os.close(fd)
+    kernel_dir = request["kernel_dir"]
+    if isolate:
+        checked(libc.unshare(KERNEL_NAMESPACES), "unshare")
+        private_mounts(kernel_dir, int(request["limits"]["disk_bytes"]))
+        checked(libc.sethostname(b"sandbox", 7), "sethostname")
+        bring_loopback_up()
+    init = os.fork()
+    if init == 0:
+        os.close(report)
+        become_init(request, isolate)
+    os.write(report, json.dumps({"ok": True, "holder": os.getpid(), "kernel": init}).encode())
+    os.close(report)
+    os.closerange(0, 3)  # nothing to say any more
+    if sleep is not None:
+        os.execv(sleep, ["sleep", "infinity"])
+    while True:
+        signal.pause()
+
+
+def private_mounts(kernel_dir: str, disk_bytes: int) -> None:
+    """This kernel's view: a private /tmp and /dev/shm, its own directory (with a private, size-limited working
+    directory and read-only inputs) and none of the other kernels' directories."""
+    own = os.open(kernel_dir, os.O_PATH | os.O_DIRECTORY)
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    size = f"size={disk_bytes},mode=1777"
+    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, size)
+    if os.path.isdir("/dev/shm"):
+        mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, size)
+    engine_root = os.path.dirname(kernel_dir)
+    if os.path.isdir(engine_root):  # not already hidden by the new /tmp
+        mount("tmpfs", engine_root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    os.makedirs(kernel_dir, exist_ok=True)
+    mount(f"/proc/self/fd/{own}", kernel_dir, None, MS_BIND)
+    os.close(own)
+    mount("tmpfs", os.path.join(kernel_dir, "work"), "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_bytes},mode=700")
+    inputs = os.path.join(kernel_dir, "inputs")
+    mount(inputs, inputs, None, MS_BIND)
+    mount(None, inputs, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    if os.path.isdir("/dev"):  # the factory's /dev is shared by all its kernels: read-only here
+        mount("/dev", "/dev", None, MS_BIND | MS_REC)
+        mount(None, "/dev", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
+
+
+def bring_loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def become_init(request: dict, isolate: bool) -> None:
+    """PID 1 of the kernel's namespace: start the kernel, reap every orphan, record how the kernel ended."""
+    status_path = os.path.join(request["kernel_dir"], EXIT_STATUS_FILE)
+    try:
+        die_with_parent()
+        set_process_name(b"pyvision-init")
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(number, signal.SIG_IGN)
+        if isolate:
+            mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV)
+            drop_privileges()
+        kernel = os.fork()
+        if kernel == 0:
+            become_kernel(request, isolate)
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                os._exit(0)
+            except InterruptedError:
+                continue
+            if pid == kernel:
+                with open(status_path, "w") as f:
+                    f.write(str(os.waitstatus_to_exitcode(status)))
+                os._exit(0)
+    except BaseException:  # noqa: BLE001
+        with open(os.path.join(request["kernel_dir"], "kernel.log"), "a") as f:
+            f.write(traceback.format_exc())
+        os._exit(1)
+
+
+def become_kernel(request: dict, isolate: bool) -> None:
+    """The kernel: limits, no privileges, its own descriptors and environment, then ipykernel in this process."""
+    kernel_dir = request["kernel_dir"]
+    try:
+        os.setsid()
+        set_process_name(b"pyvision-kernel")
+        for number in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(number, signal.SIG_DFL)
+        log = os.open(os.path.join(kernel_dir, "kernel.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        limits = request["limits"]
+        for which, value in ((resource.RLIMIT_AS, limits["memory_bytes"]),
+                             (resource.RLIMIT_FSIZE, limits["max_file_bytes"]),
+                             (resource.RLIMIT_NOFILE, limits["max_open_files"]), (resource.RLIMIT_CORE, 0)):
+            _, hard = resource.getrlimit(which)
+            value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+            resource.setrlimit(which, (value, value))
+        if isolate:
+            drop_privileges()
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.chdir(os.path.join(kernel_dir, "work"))
+        sys.argv = ["ipykernel_launcher", "-f", request["connection_file"], *request["flags"]]
+        reseed_random_state()
+        from ipykernel.kernelapp import IPKernelApp
+
+        app = IPKernelApp.instance()
+        app.initialize(sys.argv[1:])
+        app.start()
+    except BaseException:  # noqa: BLE001 - the engine reads the log tail when the kernel does not come up
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    os._exit(0)
+
+
+def drop_privileges() -> None:
+    """No capabilities now or after any exec (bounding set emptied, no new privileges)."""
+    for capability in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0 and ctypes.get_errno() == errno.EINVAL:
+            break  # past the last capability this kernel knows
+    checked(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header = struct.pack("II", LINUX_CAPABILITY_VERSION_3, 0)
+    data = ctypes.create_string_buffer(24)  # two empty {effective, permitted, inheritable} sets
+    checked(libc.capset(ctypes.c_char_p(header), data), "capset")
+
+
+def reseed_random_state() -> None:
+    """Forked kernels would otherwise share the factory's random state (``random`` is reseeded by Python)."""
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        numpy_random.seed()
+
+
+# --- the request loop -----------------------------------------------------------------------------
+
+def serve(control: socket.socket) -> None:
+    set_process_name(b"pyvision-factory")
+    config = json.loads(receive(control)[0])
+    isolate = bool(config["isolate"])
+    try:
+        warm_up(config["preload"])
+        failure = (f"the factory has {threads()} threads after its imports (a fork would copy them half-made)"
+                   if threads() != 1 else self_test(isolate))
+    except BaseException:  # noqa: BLE001
+        failure = traceback.format_exc(limit=4)[-3000:]
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # holders are reaped by the system
+    send(control, {"ok": failure is None, "error": failure, "pid": os.getpid()})
+    if failure is not None:
+        return
+    sleep = shutil.which("sleep")
+    while True:
+        message, fds = receive(control)
+        if not message:
+            return  # the engine closed its end
+        send(control, fork_kernel(json.loads(message), fds, control, isolate, sleep))
+
+
+def receive(control: socket.socket) -> tuple[bytes, list[int]]:
+    """One request: a JSON line, with descriptors attached to its first bytes."""
+    message, fds, _, _ = socket.recv_fds(control, 1 << 20, 16)
+    while message and not message.endswith(b"\n"):
+        more = control.recv(1 << 20)
+        if not more:
+            break
+        message += more
+    return message.strip(), list(fds)
+
+
+def send(control: socket.socket, reply: dict) -> None:
+    control.sendall(json.dumps(reply).encode() + b"\n")
+
+
+if __name__ == "__main__":
+    serve(socket.socket(fileno=int(sys.argv[1])))
