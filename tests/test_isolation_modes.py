@@ -67,13 +67,13 @@ def test_sandboxed_kernel_sees_an_isolated_world(session):
 
 
 def test_interpreter_under_tmp_is_re_exposed_but_never_the_engine_root(tmp_path):
-    from pyvision_env.execution.sandbox import _python_paths
+    from pyvision_env.execution.sandbox import python_paths
 
     venv = tmp_path / "checkout" / ".venv"
     (venv / "bin").mkdir(parents=True)
     engine_root = tmp_path / "pyvision-1-abc"
     engine_root.mkdir()
-    paths = _python_paths(SandboxConfig(python=str(venv / "bin" / "python")), engine_root)
+    paths = python_paths(SandboxConfig(python=str(venv / "bin" / "python")), engine_root)
     assert str(venv) in paths
     assert "/tmp" not in paths and str(tmp_path) not in paths
     assert not any(str(engine_root).startswith(p.rstrip("/") + "/") for p in paths)

@@ -14,6 +14,7 @@ from .engine import (
     default_engine,
     set_default_engine,
 )
+from .factory import FactoryError
 from .kernel import KernelStartError
 from .limits import ExecutionLimits, SandboxConfig
 from .operations import OPERATIONS_EXPRESSION, Operations, box_iou, operations_in_code, read_operations
@@ -22,7 +23,7 @@ from .sandbox import SandboxUnavailableError, probe_bubblewrap
 
 __all__ = [
     "OPERATIONS_EXPRESSION", "AsyncEngine", "AsyncSession", "CellResult", "CellStatus", "Engine", "EngineStatus",
-    "EpisodeLimitError", "ExecutionLimits", "InputError", "KernelStartError", "Operations", "SandboxConfig",
+    "EpisodeLimitError", "ExecutionLimits", "FactoryError", "InputError", "KernelStartError", "Operations", "SandboxConfig",
     "SandboxUnavailableError", "Session", "WeakIsolationWarning", "box_iou", "default_engine", "operations_in_code",
     "probe_bubblewrap", "read_operations", "set_default_engine",
 ]

@@ -67,8 +67,8 @@ def checked(result: int, what: str) -> None:
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    encode = (lambda s: s.encode() if s is not None else None)
-    checked(libc.mount(encode(source), encode(target), encode(fstype), flags, encode(data)), f"mount {target}")
+    arguments = [None if value is None else value.encode() for value in (source, target, fstype, data)]
+    checked(libc.mount(arguments[0], arguments[1], arguments[2], flags, arguments[3]), f"mount {target}")
 
 
 def die_with_parent() -> None:

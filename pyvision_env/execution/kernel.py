@@ -23,9 +23,9 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import TypeVar
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import zmq
 import zmq.asyncio

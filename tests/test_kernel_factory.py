@@ -1,0 +1,160 @@
+"""The kernel factory: kernels forked from one process, each isolated as a sandbox of its own.
+
+Real factories, real namespaces, real kernels. (Every test of ``test_hostile_code.py`` also runs against
+forked kernels.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from PIL import Image
+
+from pyvision_env.cli import main
+from pyvision_env.execution import CellStatus, FactoryError, SandboxConfig
+from pyvision_env.execution.sandbox import CGROUP_ROOT
+
+from .conftest import FAST_LIMITS, kernel_processes, quiet_engine, requires_sandbox, wait_until
+
+FORK = SandboxConfig(kernel_start="fork")
+
+
+@pytest.fixture(scope="module")
+def forked():
+    eng = quiet_engine(spare_kernels=2, max_kernels=16, sandbox=FORK)
+    yield eng
+    eng.close()
+
+
+def factory_process(engine) -> psutil.Process:
+    return psutil.Process(engine.core._factory.process.pid)
+
+
+def test_the_engine_forks_and_says_so(forked):
+    status = forked.status()
+    assert status.kernel_start == "fork" and "kernel factory" in status.kernel_start_reason
+    assert status.factory_starts == 1
+    with forked.session(values={"n": 4}) as s:
+        result = s.run("print(n * 2, os.getcwd().endswith('/work'))")
+        assert result.ok and result.stdout == "8 True\n", result.summary()
+        kernel = psutil.Process(s.kernel_pid)
+        assert kernel.name() == "pyvision-init"
+        assert [child.name() for child in kernel.children()] == ["pyvision-kernel"]
+        assert kernel.parent().name() == "sleep"  # the holder
+
+
+@requires_sandbox
+def test_siblings_see_nothing_of_each_other(forked, tmp_path):
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "red.png")
+    with forked.session(images={"secret_image": tmp_path / "red.png"}) as first, forked.session() as second:
+        planted = first.run(
+            "import os, json\n"
+            "for path in ('/tmp/planted', '/dev/shm/planted', 'planted'):\n"
+            "    open(path, 'w').write('first')\n"
+            "print(json.dumps(os.path.abspath('planted')))")
+        assert planted.ok, planted.summary()
+        work_file = json.loads(planted.stdout)
+        input_file = str(next(first._session._kernel.inputs_dir.iterdir()))
+        probe = second.run(
+            "import os, json, signal\n"
+            f"paths = ['/tmp/planted', '/dev/shm/planted', {work_file!r}, {input_file!r}]\n"
+            "visible = [p for p in paths if os.path.exists(p)]\n"
+            "pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\n"
+            "try:\n    open('/dev/planted', 'w')\n    dev = 'writable'\nexcept OSError as e:\n    dev = type(e).__name__\n"
+            "print(json.dumps([visible, pids, dev]))")
+        assert probe.ok, probe.summary()
+        visible, pids, dev = json.loads(probe.stdout)
+        assert visible == [] and pids == [1, 2] and dev == "OSError"
+        assert first.run("print(open('/tmp/planted').read())").stdout == "first\n"
+
+
+def test_forked_kernels_do_not_share_random_state(forked):
+    draws = []
+    for _ in range(2):
+        with forked.session() as s:
+            result = s.run("import random\nprint(json.dumps([np.random.rand(), random.random()]))")
+            assert result.ok, result.summary()
+            draws.append(json.loads(result.stdout))
+    assert draws[0][0] != draws[1][0] and draws[0][1] != draws[1][1]
+
+
+def test_a_killed_factory_is_replaced_and_no_episode_hangs():
+    eng = quiet_engine(spare_kernels=1, max_kernels=8, sandbox=FORK,
+                       limits=FAST_LIMITS.replace(cell_timeout=30.0))
+    with eng, eng.session() as idle, eng.session() as busy:
+        idle.run("x = 1")
+        victim = factory_process(eng)
+        future = eng.submit(busy._session.run("import time\ntime.sleep(20)"))
+        time.sleep(0.5)
+        victim.send_signal(signal.SIGKILL)
+        started = time.monotonic()
+        result = future.result(timeout=10)
+        assert result.status is CellStatus.CRASHED and result.state_lost, result.summary()
+        assert time.monotonic() - started < 5
+        again = idle.run("print('x' in dir())")  # its kernel died with the factory: a fresh one, said so
+        assert again.ok and again.stdout == "False\n" and any("fresh kernel" in note for note in again.notes)
+        assert eng.status().factory_starts == 2 and factory_process(eng).pid != victim.pid
+        with eng.session() as later:
+            assert later.run("print(6 * 7)").stdout == "42\n"
+
+
+def test_a_factory_that_cannot_fork_falls_back_and_says_why():
+    threaded = SandboxConfig(preload=("import threading, time",
+                                      "threading.Thread(target=time.sleep, args=(600,), daemon=True).start()"))
+    eng = quiet_engine(spare_kernels=0, sandbox=threaded)
+    with eng, eng.session() as s:
+        status = eng.status()
+        assert status.kernel_start == "exec" and "threads" in status.kernel_start_reason
+        assert s.run("print('still works')").stdout == "still works\n"
+    with pytest.raises(FactoryError, match="threads"):
+        quiet_engine(spare_kernels=0, sandbox=SandboxConfig(kernel_start="fork", preload=threaded.preload))
+
+
+def test_forking_without_a_sandbox_still_limits_each_kernel():
+    eng = quiet_engine(spare_kernels=0, sandbox=SandboxConfig(isolation="none", kernel_start="fork"),
+                       limits=FAST_LIMITS.replace(memory_bytes=1 << 30))
+    with eng, eng.session() as s:
+        assert eng.status().kernel_start == "fork" and eng.status().weak
+        bomb = s.run("b = bytearray(2 * 1024**3)")
+        assert bomb.status is CellStatus.ERROR and bomb.error_name == "MemoryError"
+        assert s.run("print('alive')").stdout == "alive\n"
+
+
+def test_doctor_reports_how_kernels_start(capsys):
+    code = main(["doctor"])
+    out = capsys.readouterr().out
+    assert "kernels   : fork (forked by the kernel factory" in out
+    assert code == 0
+
+
+def test_five_hundred_episodes_leave_nothing_behind():
+    eng = quiet_engine(spare_kernels=2, max_kernels=8, sandbox=FORK)
+    with eng:
+        root = eng.core._root
+        factory = factory_process(eng)
+        for episode in range(500):
+            with eng.session() as s:
+                result = s.run(f"x = {episode}")
+                assert result.ok, result.summary()
+        eng.warm_up()
+
+        def forked_by_this_factory(name: str) -> list[psutil.Process]:
+            return [p for p in factory.children(recursive=True) if p.name() == name]
+
+        assert wait_until(lambda: len(forked_by_this_factory("pyvision-kernel")) == 2, timeout=10)
+        assert len(forked_by_this_factory("sleep")) == len(forked_by_this_factory("pyvision-init")) == 2
+        assert len(list(root.glob("k-*"))) == 2
+        cgroups = eng.core._cgroups
+        if cgroups is not None and cgroups.available:
+            assert [len(list(parent.glob("k-*"))) for parent in cgroups.parents] == [2] * len(cgroups.parents)
+        assert eng.status().kernels_started >= 500 and eng.status().factory_starts == 1
+    assert wait_until(lambda: not factory.is_running(), timeout=10)
+    assert not [p for p in kernel_processes() if p.ppid() == factory.pid]
+    assert not root.exists()
+    assert not any(Path(CGROUP_ROOT).glob(f"*/pyvision-{os.getpid()}-*/k-*"))
