@@ -23,12 +23,13 @@ milliseconds per phase of the last reset or step.
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, runtime_checkable
 from typing import Protocol as Interface
 
@@ -114,6 +115,8 @@ class _Episode:
     operations: list[dict[str, Any]] = field(default_factory=list)
     """The image operations of this step's successful calls (when tracing)."""
     frames_fetched: int = 0
+    conversation: list[Message] = field(default_factory=list)
+    """The episode's messages so far: the first observation, then per step the response and its observation."""
 
 
 class PyVisionEnv(gym.Env[list, str]):
@@ -278,6 +281,7 @@ class PyVisionEnv(gym.Env[list, str]):
         episode.visual_tokens = sum(self.token_rule.count(*image.size)
                                     for image in [*images, *(frame for view in videos for frame in view.frames)])
         observation = self.protocol.initial_messages(EpisodeInputs(task, images, sizes, videos))
+        episode.conversation = list(observation)
         self.timings = _milliseconds(total=time.perf_counter() - started)
         return observation, self._info(episode, None)
 
@@ -316,6 +320,7 @@ class PyVisionEnv(gym.Env[list, str]):
                 episode.end_reason = "max_turns"
             elif self.episode_timeout is not None and time.perf_counter() - episode.started >= self.episode_timeout:
                 episode.end_reason = "timeout"
+        episode.conversation += [self.protocol.assistant_message(action), *observation]
         terminated = episode.end_reason in TERMINATING
         truncated = episode.end_reason is not None and not terminated
         self.timings = _milliseconds(**seconds, total=time.perf_counter() - started)
@@ -325,6 +330,44 @@ class PyVisionEnv(gym.Env[list, str]):
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
         return observation, float(reward), terminated, truncated, info
+
+    def fork(self) -> PyVisionEnv:
+        """A second environment at this one's point of the episode in progress: the kernel's state (its cells
+        replayed in a new kernel with the same inputs and seed, see
+        :meth:`~pyvision_env.execution.AsyncSession.fork`), the images shown, the counters and budgets used, the
+        conversation so far (:meth:`conversation`) and the task RNG. Both then go on independently: for tree
+        rollouts, resampling a failed call from the same prefix, or replaying a recorded trajectory. Close the
+        fork when done.
+
+        >>> observation, info = env.reset(options={"task_index": 0})              # doctest: +SKIP
+        >>> _ = env.step(code_response)
+        >>> branch = env.fork()
+        >>> branch.step(other_response)  # from the same point; env is unchanged
+        """
+        return self.engine.run_coroutine(self.afork())
+
+    async def afork(self) -> PyVisionEnv:
+        """Like :meth:`fork`, as a coroutine on the engine's event loop."""
+        episode = self._episode
+        if episode is None or episode.end_reason is not None:
+            raise gym.error.ResetNeeded("fork() needs an episode in progress: call reset() first")
+        twin = copy.copy(self)
+        twin._closing = set()
+        twin._np_random = copy.deepcopy(self.np_random)  # made now if the env was never seeded
+        twin.timings = dict(self.timings)
+        opening = None
+        if episode.opening is not None:
+            session = await episode.opening
+            opening = asyncio.get_running_loop().create_future()
+            opening.set_result(await session.fork())
+        twin._episode = replace(episode, opening=opening, last_text=list(episode.last_text),
+                                operations=list(episode.operations), conversation=list(episode.conversation))
+        return twin
+
+    def conversation(self) -> list[Message]:
+        """The messages of the episode in progress (or just ended) so far, responses included; empty before the
+        first reset."""
+        return list(self._episode.conversation) if self._episode is not None else []
 
     async def aclose(self) -> None:
         """Like :meth:`close`, as a coroutine: ends the episode and waits until its kernel is gone."""

@@ -8,6 +8,7 @@ from .engine import (
     AsyncSession,
     Engine,
     EpisodeLimitError,
+    ForkError,
     InputError,
     Session,
     WeakIsolationWarning,
@@ -23,7 +24,7 @@ from .sandbox import SandboxUnavailableError, probe_bubblewrap
 
 __all__ = [
     "OPERATIONS_EXPRESSION", "AsyncEngine", "AsyncSession", "CellResult", "CellStatus", "Engine", "EngineStatus",
-    "EpisodeLimitError", "ExecutionLimits", "FactoryError", "InputError", "KernelStartError", "Operations", "SandboxConfig",
+    "EpisodeLimitError", "ExecutionLimits", "FactoryError", "ForkError", "InputError", "KernelStartError", "Operations", "SandboxConfig",
     "SandboxUnavailableError", "Session", "WeakIsolationWarning", "box_iou", "default_engine", "operations_in_code",
     "probe_bubblewrap", "read_operations", "set_default_engine",
 ]

@@ -29,6 +29,7 @@ import keyword
 import logging
 import os
 import resource
+import secrets
 import shutil
 import tempfile
 import threading
@@ -72,6 +73,11 @@ class InputError(ValueError):
 
 class EpisodeLimitError(RuntimeError):
     """The episode used up a per-episode budget (cells or execution time); no cell was run."""
+
+
+class ForkError(RuntimeError):
+    """An episode could not be forked: a replayed cell ended otherwise than it did in the original (the message
+    names the cell), so the fork would not be at the same point."""
 
 
 class WeakIsolationWarning(RuntimeWarning):
@@ -219,20 +225,21 @@ class AsyncEngine:
     def session(self, images: Mapping[str, str | os.PathLike | Image.Image] | None = None,
                 values: Mapping[str, Any] | None = None, limits: ExecutionLimits | None = None,
                 videos: Mapping[str, str | os.PathLike] | None = None,
-                video_options: VideoOptions | None = None) -> AsyncSession:
+                video_options: VideoOptions | None = None, seed: int | None = None) -> AsyncSession:
         """A new episode (started on ``async with`` or :meth:`AsyncSession.start`). Inputs are checked now.
 
         ``videos`` are bound as decord-style readers (see :mod:`pyvision_env.video.reader`), opened as
-        ``video_options`` say, with the helpers ``get_frames`` and ``show_frames``."""
+        ``video_options`` say, with the helpers ``get_frames`` and ``show_frames``. ``random`` and NumPy's global
+        generator are seeded with ``seed`` (random when None) in every kernel of the session."""
         return AsyncSession(self, images or {}, values or {}, limits or self.limits, videos or {},
-                            video_options or VideoOptions())
+                            video_options or VideoOptions(), seed)
 
     async def open_session(self, images: Mapping[str, str | os.PathLike | Image.Image] | None = None,
                            values: Mapping[str, Any] | None = None, limits: ExecutionLimits | None = None,
                            videos: Mapping[str, str | os.PathLike] | None = None,
-                           video_options: VideoOptions | None = None) -> AsyncSession:
+                           video_options: VideoOptions | None = None, seed: int | None = None) -> AsyncSession:
         """Like :meth:`session`, already started."""
-        return await self.session(images, values, limits, videos, video_options).start()
+        return await self.session(images, values, limits, videos, video_options, seed).start()
 
     def _running_supply(self) -> KernelSupply:
         if self._supply is None:
@@ -245,17 +252,26 @@ class AsyncSession:
 
     After a cell whose result has ``state_lost``, the next cell runs in a new kernel with the inputs
     loaded again (variables the code made are gone, which the result's notes say).
+
+    :meth:`fork` makes a second session at the same point: a new kernel with the same inputs and seed, in which
+    the cells this kernel ran are replayed (see its docstring for what survives).
     """
 
     def __init__(self, engine: AsyncEngine, images: Mapping[str, Any], values: Mapping[str, Any],
                  limits: ExecutionLimits, videos: Mapping[str, Any] | None = None,
-                 video_options: VideoOptions | None = None) -> None:
+                 video_options: VideoOptions | None = None, seed: int | None = None) -> None:
         self.engine = engine
         self.limits = limits
         self._images = dict(images)
         self._videos = dict(videos or {})
         self._video_options = video_options or VideoOptions()
-        self._values_json = _check_inputs(self._images, dict(values), self._videos)
+        self._values = dict(values)
+        self._values_json = _check_inputs(self._images, self._values, self._videos)
+        if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**32):
+            raise InputError(f"seed must be an int in [0, 2**32), got {seed!r}")
+        self.seed = secrets.randbits(32) if seed is None else seed
+        self._replay_log: list[tuple[str, CellStatus]] = []
+        """The cells the current kernel ran, with how each ended: what :meth:`fork` replays."""
         self._kernel: Kernel | None = None
         self._closed = False
         self._lost_since_last_cell = False
@@ -280,10 +296,10 @@ class AsyncSession:
         self._kernel = kernel
 
     async def _load_inputs(self, kernel: Kernel) -> None:
-        if not self._images and not self._videos and self._values_json == "{}":
-            return
-        paths = await asyncio.to_thread(_stage_inputs, self._images, kernel.inputs_dir)
-        code = f"_pyvision_load_inputs({json.dumps(json.dumps(paths))}, {json.dumps(self._values_json)})"
+        code = f"_pyvision_seed({self.seed})"
+        if self._images or self._values_json != "{}":
+            paths = await asyncio.to_thread(_stage_inputs, self._images, kernel.inputs_dir)
+            code += f"\n_pyvision_load_inputs({json.dumps(json.dumps(paths))}, {json.dumps(self._values_json)})"
         if self._videos:
             videos = await asyncio.to_thread(_stage_inputs, self._videos, kernel.inputs_dir)
             options = json.dumps(dataclasses.asdict(self._video_options))
@@ -359,9 +375,51 @@ class AsyncSession:
         if result.state_lost:
             await self._discard_kernel()
             self._lost_since_last_cell = True
+        else:
+            self._replay_log.append((code, result.status))
         return result
 
+    async def fork(self) -> AsyncSession:
+        """A new session at this session's point: a new kernel with the same inputs and seed, in which the cells
+        the current kernel ran are replayed in order; its counters (cells, execution time, images) are this
+        session's. The two then evolve independently.
+
+        What survives is what the replayed cells rebuild: variables, imports, files they wrote, and the state
+        of ``random`` and NumPy's global generator. What does not: anything that depends on the clock, the
+        process id, ``os.urandom``/``uuid4``/``secrets``, other threads' progress, or data fetched from outside.
+        A cell that was interrupted at its deadline is replayed up to its deadline again. Raises
+        :class:`ForkError` when a replayed cell ends otherwise than the original did.
+
+        >>> with Engine() as engine, engine.session() as s:                       # doctest: +SKIP
+        ...     s.run("x = np.random.rand()")
+        ...     with s.fork() as twin:
+        ...         twin.run("print(x)").stdout == s.run("print(x)").stdout
+        True
+        """
+        if self._closed:
+            raise RuntimeError("this session is closed")
+        twin = AsyncSession(self.engine, self._images, self._values, self.limits, self._videos, self._video_options,
+                            self.seed)
+        if self._kernel is None:
+            return twin
+        await twin.start()
+        try:
+            for index, (code, status) in enumerate(self._replay_log):
+                assert twin._kernel is not None
+                outcome = await twin._kernel.execute(code, self.limits)
+                if outcome.result.status is not status:
+                    raise ForkError(f"cell {index + 1} of {len(self._replay_log)} ended {outcome.result.status.value} "
+                                    f"when replayed, {status.value} originally ({outcome.result.summary()}): "
+                                    f"the episode does not replay the same way\n{code[:500]}")
+        except BaseException:
+            await twin.close()
+            raise
+        twin._replay_log = list(self._replay_log)
+        twin.cells_run, twin.execution_time, twin.images_shown = self.cells_run, self.execution_time, self.images_shown
+        return twin
+
     async def _discard_kernel(self) -> None:
+        self._replay_log = []  # the next kernel starts from the inputs alone
         kernel, self._kernel = self._kernel, None
         if kernel is not None:
             self.restarts += 1
@@ -446,10 +504,11 @@ class Engine:
     def session(self, images: Mapping[str, str | os.PathLike | Image.Image] | None = None,
                 values: Mapping[str, Any] | None = None, limits: ExecutionLimits | None = None,
                 videos: Mapping[str, str | os.PathLike] | None = None,
-                video_options: VideoOptions | None = None) -> Session:
+                video_options: VideoOptions | None = None, seed: int | None = None) -> Session:
         """Start an episode with a fresh kernel and its inputs; use as a context manager (see
         :meth:`AsyncEngine.session`)."""
-        return Session(self, self._call(self._async.open_session(images, values, limits, videos, video_options)))
+        return Session(self, self._call(self._async.open_session(images, values, limits, videos, video_options,
+                                                                 seed)))
 
     def close(self) -> None:
         if self._loop.closed or os.getpid() != self._loop.owner:
@@ -484,10 +543,14 @@ class Session:
         """
         return self._engine._call(self._session.run(code, cell_timeout, expressions), timeout)
 
+    def fork(self) -> Session:
+        """A new session at this one's point (see :meth:`AsyncSession.fork`)."""
+        return Session(self._engine, self._engine._call(self._session.fork()))
+
     def close(self) -> None:
         self._engine._call(self._session.close())
 
-    def __getattr__(self, name: str) -> Any:  # cells_run, execution_time, images_shown, restarts, kernel_pid
+    def __getattr__(self, name: str) -> Any:  # cells_run, execution_time, images_shown, restarts, kernel_pid, seed
         return getattr(self._session, name)
 
     def __enter__(self) -> Session:

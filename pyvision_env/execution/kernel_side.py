@@ -73,6 +73,15 @@ def _pyvision_drop_output_copies():
 _pyvision_drop_output_copies()
 
 
+def _pyvision_seed(seed):
+    """Seed ``random`` and NumPy's global generator: a session and its forks draw the same numbers."""
+    import random
+
+    random.seed(seed)
+    if "numpy" in _pyvision_sys.modules:
+        _pyvision_sys.modules["numpy"].random.seed(seed)
+
+
 def _pyvision_load_inputs(images_json, values_json):
     """Bind PIL images (opened from read-only files) and JSON values to names in the user namespace."""
     namespace = get_ipython().user_ns

@@ -8,7 +8,9 @@ logic twice:
 * :meth:`~PyVisionWrapper.before_reset` — before the wrapped reset (say, finish the episode it abandons);
 * :meth:`~PyVisionWrapper.after_reset` — ``(observation, info)`` of the reset, returned possibly changed;
 * :meth:`~PyVisionWrapper.after_step` — the action and the step's five values, returned possibly changed;
-* :meth:`~PyVisionWrapper.before_close` — before the wrapped environment closes.
+* :meth:`~PyVisionWrapper.before_close` — before the wrapped environment closes;
+* :meth:`~PyVisionWrapper.after_fork` — on the copy of the wrapper that :meth:`~PyVisionWrapper.fork` puts
+  around a fork of the episode: copy the mutable per-episode state the two must not share.
 
 A wrapper whose hooks do blocking work (files) sets ``blocking_hooks = True``: the asyncio API then runs them in a
 worker thread, never on the event loop.
@@ -28,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -67,6 +70,34 @@ class PyVisionWrapper(gym.Wrapper[list, str, list, str]):
 
     def before_close(self) -> None:
         """Called before the wrapped environment closes."""
+
+    def after_fork(self) -> None:
+        """Called on a fork's wrapper (a shallow copy of this one): replace shared mutable episode state by
+        copies."""
+
+    # --- forks ------------------------------------------------------------------------------------
+
+    def fork(self) -> PyVisionWrapper:
+        """This wrapper stack around a fork of the episode in progress (see
+        :meth:`~pyvision_env.env.PyVisionEnv.fork`)."""
+        return self._around(self._inner("fork")())
+
+    async def afork(self) -> PyVisionWrapper:
+        """Like :meth:`fork`, as a coroutine on the engine's event loop."""
+        return self._around(await self._inner("afork")())
+
+    def _inner(self, name: str) -> Callable[[], Any]:
+        method = getattr(self.env, name, None)
+        if method is None:
+            raise TypeError(f"{type(self.env).__name__} cannot fork an episode (only PyVisionEnv and the "
+                            "PyVision wrappers around it can)")
+        return method
+
+    def _around(self, env: gym.Env) -> PyVisionWrapper:
+        twin = copy.copy(self)
+        twin.env = env
+        twin.after_fork()
+        return twin
 
     # --- Gymnasium API ----------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import datetime
 import fcntl
 import hashlib
@@ -120,6 +121,13 @@ class RecordEpisodes(PyVisionWrapper, gym.utils.RecordConstructorArgs):
 
     def before_close(self) -> None:
         self._abandon("close")
+
+    def after_fork(self) -> None:
+        """The fork records its own episode: the same beginning, a new id, and the id it was forked from."""
+        if self._record is not None:
+            original = self._record
+            self._record = copy.deepcopy(original)
+            self._record.update(episode_id=uuid.uuid4().hex, forked_from=original["episode_id"])
 
     # --- recording --------------------------------------------------------------------------------
 

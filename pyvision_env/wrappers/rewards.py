@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -179,6 +180,10 @@ class CodeVisionReward(EpisodeReward, gym.utils.RecordConstructorArgs):
         self._code_state: dict[str, Any] = {}
         self._kernel_trusted = True
         self.operations = Operations()
+
+    def after_fork(self) -> None:
+        self._code_state = copy.deepcopy(self._code_state)
+        self.operations = copy.deepcopy(self.operations)
 
     def on_tool_turn(self, action: str, info: Mapping[str, Any], ok: bool) -> None:
         code = info.get("code") or ""

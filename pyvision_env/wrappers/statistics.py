@@ -40,6 +40,9 @@ class EpisodeStatistics(PyVisionWrapper, gym.utils.RecordConstructorArgs):
         self._return, self._components = 0.0, {}
         return observation, info
 
+    def after_fork(self) -> None:
+        self._components = dict(self._components)
+
     def after_step(self, action: str, observation: list[Message], reward: float, terminated: bool,
                    truncated: bool, info: dict[str, Any]) -> StepResult:
         self._return += float(reward)
