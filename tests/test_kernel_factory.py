@@ -97,7 +97,8 @@ def test_a_killed_factory_is_replaced_and_no_episode_hangs():
         result = future.result(timeout=10)
         assert result.status is CellStatus.CRASHED and result.state_lost, result.summary()
         assert time.monotonic() - started < 5
-        again = idle.run("print('x' in dir())")  # its kernel died with the factory: a fresh one, said so
+        assert wait_until(lambda: not psutil.pid_exists(idle.kernel_pid), timeout=5)  # it dies with the factory
+        again = idle.run("print('x' in dir())")  # so this runs in a fresh kernel, and says so
         assert again.ok and again.stdout == "False\n" and any("fresh kernel" in note for note in again.notes)
         assert eng.status().factory_starts == 2 and factory_process(eng).pid != victim.pid
         with eng.session() as later:
@@ -158,3 +159,74 @@ def test_five_hundred_episodes_leave_nothing_behind():
     assert not [p for p in kernel_processes() if p.ppid() == factory.pid]
     assert not root.exists()
     assert not any(Path(CGROUP_ROOT).glob(f"*/pyvision-{os.getpid()}-*/k-*"))
+
+
+# --- input templates: the episodes of a task share its decoded images ---------------------------------
+
+@pytest.fixture(scope="module")
+def large_image(tmp_path_factory):
+    """A 4000x3000 RGB noise PNG: 36 MiB once decoded."""
+    path = tmp_path_factory.mktemp("inputs") / "large.png"
+    Image.frombytes("RGB", (4000, 3000), os.urandom(4000 * 3000 * 3)).save(path, compress_level=1)
+    return path
+
+
+def template_processes(engine) -> list[psutil.Process]:
+    factory = psutil.Process(engine.core._factory.process.pid)
+    return [p for p in factory.children(recursive=True) if p.name() == "pyvision-inputs"]
+
+
+def test_a_group_decodes_its_images_once_and_shares_them(large_image):
+    eng = quiet_engine(spare_kernels=0, sandbox=FORK)
+    plain = quiet_engine(spare_kernels=0, sandbox=SandboxConfig(kernel_start="fork", input_templates=0))
+    with eng, plain:
+        group = [eng.session(images={"image_clue_0": large_image}) for _ in range(4)]
+        probe = "import hashlib\nprint(image_clue_0.size, image_clue_0.mode, hashlib.md5(image_clue_0.tobytes()).hexdigest())"
+        with plain.session(images={"image_clue_0": large_image}) as reference:
+            expected = reference.run(probe).stdout
+        try:
+            assert eng.status().input_templates == 1 and eng.core._templates.made == 1
+            assert len(template_processes(eng)) == 1
+            for session in group:  # the kernels hold the pixels without a private copy of them
+                kernel = psutil.Process(session.kernel_pid).children()[0]
+                assert kernel.memory_full_info().uss < 36 * 2**20
+            assert [session.run(probe).stdout for session in group] == [expected] * 4
+            crop = group[0].run("print(image_clue_0.crop((0, 0, 8, 8)).size)\n"
+                                "image_clue_0.paste((0, 0, 0), (0, 0, 4000, 3000))\nprint(image_clue_0.getpixel((5, 5)))")
+            assert crop.stdout == "(8, 8)\n(0, 0, 0)\n"
+            assert group[1].run(probe).stdout == expected  # a kernel's writes stay its own
+        finally:
+            for session in group:
+                session.close()
+
+
+def test_evicted_templates_wait_for_their_kernels(large_image, tmp_path):
+    small = tmp_path / "small.png"
+    Image.new("RGB", (32, 32), "green").save(small)
+    eng = quiet_engine(spare_kernels=0, sandbox=SandboxConfig(kernel_start="fork", input_templates=1))
+    with eng:
+        first = eng.session(images={"image_clue_0": large_image})
+        first_template = template_processes(eng)[0]
+        with eng.session(images={"image_clue_0": small}) as second:  # evicts the first task's template
+            assert second.run("print(image_clue_0.size)").stdout == "(32, 32)\n"
+            assert first_template.is_running() and eng.status().input_templates == 2
+            assert first.run("print(image_clue_0.size)").stdout == "(4000, 3000)\n"
+        first.close()
+        assert wait_until(lambda: not first_template.is_running(), timeout=5)
+        assert eng.status().input_templates == 1
+
+
+def test_a_dead_template_is_replaced_and_in_memory_images_need_none(large_image):
+    eng = quiet_engine(spare_kernels=0, sandbox=FORK)
+    with eng:
+        with eng.session(images={"image_clue_0": large_image}) as s:
+            s.run("x = 1")
+        victim = template_processes(eng)[0]
+        victim.kill()
+        victim.wait(timeout=5)
+        with eng.session(images={"image_clue_0": large_image}) as again:
+            assert again.run("print(image_clue_0.size)").stdout == "(4000, 3000)\n"
+        assert eng.core._templates.made == 2
+        with eng.session(images={"image_clue_0": Image.new("RGB", (5, 4))}) as in_memory:
+            assert in_memory.run("print(image_clue_0.size)").stdout == "(5, 4)\n"
+        assert eng.core._templates.made == 2

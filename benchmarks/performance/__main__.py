@@ -25,6 +25,7 @@ PERFORMANCE_BENCHMARKS = {
     "distributed": "benchmarks.performance.distributed",
     "engine": "benchmarks.performance.engine",
     "env": "benchmarks.performance.env",
+    "kernels": "benchmarks.performance.kernels",
     "ofr": "benchmarks.performance.ofr",
     "trainer": "benchmarks.performance.trainer",
     "video": "benchmarks.performance.video",

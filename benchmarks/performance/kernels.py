@@ -43,8 +43,19 @@ from pyvision_env.vector import PyVisionVectorEnv
 
 from .engine import BENCH_LIMITS, BareKernel
 from .env import ENV_OPTIONS, make_tasks
-from .report import LoadMonitor, Metric, Report, Run, check, load_summary, log, machine_summary, percentile, \
-    progress, run_benchmark
+from .report import (
+    LoadMonitor,
+    Metric,
+    Report,
+    Run,
+    check,
+    load_summary,
+    log,
+    machine_summary,
+    percentile,
+    progress,
+    run_benchmark,
+)
 
 NAME = "kernels"
 DESCRIPTION = "kernels forked by the factory vs a new interpreter vs a bare jupyter kernel: CPU, readiness, memory"
@@ -215,7 +226,8 @@ def _episode_forks(settings: Settings) -> dict[str, list[float]]:
         with engine.session() as original:
             for cell in FORK_CELLS:
                 check(original.run(cell).ok, cell)
-            for _ in progress(NAME, settings.forks, "episode forks"):
+            bar = progress(NAME, settings.forks, "episode forks")
+            for _ in range(settings.forks):
                 engine.warm_up()
                 started = time.perf_counter()
                 fork = original.fork()
@@ -228,6 +240,8 @@ def _episode_forks(settings: Settings) -> dict[str, list[float]]:
                     for cell in FORK_CELLS:
                         again.run(cell)
                     samples["cells_again"].append(time.perf_counter() - started)
+                bar.update()
+            bar.close()
     finally:
         engine.close()
     return samples

@@ -45,13 +45,14 @@ from PIL import Image
 from ..deprecation import REMOVED_IN, renamed_keywords
 from ..video import reader as video_reader
 from ..video.reader import VideoOptions
-from .factory import FactoryError, KernelFactory
-from .kernel import Kernel, KernelDiedError, run_on_spawner
+from .factory import FactoryError, InputTemplate, KernelFactory
+from .kernel import Kernel, KernelDiedError, KernelStartError, run_on_spawner
 from .limits import ExecutionLimits, SandboxConfig
 from .loop import LoopThread
 from .records import CellResult, CellStatus, EngineStatus
 from .sandbox import CgroupManager, SandboxUnavailableError, pid_exists, probe_bubblewrap
 from .supply import KernelSupply
+from .templates import InputTemplates, stage_inputs
 
 VIDEO_READER_SOURCE = Path(video_reader.__file__).read_text()
 """Sent into kernels that hold videos, where it becomes the module ``pyvision_video``."""
@@ -107,6 +108,7 @@ class AsyncEngine:
         self._cgroups: CgroupManager | None = None
         self._supply: KernelSupply | None = None
         self._factory: KernelFactory | None = None
+        self._templates: InputTemplates | None = None
         self.kernel_start = "exec"
         self.kernel_start_reason = "the engine has not started"
         self._finalizer: weakref.finalize | None = None
@@ -170,13 +172,38 @@ class AsyncEngine:
             self.kernel_start, self.kernel_start_reason = "exec", str(exc).splitlines()[0]
             return
         self._factory = factory
+        self._templates = InputTemplates(factory, self.sandbox.input_templates, self._root)
         self.kernel_start, self.kernel_start_reason = "fork", f"forked by the kernel factory (pid {factory.pid})"
 
-    async def _start_kernel(self) -> Kernel:
+    async def _start_kernel(self, template: InputTemplate | None = None) -> Kernel:
         assert self._root is not None and self._context is not None
         return await Kernel.start(root=self._root, config=self.sandbox, limits=self.limits, context=self._context,
                                   cgroups=self._cgroups, sandboxed=self.isolation == "bubblewrap",
-                                  factory=self._factory)
+                                  factory=self._factory, template=template)
+
+    async def _acquire_kernel(self, images: Mapping[str, Any]) -> Kernel:
+        """A fresh kernel for a session with ``images``: forked by their input template where there is one, else
+        a spare kernel."""
+        supply = self._running_supply()
+        template = await self._templates.get(images) if self._templates is not None else None
+        if template is not None:
+            try:
+                kernel = await supply.start_dedicated(lambda: self._start_kernel(template))
+            except KernelStartError as exc:
+                log.warning("an input template failed (its episodes load their images themselves): %s", exc)
+                assert self._templates is not None
+                self._templates.drop(template)
+            else:
+                assert self._templates is not None
+                self._templates.kernel_started(template)
+                return kernel
+        return await supply.acquire()
+
+    async def _release_kernel(self, kernel: Kernel) -> None:
+        """Kill a session's kernel (and close its input template if that was evicted and this was its last)."""
+        await self._running_supply().release(kernel)
+        if kernel.template is not None and self._templates is not None:
+            self._templates.kernel_ended(kernel.template)
 
     async def close(self) -> None:
         """Kill every kernel and remove every file the engine made. Safe to call twice."""
@@ -184,6 +211,8 @@ class AsyncEngine:
             return
         if self._supply is not None:
             await self._supply.close()
+        if self._templates is not None:
+            self._templates.close()
         if self._factory is not None:
             await run_on_spawner(self._factory.stop)
         if self._cgroups is not None:
@@ -197,6 +226,7 @@ class AsyncEngine:
             atexit.unregister(self._finalizer)
         self._supply = None
         self._factory = None
+        self._templates = None
         self._context = None
 
     async def __aenter__(self) -> AsyncEngine:
@@ -218,7 +248,8 @@ class AsyncEngine:
             max_kernels=self._max_kernels, kernels_started=supply.started if supply else 0,
             kernels_failed=supply.failed if supply else 0, kernel_start=self.kernel_start,
             kernel_start_reason=self.kernel_start_reason,
-            factory_starts=self._factory.starts if self._factory is not None else 0)
+            factory_starts=self._factory.starts if self._factory is not None else 0,
+            input_templates=self._templates.count if self._templates is not None else 0)
 
     # --- sessions --------------------------------------------------------------------------------
 
@@ -286,22 +317,21 @@ class AsyncSession:
         return self
 
     async def _new_kernel(self) -> None:
-        supply = self.engine._running_supply()
-        kernel = await supply.acquire()
+        kernel = await self.engine._acquire_kernel(self._images)
         try:
             await self._load_inputs(kernel)
         except BaseException:
-            await supply.release(kernel)
+            await self.engine._release_kernel(kernel)
             raise
         self._kernel = kernel
 
     async def _load_inputs(self, kernel: Kernel) -> None:
         code = f"_pyvision_seed({self.seed})"
         if self._images or self._values_json != "{}":
-            paths = await asyncio.to_thread(_stage_inputs, self._images, kernel.inputs_dir)
+            paths = await asyncio.to_thread(stage_inputs, self._images, kernel.inputs_dir)
             code += f"\n_pyvision_load_inputs({json.dumps(json.dumps(paths))}, {json.dumps(self._values_json)})"
         if self._videos:
-            videos = await asyncio.to_thread(_stage_inputs, self._videos, kernel.inputs_dir)
+            videos = await asyncio.to_thread(stage_inputs, self._videos, kernel.inputs_dir)
             options = json.dumps(dataclasses.asdict(self._video_options))
             code += (f"\n_pyvision_load_videos({json.dumps(json.dumps(videos))}, {json.dumps(VIDEO_READER_SOURCE)}, "
                      f"{json.dumps(options)})")
@@ -423,7 +453,7 @@ class AsyncSession:
         kernel, self._kernel = self._kernel, None
         if kernel is not None:
             self.restarts += 1
-            await self.engine._running_supply().release(kernel)
+            await self.engine._release_kernel(kernel)
 
     async def close(self) -> None:
         """Kill the episode's kernel (never reused). Safe to call twice."""
@@ -432,7 +462,7 @@ class AsyncSession:
         self._closed = True
         kernel, self._kernel = self._kernel, None
         if kernel is not None and self.engine._supply is not None:
-            await self.engine._supply.release(kernel)
+            await self.engine._release_kernel(kernel)
 
     async def __aenter__(self) -> AsyncSession:
         return await self.start()
@@ -595,29 +625,6 @@ def _check_inputs(images: dict[str, Any], values: dict[str, Any], videos: dict[s
     if len(encoded) > MAX_VALUES_BYTES:
         raise InputError(f"values are {len(encoded)} bytes as JSON; the limit is {MAX_VALUES_BYTES}")
     return encoded
-
-
-def _stage_inputs(images: dict[str, Any], inputs_dir: Path) -> dict[str, str]:
-    """Expose input files (and in-memory images, as PNG) in the kernel's read-only inputs directory (hard
-    link, else copy)."""
-    staged = {}
-    for name, image in images.items():
-        if isinstance(image, Image.Image):
-            target = inputs_dir / f"{name}.png"
-            if not target.exists():
-                image.save(target, format="PNG")
-                os.chmod(target, 0o444)
-        else:
-            source = Path(image)
-            target = inputs_dir / f"{name}{source.suffix.lower()}"
-            if not target.exists():
-                try:  # a hard link shares the caller's file: its permissions are left alone (the sandbox
-                    os.link(source, target)  # mounts the inputs directory read-only)
-                except OSError:
-                    shutil.copyfile(source, target)
-                    os.chmod(target, 0o444)
-        staged[name] = str(target)
-    return staged
 
 
 def _decode_all(pending: list) -> tuple[list[Image.Image], list[str]]:

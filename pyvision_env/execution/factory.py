@@ -33,9 +33,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from .limits import ExecutionLimits, SandboxConfig
+from .limits import INPUT_IMAGES_CODE, ExecutionLimits, SandboxConfig
 from .sandbox import environment_options, host_view_options, kernel_environment, make_preexec, options_file
 
 FACTORY_SCRIPT = Path(__file__).with_name("factory_process.py")
@@ -68,7 +69,7 @@ class KernelFactory:
         self.process: subprocess.Popen | None = None
         self.pid: int | None = None
         self.starts = 0
-        self._control: socket.socket | None = None
+        self._channel: Channel | None = None
         self._lock = threading.Lock()
 
     @property
@@ -99,11 +100,12 @@ class KernelFactory:
             for fd in inherited[1:]:
                 os.close(fd)
             theirs.close()
-        self._control = ours
+        self._channel = Channel(ours, "the kernel factory", self._describe)
         self.starts += 1
         try:
-            self._send({"preload": list(self.config.preload), "isolate": self.isolate})
-            reply = self._receive(self.config.startup_timeout)
+            self._channel.send({"preload": list(self.config.preload), "setup": self.config.setup_code(),
+                                "input_loader": INPUT_IMAGES_CODE, "isolate": self.isolate})
+            reply, _ = self._channel.receive(self.config.startup_timeout)
         except FactoryError:
             self.stop()
             raise
@@ -113,29 +115,62 @@ class KernelFactory:
         self.pid = int(reply["pid"])
 
     def fork(self, kernel_dir: Path, connection_file: Path, limits: ExecutionLimits, flags: tuple[str, ...],
-             cgroup_fds: list[int]) -> ForkedProcess:
-        """A new kernel (its holder and kernel processes); starts the factory again first if it died."""
+             cgroup_fds: list[int], template: InputTemplate | None = None) -> ForkedProcess:
+        """A new kernel (its holder and kernel processes), forked by ``template`` when given (it dies with it),
+        else by the factory, which is started again first if it died."""
         env = kernel_environment(self.config, home=str(kernel_dir / "work"))
         request = {"kernel_dir": str(kernel_dir), "connection_file": str(connection_file), "env": env,
                    "limits": dataclasses.asdict(limits), "flags": list(flags)}
         with self._lock:
-            if not self.running:
-                self.start()
+            channel = template.channel if template is not None else self._running_channel()
             try:
-                self._send(request, cgroup_fds)
-                reply = self._receive(REQUEST_TIMEOUT)
+                channel.send(request, cgroup_fds)
+                reply, _ = channel.receive(REQUEST_TIMEOUT)
             except FactoryError:
-                self.stop()  # the next request starts a new factory
+                if template is None:
+                    self.stop()  # the next request starts a new factory
                 raise
         if not reply.get("ok"):
             raise FactoryError(f"the kernel factory could not fork a kernel: {reply.get('error')}")
         return ForkedProcess(int(reply["holder"]), int(reply["kernel"]), kernel_dir / EXIT_STATUS_FILE)
 
+    def make_template(self, images: dict[str, str], directory: Path) -> InputTemplate:
+        """An input template holding ``images`` (name -> path, in ``directory`` under the engine's, which the
+        template owns) decoded; raises :class:`FactoryError`."""
+        with self._lock:
+            channel = self._running_channel()
+            try:
+                channel.send({"op": "template", "images": images})
+                reply, fds = channel.receive(REQUEST_TIMEOUT)
+            except FactoryError:
+                self.stop()
+                raise
+            if not reply.get("ok") or len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                raise FactoryError(f"the kernel factory could not make an input template: {reply.get('error')}")
+            template = InputTemplate(Channel(socket.socket(fileno=fds[0]), "an input template", lambda: ""),
+                                     int(reply["pid"]), directory)
+            try:
+                loaded, _ = template.channel.receive(self.config.startup_timeout)
+                if not loaded.get("ok"):
+                    raise FactoryError(f"an input template could not decode its images: {loaded.get('error')}")
+            except FactoryError:
+                template.close()
+                raise
+        return template
+
+    def _running_channel(self) -> Channel:
+        if not self.running or self._channel is None:
+            self.start()
+        assert self._channel is not None
+        return self._channel
+
     def stop(self) -> None:
-        """Kill the factory (its kernels die with it). Safe to call twice."""
-        if self._control is not None:
-            self._control.close()
-            self._control = None
+        """Kill the factory (its kernels and templates die with it). Safe to call twice."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
         if self.process is not None:
             with contextlib.suppress(OSError):
                 os.killpg(self.process.pid, signal.SIGKILL)
@@ -145,43 +180,84 @@ class KernelFactory:
             self.process = None
             self.pid = None
 
-    def _send(self, message: dict, fds: list[int] | None = None) -> None:
-        assert self._control is not None
-        data = json.dumps(message).encode() + b"\n"
-        try:
-            sent = socket.send_fds(self._control, [data], fds or [])
-            if sent < len(data):
-                self._control.sendall(data[sent:])
-        except OSError as exc:
-            raise FactoryError(f"the kernel factory is gone ({self._exit_description()}): {exc}") from exc
-
-    def _receive(self, timeout: float) -> dict:
-        assert self._control is not None
-        data = b""
-        until = time.monotonic() + timeout
-        while not data.endswith(b"\n"):
-            left = until - time.monotonic()
-            if left <= 0 or not select.select([self._control], [], [], left)[0]:
-                raise FactoryError(f"the kernel factory did not answer within {timeout:g} s\n{self.log_tail()}")
-            chunk = self._control.recv(1 << 20)
-            if not chunk:
-                raise FactoryError(f"the kernel factory exited ({self._exit_description()})\n{self.log_tail()}")
-            data += chunk
-        return json.loads(data)
-
-    def _exit_description(self) -> str:
+    def _describe(self) -> str:
         if self.process is None:
             return "not started"
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=1)
         code = self.process.poll()
-        return "still running" if code is None else f"exit code {code}"
+        state = "still running" if code is None else f"exit code {code}"
+        return f"{state}; its log ends:\n{self.log_tail()}"
 
     def log_tail(self, chars: int = 2000) -> str:
         try:
             return (self.root / "factory.log").read_bytes()[-chars:].decode("utf-8", "replace")
         except OSError:
             return ""
+
+
+class Channel:
+    """JSON lines over a Unix socket, with descriptors attached; errors say who is at the other end (``who``) and
+    what became of it (``describe()``)."""
+
+    def __init__(self, sock: socket.socket, who: str, describe: Callable[[], str]) -> None:
+        self.socket = sock
+        self.who = who
+        self._describe = describe
+
+    def send(self, message: dict, fds: list[int] | None = None) -> None:
+        data = json.dumps(message).encode() + b"\n"
+        try:
+            sent = socket.send_fds(self.socket, [data], fds or [])
+            self.socket.sendall(data[sent:])
+        except OSError as exc:
+            raise FactoryError(f"{self.who} is gone ({exc}) {self._describe()}") from exc
+
+    def receive(self, timeout: float) -> tuple[dict, list[int]]:
+        """One message and the descriptors that came with it; raises :class:`FactoryError` past ``timeout``."""
+        data, fds = b"", []
+        until = time.monotonic() + timeout
+        while not data.endswith(b"\n"):
+            left = until - time.monotonic()
+            if left <= 0 or not select.select([self.socket], [], [], left)[0]:
+                raise FactoryError(f"{self.who} did not answer within {timeout:g} s {self._describe()}")
+            chunk, more, _, _ = socket.recv_fds(self.socket, 1 << 20, 4)
+            fds += more
+            if not chunk:
+                raise FactoryError(f"{self.who} exited {self._describe()}")
+            data += chunk
+        return json.loads(data), fds
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+class InputTemplate:
+    """A process forked from the factory that holds one task's input images decoded and forks the kernels of that
+    task's episodes: a GRPO group decodes its images once and its kernels share their pages. Kernels forked by a
+    template die with it, so the engine closes one only when none of its kernels is left (``users``)."""
+
+    def __init__(self, channel: Channel, pid: int, directory: Path) -> None:
+        self.channel = channel
+        self.pid = pid
+        self.directory = directory
+        """Its inputs (links to the task's files), removed with it."""
+        self.users = 0
+        self._pidfd = os.pidfd_open(pid)
+
+    @property
+    def alive(self) -> bool:
+        return self._pidfd is not None and not select.select([self._pidfd], [], [], 0)[0]
+
+    def close(self) -> None:
+        """Kill the template (with any kernel it forked) and remove its inputs. Safe to call twice."""
+        self.channel.close()
+        if self._pidfd is not None:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            os.close(self._pidfd)
+            self._pidfd = None
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def factory_sandbox_options(root: Path, config: SandboxConfig, env: dict[str, str]) -> list[str]:

@@ -18,9 +18,14 @@ Each kernel is three processes:
 * the *kernel*, PID 2: a new session, the kernel's resource limits, no capabilities, its own environment,
   then ipykernel's application started in process, which binds its sockets in the kernel's directory.
 
-Messages (JSON lines): first ``{"preload": [...], "isolate": bool}`` -> ``{"ok": bool, "error": ..., "pid": ...}``;
-then per kernel ``{"kernel_dir", "connection_file", "env", "limits", "flags"}`` -> ``{"ok": true, "holder": PID,
-"kernel": PID}`` or ``{"ok": false, "error": "..."}``.
+Messages (JSON lines):
+
+* first ``{"preload": [...], "setup": source, "input_loader": source, "isolate": bool}`` -> ``{"ok": bool,
+  "error": ..., "pid": ...}``;
+* per kernel ``{"kernel_dir", "connection_file", "env", "limits", "flags"}`` -> ``{"ok": true, "holder": PID,
+  "kernel": PID}`` or ``{"ok": false, "error": "..."}``;
+* per input template ``{"op": "template", "images": {name: path}}`` -> ``{"ok": true, "pid": PID}`` with the
+  template's socket attached; the template says first whether its images loaded, then answers kernel requests.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ import socket
 import struct
 import sys
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from types import CodeType
 
 KERNEL_MODULES = (
     "ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "ipykernel.debugger",
@@ -58,6 +66,17 @@ SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 EXIT_STATUS_FILE = "exit_status"
 
 libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What every kernel forked by this process gets: the compiled setup, its own namespaces (``isolate``), the
+    holder's ``sleep`` program, and input images already decoded (in an input template)."""
+
+    setup: CodeType
+    isolate: bool
+    sleep: str | None
+    decoded_inputs: dict = field(default_factory=dict)
 
 
 def checked(result: int, what: str) -> None:
@@ -82,8 +101,9 @@ def set_process_name(name: bytes) -> None:
 
 # --- start-up -------------------------------------------------------------------------------------
 
-def warm_up(preload: list[str]) -> None:
-    """Import what every kernel needs and run the preload statements once (in a scratch namespace)."""
+def warm_up(preload: list[str], setup: str) -> CodeType:
+    """Import what every kernel needs, run the preload statements once (in a scratch namespace), and compile the
+    kernels' setup (which each kernel runs in its own namespace)."""
     for name in KERNEL_MODULES:
         try:
             __import__(name)
@@ -92,8 +112,10 @@ def warm_up(preload: list[str]) -> None:
     namespace: dict = {}
     for statement in preload:
         exec(compile(statement, "<preload>", "exec"), namespace)  # the engine's own configuration
+    code = compile(setup, "<pyvision-kernel-setup>", "exec")
     gc.collect()
     gc.freeze()  # objects made so far are never traversed again: the kernels' collector leaves their pages shared
+    return code
 
 
 def threads() -> int:
@@ -132,8 +154,7 @@ def read_all(fd: int) -> bytes:
 
 # --- one kernel -----------------------------------------------------------------------------------
 
-def fork_kernel(request: dict, cgroup_fds: list[int], control: socket.socket, isolate: bool, sleep: str | None
-                ) -> dict:
+def fork_kernel(request: dict, cgroup_fds: list[int], control: socket.socket, recipe: Recipe) -> dict:
     """Fork the holder (which forks the init and the kernel); its report, or the error it hit."""
     read_end, write_end = os.pipe()
     holder = os.fork()
@@ -141,7 +162,7 @@ def fork_kernel(request: dict, cgroup_fds: list[int], control: socket.socket, is
         try:
             os.close(read_end)
             control.close()
-            become_holder(request, cgroup_fds, write_end, isolate, sleep)
+            become_holder(request, cgroup_fds, write_end, recipe)
         except BaseException:  # noqa: BLE001 - any failure ends this child with its message
             os.write(write_end, json.dumps({"ok": False, "error": traceback.format_exc(limit=4)[-3000:]}).encode())
         os._exit(1)
@@ -155,7 +176,7 @@ def fork_kernel(request: dict, cgroup_fds: list[int], control: socket.socket, is
         return {"ok": False, "error": f"the kernel's holder process died before it reported ({answer[:200]!r})"}
 
 
-def become_holder(request: dict, cgroup_fds: list[int], report: int, isolate: bool, sleep: str | None) -> None:
+def become_holder(request: dict, cgroup_fds: list[int], report: int, recipe: Recipe) -> None:
     factory = os.getppid()
     die_with_parent()
     if os.getppid() != factory:
@@ -164,7 +185,7 @@ def become_holder(request: dict, cgroup_fds: list[int], report: int, isolate: bo
         os.write(fd, b"0")
         os.close(fd)
     kernel_dir = request["kernel_dir"]
-    if isolate:
+    if recipe.isolate:
         checked(libc.unshare(KERNEL_NAMESPACES), "unshare")
         private_mounts(kernel_dir, int(request["limits"]["disk_bytes"]))
         checked(libc.sethostname(b"sandbox", 7), "sethostname")
@@ -172,12 +193,12 @@ def become_holder(request: dict, cgroup_fds: list[int], report: int, isolate: bo
     init = os.fork()
     if init == 0:
         os.close(report)
-        become_init(request, isolate)
+        become_init(request, recipe)
     os.write(report, json.dumps({"ok": True, "holder": os.getpid(), "kernel": init}).encode())
     os.close(report)
     os.closerange(0, 3)  # nothing to say any more
-    if sleep is not None:
-        os.execv(sleep, ["sleep", "infinity"])
+    if recipe.sleep is not None:
+        os.execv(recipe.sleep, ["sleep", "infinity"])
     while True:
         signal.pause()
 
@@ -213,7 +234,7 @@ def bring_loopback_up() -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
-def become_init(request: dict, isolate: bool) -> None:
+def become_init(request: dict, recipe: Recipe) -> None:
     """PID 1 of the kernel's namespace: start the kernel, reap every orphan, record how the kernel ended."""
     status_path = os.path.join(request["kernel_dir"], EXIT_STATUS_FILE)
     try:
@@ -222,12 +243,12 @@ def become_init(request: dict, isolate: bool) -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(number, signal.SIG_IGN)
-        if isolate:
+        if recipe.isolate:
             mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV)
             drop_privileges()
         kernel = os.fork()
         if kernel == 0:
-            become_kernel(request, isolate)
+            become_kernel(request, recipe)
         while True:
             try:
                 pid, status = os.waitpid(-1, 0)
@@ -245,8 +266,9 @@ def become_init(request: dict, isolate: bool) -> None:
         os._exit(1)
 
 
-def become_kernel(request: dict, isolate: bool) -> None:
-    """The kernel: limits, no privileges, its own descriptors and environment, then ipykernel in this process."""
+def become_kernel(request: dict, recipe: Recipe) -> None:
+    """The kernel: limits, no privileges, its own descriptors and environment, then ipykernel in this process,
+    which runs the setup in its namespace before it answers anyone."""
     kernel_dir = request["kernel_dir"]
     try:
         os.setsid()
@@ -266,7 +288,7 @@ def become_kernel(request: dict, isolate: bool) -> None:
             _, hard = resource.getrlimit(which)
             value = value if hard == resource.RLIM_INFINITY else min(value, hard)
             resource.setrlimit(which, (value, value))
-        if isolate:
+        if recipe.isolate:
             drop_privileges()
         os.environ.clear()
         os.environ.update(request["env"])
@@ -277,6 +299,8 @@ def become_kernel(request: dict, isolate: bool) -> None:
 
         app = IPKernelApp.instance()
         app.initialize(sys.argv[1:])
+        exec(recipe.setup, app.shell.user_ns)  # the engine's own preload and helpers
+        app.shell.user_ns["_pyvision_decoded_inputs"] = dict(recipe.decoded_inputs)
         app.start()
     except BaseException:  # noqa: BLE001 - the engine reads the log tail when the kernel does not come up
         traceback.print_exc()
@@ -310,22 +334,66 @@ def serve(control: socket.socket) -> None:
     set_process_name(b"pyvision-factory")
     config = json.loads(receive(control)[0])
     isolate = bool(config["isolate"])
+    recipe, open_input = None, None
     try:
-        warm_up(config["preload"])
+        setup = warm_up(config["preload"], config["setup"])
+        open_input = source_function(config["input_loader"], "_pyvision_open_input")
+        recipe = Recipe(setup, isolate, shutil.which("sleep"))
         failure = (f"the factory has {threads()} threads after its imports (a fork would copy them half-made)"
                    if threads() != 1 else self_test(isolate))
     except BaseException:  # noqa: BLE001
         failure = traceback.format_exc(limit=4)[-3000:]
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # holders are reaped by the system
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # holders and templates are reaped by the system
     send(control, {"ok": failure is None, "error": failure, "pid": os.getpid()})
-    if failure is not None:
-        return
-    sleep = shutil.which("sleep")
+    if failure is None:
+        serve_requests(control, recipe, open_input)
+
+
+def serve_requests(control: socket.socket, recipe: Recipe, open_input: Callable | None) -> None:
+    """Fork a kernel per request; with ``open_input`` (the factory, not a template) also make input templates."""
     while True:
         message, fds = receive(control)
         if not message:
             return  # the engine closed its end
-        send(control, fork_kernel(json.loads(message), fds, control, isolate, sleep))
+        request = json.loads(message)
+        if request.get("op") == "template" and open_input is not None:
+            reply, engine_end = make_template(request, control, recipe, open_input)
+            send(control, reply, [engine_end])
+            os.close(engine_end)
+        else:
+            send(control, fork_kernel(request, fds, control, recipe))
+
+
+def make_template(request: dict, control: socket.socket, recipe: Recipe, open_input: Callable) -> tuple[dict, int]:
+    """Fork an input template: a process that decodes one task's images once and then forks that task's kernels
+    (each binds the decoded images, sharing their pages). It answers on a socket of its own, whose other end goes
+    to the engine; its first message says whether the images loaded."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    template = os.fork()
+    if template == 0:
+        try:
+            control.close()
+            ours.close()
+            die_with_parent()
+            set_process_name(b"pyvision-inputs")
+            decoded = {name: open_input(path) for name, path in request["images"].items()}
+        except BaseException:  # noqa: BLE001 - reported to the engine
+            send(theirs, {"ok": False, "error": traceback.format_exc(limit=4)[-3000:]})
+            os._exit(1)
+        gc.freeze()
+        send(theirs, {"ok": True, "pid": os.getpid()})
+        serve_requests(theirs, replace(recipe, decoded_inputs=decoded), None)
+        os._exit(0)
+    theirs.close()
+    engine_end = ours.detach()
+    return {"ok": True, "pid": template}, engine_end
+
+
+def source_function(source: str, name: str) -> Callable:
+    """The function ``name`` defined by ``source`` (code the engine sends, as it sends it to kernels)."""
+    namespace: dict = {}
+    exec(compile(source, f"<{name}>", "exec"), namespace)
+    return namespace[name]
 
 
 def receive(control: socket.socket) -> tuple[bytes, list[int]]:
@@ -339,8 +407,10 @@ def receive(control: socket.socket) -> tuple[bytes, list[int]]:
     return message.strip(), list(fds)
 
 
-def send(control: socket.socket, reply: dict) -> None:
-    control.sendall(json.dumps(reply).encode() + b"\n")
+def send(control: socket.socket, reply: dict, fds: list[int] | None = None) -> None:
+    data = json.dumps(reply).encode() + b"\n"
+    sent = socket.send_fds(control, [data], fds) if fds else 0
+    control.sendall(data[sent:])
 
 
 if __name__ == "__main__":

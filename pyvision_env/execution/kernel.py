@@ -32,14 +32,13 @@ import zmq.asyncio
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.connect import write_connection_file
 
-from .factory import FactoryError, ForkedProcess, KernelFactory
+from .factory import FactoryError, ForkedProcess, InputTemplate, KernelFactory
 from .limits import ExecutionLimits, SandboxConfig
 from .output import OutputCollector, PendingImage
 from .records import CellResult, CellStatus
 from .sandbox import Cgroup, CgroupManager, bubblewrap_options, kernel_environment, make_preexec, options_file
 
 T = TypeVar("T")
-KERNEL_SIDE_CODE = (Path(__file__).with_name("kernel_side.py")).read_text()
 IDLE_WAIT = 0.5
 """Seconds to wait for the ``idle`` status after the reply (it can be lost under an output flood)."""
 OUTPUT_STOP_DELAY = 0.1
@@ -67,9 +66,10 @@ class KernelDiedError(RuntimeError):
 
 def _launch(command: list[str], env: dict[str, str], directory: Path, limits: ExecutionLimits,
             cgroups: CgroupManager | None, kernel_id: str, sandbox_options: list[str] | None,
-            factory: KernelFactory | None) -> tuple[KernelProcess, Cgroup | None]:
+            factory: KernelFactory | None, template: InputTemplate | None) -> tuple[KernelProcess, Cgroup | None]:
     """Create the kernel's cgroup and the process (runs on the spawner thread, off the event loop): forked by
-    ``factory`` when given, else a new interpreter, inside bubblewrap with ``sandbox_options`` when given.
+    ``factory`` (by ``template`` when given) or else a new interpreter, inside bubblewrap with ``sandbox_options``
+    when given.
     Bubblewrap, the sandbox's PID 1, gets the kernel's own environment and its options through a file
     descriptor: a cell reading ``/proc/1`` learns nothing of the host."""
     cgroup = cgroups.create(f"k-{kernel_id}", limits) if cgroups is not None else None
@@ -81,7 +81,8 @@ def _launch(command: list[str], env: dict[str, str], directory: Path, limits: Ex
     log = open(directory / "kernel.log", "wb")  # noqa: SIM115 - handed to the child
     try:
         if factory is not None:
-            return factory.fork(directory, directory / "kernel.json", limits, KERNEL_FLAGS, cgroup_fds), cgroup
+            return factory.fork(directory, directory / "kernel.json", limits, KERNEL_FLAGS, cgroup_fds,
+                                template), cgroup
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
             cwd=str(directory / "work"), start_new_session=True, close_fds=True,
@@ -175,6 +176,8 @@ class Kernel:
         self.client = client
         self.cgroup = cgroup
         self.sandboxed = sandboxed
+        self.template: InputTemplate | None = None
+        """The input template that forked it (its images are bound without decoding)."""
         self.cells_run = 0
         self._killed = False
         self._pidfd = _pidfd_open(process.pid)
@@ -195,9 +198,9 @@ class Kernel:
     @classmethod
     async def start(cls, *, root: Path, config: SandboxConfig, limits: ExecutionLimits,
                     context: zmq.asyncio.Context, cgroups: CgroupManager | None, sandboxed: bool,
-                    factory: KernelFactory | None = None) -> Kernel:
-        """Launch a kernel (forked by ``factory`` when given), wait until it answers, run the preload. Raises
-        :class:`KernelStartError`."""
+                    factory: KernelFactory | None = None, template: InputTemplate | None = None) -> Kernel:
+        """Launch a kernel (forked by ``factory``, or by its input ``template``, when given), wait until it answers,
+        run the preload. Raises :class:`KernelStartError`."""
         kernel_id = uuid.uuid4().hex[:12]
         directory = root / f"k-{kernel_id}"
         directory.mkdir(mode=0o700)
@@ -212,7 +215,8 @@ class Kernel:
         sandbox_options = bubblewrap_options(directory, directory / "work", directory / "inputs", config, limits,
                                              env) if sandboxed and factory is None else None
         launch = asyncio.get_running_loop().run_in_executor(
-            _spawner(), _launch, command, env, directory, limits, cgroups, kernel_id, sandbox_options, factory)
+            _spawner(), _launch, command, env, directory, limits, cgroups, kernel_id, sandbox_options, factory,
+            template)
         try:
             process, cgroup = await asyncio.shield(launch)
         except asyncio.CancelledError:
@@ -222,14 +226,15 @@ class Kernel:
         client.load_connection_file(str(connection_file))
         client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
         kernel = cls(kernel_id, directory, process, client, cgroup, sandboxed)
+        kernel.template = template
         try:
             await asyncio.wait_for(kernel._wait_ready(), timeout=config.startup_timeout)
-            setup = "\n".join(config.preload) + "\n" + KERNEL_SIDE_CODE
-            outcome = await kernel.execute(setup, limits.replace(cell_timeout=config.startup_timeout),
-                                           silent=True)
-            if not outcome.result.ok:
-                raise KernelStartError(f"the kernel's preload failed: {outcome.result.error_name}: "
-                                       f"{outcome.result.error_value}\n{outcome.result.traceback[-2000:]}")
+            if factory is None:  # a forked kernel ran the setup itself, compiled once by the factory
+                outcome = await kernel.execute(config.setup_code(), limits.replace(cell_timeout=config.startup_timeout),
+                                               silent=True)
+                if not outcome.result.ok:
+                    raise KernelStartError(f"the kernel's preload failed: {outcome.result.error_name}: "
+                                           f"{outcome.result.error_value}\n{outcome.result.traceback[-2000:]}")
         except (asyncio.TimeoutError, KernelDiedError, KernelStartError) as exc:
             log_tail = kernel.log_tail()
             await kernel.kill()

@@ -19,7 +19,6 @@ import matplotlib as _pyvision_mpl
 _pyvision_mpl.use("Agg")
 import matplotlib.pyplot as _pyvision_plt
 from matplotlib.figure import Figure as _PyvisionFigure
-from PIL import Image as _PyvisionImage
 
 
 def _pyvision_figure_png(fig):
@@ -83,12 +82,12 @@ def _pyvision_seed(seed):
 
 
 def _pyvision_load_inputs(images_json, values_json):
-    """Bind PIL images (opened from read-only files) and JSON values to names in the user namespace."""
+    """Bind PIL images (opened from read-only files, or already decoded by the factory's input template this
+    kernel was forked from) and JSON values to names in the user namespace."""
     namespace = get_ipython().user_ns
+    decoded = namespace.pop("_pyvision_decoded_inputs", {})
     for name, path in _pyvision_json.loads(images_json).items():
-        with _PyvisionImage.open(path) as image:
-            image.load()
-            namespace[name] = image.copy() if image.mode in ("RGB", "RGBA", "L") else image.convert("RGB")
+        namespace[name] = decoded[name] if name in decoded else _pyvision_open_input(path)
         if name.startswith("image_clue_") and name[11:].isdigit():
             _pyvision_tag_input(namespace[name], int(name[11:]))
     namespace.update(_pyvision_json.loads(values_json))

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..deprecation import renamed_keywords
 
+KERNEL_SIDE_CODE = (Path(__file__).with_name("kernel_side.py")).read_text()
+INPUT_IMAGES_CODE = (Path(__file__).with_name("input_images.py")).read_text()
 MiB = 1 << 20
 GiB = 1 << 30
 
@@ -135,6 +138,10 @@ class SandboxConfig:
     of milliseconds, pages shared; see :mod:`pyvision_env.execution.factory`), or ``"exec"``, a new interpreter
     each (about a second). ``"auto"`` (default) forks where the factory works here and otherwise starts
     interpreters, saying why in ``engine.status()``; ``"fork"`` raises instead."""
+    input_templates: int = 8
+    """Tasks whose input images the kernel factory keeps decoded in a process of their own, to fork the kernels of
+    their episodes from (the episodes of a GRPO group decode their images once and share them); the most recently
+    used are kept. 0 turns it off. Only with ``kernel_start`` fork."""
     use_cgroups: bool = True
     """Put each kernel in its own cgroup (``pids.max``, memory) when the cgroup filesystem is writable."""
     python: str | None = None
@@ -154,9 +161,17 @@ class SandboxConfig:
     extra_readonly_paths: tuple[str, ...] = field(default=())
     """Host paths re-exposed read-only inside the sandbox even if under a hidden path."""
 
+    def setup_code(self) -> str:
+        """What every kernel runs before it is handed out: the preload statements, then the helpers of
+        ``input_images.py`` and ``kernel_side.py`` (display hooks, input loaders, the operation trace)."""
+        return "\n".join([*self.preload, INPUT_IMAGES_CODE, KERNEL_SIDE_CODE])
+
     def __post_init__(self) -> None:
         if self.isolation not in ISOLATION_MODES:
             raise ValueError(f"SandboxConfig.isolation must be one of {ISOLATION_MODES}, got {self.isolation!r}")
+        if isinstance(self.input_templates, bool) or not isinstance(self.input_templates, int) \
+                or self.input_templates < 0:
+            raise ValueError(f"SandboxConfig.input_templates must be an int >= 0, got {self.input_templates!r}")
         if self.kernel_start not in KERNEL_START_MODES:
             raise ValueError(f"SandboxConfig.kernel_start must be one of {KERNEL_START_MODES}, "
                              f"got {self.kernel_start!r}")

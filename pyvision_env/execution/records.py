@@ -114,6 +114,8 @@ class EngineStatus:
     """Why kernels start as they do (e.g. why the factory could not work here)."""
     factory_starts: int = 0
     """Times the kernel factory was started (more than one: it died and was replaced)."""
+    input_templates: int = 0
+    """Input templates alive (tasks whose images the factory holds decoded for their episodes' kernels)."""
 
     @property
     def weak(self) -> bool:

@@ -93,6 +93,35 @@ class KernelSupply:
             if not self._closed:
                 self.fill()
 
+    async def start_dedicated(self, start_kernel: Callable[[], Awaitable[Kernel]]) -> Kernel:
+        """A kernel made by ``start_kernel`` for one caller (not a spare), under the same cap: a spare kernel is
+        given up if the cap leaves no room. Raises :class:`KernelStartError`."""
+        async with self._changed:
+            while self.live_count >= self.max_kernels and not self._closed:
+                if self._ready:
+                    await self._discard(self._ready.popleft())
+                    continue
+                await self._changed.wait()
+            if self._closed:
+                raise RuntimeError("the kernel supply is closed")
+            self._starting += 1
+        try:
+            kernel = await start_kernel()
+        except BaseException:
+            async with self._changed:
+                self._starting -= 1
+                self._changed.notify_all()
+            raise
+        self.started += 1
+        async with self._changed:
+            self._starting -= 1
+            self.live.add(kernel)
+            self._changed.notify_all()
+        if self._closed:
+            await self._discard(kernel)
+            raise RuntimeError("the kernel supply was closed while a kernel started")
+        return kernel
+
     async def release(self, kernel: Kernel) -> None:
         """Kill a used kernel at once and free its place under the cap."""
         await self._discard(kernel)
