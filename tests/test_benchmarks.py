@@ -73,13 +73,13 @@ def run_quick(name: str, out: Path, timeout: int, env: dict | None = None) -> su
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(600)
 def test_quick_benchmark_writes_complete_reports(tmp_path):
     done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=460)
+                          capture_output=True, text=True, timeout=580)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for name in ("engine.md", "engine.json", "engine_latency.png", "engine_throughput.png", "env.md", "env.json",
-                 "env.png"):
+                 "env.png", "kernels.md", "kernels.json", "kernels.png"):
         assert (tmp_path / name).stat().st_size > 0, name
 
     report = _check_report(tmp_path, "engine", ["metric", "engine", "reference", "ratio/overhead", "target",
@@ -102,6 +102,24 @@ def test_quick_benchmark_writes_complete_reports(tmp_path):
     collected = (tmp_path / "report.md").read_text()
     assert "## Machine" in collected and "## engine:" in collected and "## env:" in collected
     assert "![engine_latency](engine_latency.png)" in collected and "![env](env.png)" in collected
+
+
+KERNELS_METRICS = {"cpu_vs_bare", "cpu_vs_exec", "wall_vs_exec", "ready", "pss", "factory_pss", "group_cpu", "fork"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_kernels_benchmark_report(tmp_path):
+    done = run_quick("kernels", tmp_path, timeout=280)
+    report = _check_report(tmp_path, "kernels", ["metric", "forked", "reference", "ratio/overhead", "target",
+                                                 "pass/fail"], KERNELS_METRICS)
+    raw, settings = report["raw"], report["settings"]
+    assert report["engine_status"]["kernel_start"] == "fork"
+    assert {kind: row["episodes"] for kind, row in raw["episodes"].items()} == \
+        dict.fromkeys(("forked", "new interpreter", "bare jupyter"), settings["rounds"] * settings["episodes_per_round"])
+    assert len(raw["memory"]["forked"]) == len(raw["memory"]["new interpreter"]) == settings["idle_kernels"]
+    assert len(raw["forks"]["fork"]) == len(raw["forks"]["cells_again"]) == settings["forks"]
+    assert "| metric | forked | reference |" in done.stdout
 
 
 @pytest.mark.slow

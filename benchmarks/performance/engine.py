@@ -11,8 +11,9 @@ death watch and deadline, output capping and sanitising, image checks and decodi
 
 Metrics:
 
-1. cold start — engine: from nothing to a ready session without a pool (kernel start inside the
-   sandbox plus the preload of numpy, PIL and matplotlib); reference: ``start_kernel`` + ``wait_for_ready``;
+1. cold start — engine: from nothing to a ready session without a pool (a kernel forked by the engine's
+   factory, or started as an interpreter where the factory cannot work, in its sandbox with the preload of
+   numpy, PIL and matplotlib); reference: ``start_kernel`` + ``wait_for_ready``;
 2. pooled acquire — ``open_session()`` with a warm pool (the pool is refilled before every sample);
 3. trivial cell (``1+1``) round trip — the asyncio core (:class:`AsyncSession`), the synchronous facade
    (:class:`Session`) and the reference interleaved in the same loop; overhead at p50, target <= 10 %;
@@ -606,8 +607,9 @@ def render(run: Run) -> Report:
         f"- Round trip, paired (engine − reference, same iteration) median: {paired:+.0f} µs for AsyncSession, "
         f"{paired_sync:+.0f} µs for the sync Session; the engine's own `CellResult.duration` p50 is "
         f"{internal:.2f} ms.",
-        "- Cold start: the engine's figure includes bubblewrap and the preload (numpy, PIL, matplotlib, display "
-        "hooks); the reference imports nothing.",
+        f"- Cold start: the engine's kernels are made by `{status['kernel_start']}` ({status['kernel_start_reason']}) "
+        "and have the preload (numpy, PIL, matplotlib, display hooks) and their sandbox; the reference imports "
+        "nothing. `python -m benchmarks --only kernels` compares the ways of making kernels.",
         f"- Image: PNG ≈ {png_kib:.0f} KiB; the engine's time includes its header checks and decoding to a PIL "
         "image, the reference's ends when the display_data message arrived.",
         "- Interrupt: engine from sending the interrupt (its cell deadline, "

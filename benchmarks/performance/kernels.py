@@ -12,7 +12,9 @@ and against a bare jupyter kernel, side by side in one run.
 3. memory per idle kernel — PSS summed over each kernel's processes (forked: holder, init and kernel;
    new interpreter: bubblewrap and the kernel) after a cell ran (goal: 25 MiB); the factory itself (once per
    engine) on its own row;
-4. episode fork — ``session.fork()`` of a live episode after a few cells: the new kernel's acquisition and
+4. a GRPO group — 8 sessions on one task with a 2000x1500 PNG, each running ``x = 1``: its kernels forked from
+   the task's input template (images decoded once, shared), against kernels that each decode the image;
+5. episode fork — ``session.fork()`` of a live episode after a few cells: the new kernel's acquisition and
    inputs, and the replay of the recorded cells, against running the same cells again in a new episode (goal:
    50 ms plus the replayed cells' own time).
 
@@ -23,6 +25,7 @@ Run it with ``python -m benchmarks --only kernels [--quick] [--out DIR]``; it wr
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import shutil
 import tempfile
@@ -42,7 +45,7 @@ from pyvision_env.reporting import save_figure
 from pyvision_env.vector import PyVisionVectorEnv
 
 from .engine import BENCH_LIMITS, BareKernel
-from .env import ENV_OPTIONS, make_tasks
+from .env import ENV_OPTIONS, make_task_images, make_tasks
 from .report import (
     LoadMonitor,
     Metric,
@@ -65,6 +68,7 @@ CPU_RATIO_GOAL = 10.0
 READY_GOAL_S = 4.0
 PSS_GOAL_MIB = 25.0
 FORK_GOAL_MS = 50.0
+GROUP_SIZE = 8
 FORK_CELLS = ("a = np.arange(10**5)", "b = a.reshape(100, -1).sum(0)", "c = Image.new('RGB', (64, 64))",
               "d = {'total': int(b.sum())}")
 """The episode a fork copies: four cells that build state of different kinds."""
@@ -77,11 +81,12 @@ class Settings:
     """Trivial episodes of each kind per round (the kinds alternate, shuffled, round after round)."""
     environments: int = 64
     idle_kernels: int = 16
+    groups: int = 4
     forks: int = 20
 
 
 FULL = Settings()
-QUICK = Settings(rounds=2, episodes_per_round=2, environments=8, idle_kernels=3, forks=3)
+QUICK = Settings(rounds=2, episodes_per_round=2, environments=8, idle_kernels=3, groups=1, forks=3)
 
 
 def machine_busy_seconds() -> float:
@@ -210,12 +215,42 @@ def _idle_memory(settings: Settings) -> dict[str, Any]:
             kernels = [session._session._kernel for session in sessions]
             results[kind] = [_pss(_kernel_processes(engine, kernel)) / 2**20 for kernel in kernels]
             if kind == "forked":
-                results["factory"] = _pss([psutil.Process(engine.core._factory.process.pid)]) / 2**20
+                results["factory"] = _pss([psutil.Process(engine.core._factory.pid)]) / 2**20
         finally:
             for session in sessions:
                 session.close()
             engine.close()
     return results
+
+
+def _groups(settings: Settings, directory: Path) -> dict[str, dict[str, float]]:
+    """Machine CPU and wall seconds per group of :data:`GROUP_SIZE` sessions on one new task, with and without
+    input templates (alternating, one new task per group)."""
+    image = make_task_images(directory)["png"]
+    engines = {"template": Engine(limits=BENCH_LIMITS, spare_kernels=0),
+               "no template": Engine(limits=BENCH_LIMITS, spare_kernels=0,
+                                     sandbox=SandboxConfig(kernel_start="fork", input_templates=0))}
+    totals = {kind: {"cpu_s": 0.0, "wall_s": 0.0} for kind in engines}
+    try:
+        bar = progress(NAME, settings.groups * len(engines), "groups (rounds x kinds)")
+        for group in range(settings.groups):
+            for kind in random.sample(list(engines), len(engines)):
+                task_image = image.with_name(f"group-{kind.replace(' ', '-')}-{group}.png")
+                os.link(image, task_image)  # a task not seen before
+                busy, started = machine_busy_seconds(), time.perf_counter()
+                sessions = [engines[kind].session(images={"image_clue_0": task_image}) for _ in range(GROUP_SIZE)]
+                for session in sessions:
+                    check(session.run("x = image_clue_0.size").ok, "a group's cell failed")
+                    session.close()
+                totals[kind]["wall_s"] += time.perf_counter() - started
+                totals[kind]["cpu_s"] += machine_busy_seconds() - busy
+                bar.update()
+        bar.close()
+    finally:
+        for engine in engines.values():
+            engine.close()
+    return {kind: {"cpu_per_group_s": t["cpu_s"] / settings.groups, "wall_per_group_s": t["wall_s"] / settings.groups}
+            for kind, t in totals.items()}
 
 
 def _episode_forks(settings: Settings) -> dict[str, list[float]]:
@@ -260,6 +295,8 @@ def _measure(settings: Settings, monitor: LoadMonitor) -> tuple[dict[str, Any], 
         raw["environments"] = _environments_ready(settings, directory)
         monitor.phase("idle memory")
         raw["memory"] = _idle_memory(settings)
+        monitor.phase("groups")
+        raw["groups"] = _groups(settings, directory)
         monitor.phase("episode forks")
         raw["forks"] = _episode_forks(settings)
     finally:
@@ -292,6 +329,9 @@ def build_rows(raw: dict[str, Any], environments: int) -> list[Metric]:
         Metric("pss", "PSS per idle kernel (forked vs new interpreter)", "MiB", pss,
                float(np.mean(memory["new interpreter"])), "ratio", f"<= {PSS_GOAL_MIB:g} MiB", pss <= PSS_GOAL_MIB),
         Metric("factory_pss", "PSS of the factory process (once per engine)", "MiB", memory["factory"]),
+        Metric("group_cpu", f"machine CPU per group of {GROUP_SIZE} episodes on one task with a 2000x1500 PNG "
+               "(input template vs each kernel decoding)", "ms", raw["groups"]["template"]["cpu_per_group_s"] * 1000,
+               raw["groups"]["no template"]["cpu_per_group_s"] * 1000, "ratio"),
         Metric("fork", f"episode fork after {len(FORK_CELLS)} cells, p50 (vs the cells again in a new episode)",
                "ms", fork_ms, again_ms, "overhead", f"<= {FORK_GOAL_MS:g} ms + cells",
                fork_ms <= FORK_GOAL_MS + again_ms),
@@ -305,8 +345,8 @@ def render(run: Run) -> Report:
         f"Machine: {machine_summary(run.machine)}. Kernels: {status['kernel_start']} "
         f"({status['kernel_start_reason']}), isolation {status['isolation']}, cgroups {status['cgroups']}.",
         f"Mode: {run.mode} ({settings.rounds} rounds of {settings.episodes_per_round} episodes per kind, "
-        f"{settings.environments} environments, {settings.idle_kernels} idle kernels per kind, {settings.forks} "
-        f"forks); total {run.duration:.0f} s.",
+        f"{settings.environments} environments, {settings.idle_kernels} idle kernels per kind, {settings.groups} "
+        f"groups per kind, {settings.forks} forks); total {run.duration:.0f} s.",
         load_summary(run.machine),
         "",
         "- Machine CPU is every process's, from /proc/stat, including the benchmark's own client work and any "
@@ -319,6 +359,9 @@ def render(run: Run) -> Report:
             f"{kind} {raw['environments'][kind]['cpu_s']:.1f} s" for kind in KINDS[:2]) + ".",
         "- PSS splits each shared page among the processes that map it: forked kernels share the factory's "
         "imported pages, so their PSS falls as more kernels are alive.",
+        "- Groups: " + ", ".join(f"{kind} {values['cpu_per_group_s'] * 1000:.0f} ms CPU / "
+                                 f"{values['wall_per_group_s'] * 1000:.0f} ms wall per group"
+                                 for kind, values in raw["groups"].items()) + ".",
         "- An episode fork replays the episode's recorded cells in a new kernel (with the same seeds); its time "
         "is compared with running the same cells in a new episode.",
     ]
