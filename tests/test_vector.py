@@ -208,7 +208,7 @@ def test_a_failing_env_does_not_stop_the_others_and_close_leaves_no_kernels(bare
     boom = Task(id="boom", question="?", answer="1", images=tasks[0].images, grader=explode)
     envs = PyVisionVectorEnv(3, TaskSet("boom", [*tasks, boom]), engine=bare_engine)
     envs.reset(options=[{"task_id": "boom"}, {"task_index": 0}, {"task_index": 1}])
-    assert bare_engine.status().live_kernels == 3
+    assert wait_until(lambda: bare_engine.status().live_kernels == 3, timeout=20)  # kernels open after the reset
 
     sleep = code("import time; time.sleep(0.3); print('finished')")
     started = time.perf_counter()

@@ -35,6 +35,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -258,6 +259,8 @@ class RayEnvPool(EnvPool):
         """``worker.method(*args)`` with ``call_timeout``; a dead or silent worker raises :class:`WorkerLost`."""
         import ray
 
+        if worker.stale and not worker.retired:
+            await self._until_restarted(worker)
         generation = worker.generation
         reference = getattr(worker.actor, method).remote(*args)
         try:
@@ -274,6 +277,24 @@ class RayEnvPool(EnvPool):
             raise WorkerLost(f"env worker {worker.index} (node {worker.info.get('node', '?')[:12]}) died during "
                              f"{method}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
                              ) from None
+
+    async def _until_restarted(self, worker: _Worker) -> None:
+        """Wait (up to ``start_timeout``) until Ray has started a lost worker again, and learn where it runs; a
+        call to an actor that is still restarting would fail as "unavailable" although nothing is lost yet."""
+        import ray
+
+        deadline = time.monotonic() + self.config.start_timeout
+        while worker.stale:
+            try:
+                worker.info = await asyncio.wait_for(worker.actor.ready.remote(),
+                                                     max(0.1, deadline - time.monotonic()))
+                worker.stale = False
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() >= deadline:
+                    return  # the call reports it
+                await asyncio.sleep(0.2)
+            except (asyncio.TimeoutError, ray.exceptions.RayError):
+                return  # the call reports it
 
     async def lost(self, worker: _Worker, generation: int) -> None:
         """Count ``worker``'s loss seen by a call made at ``generation`` (once per crash)."""
