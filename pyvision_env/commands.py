@@ -128,7 +128,7 @@ def run_doctor(args: argparse.Namespace) -> int:
         limits = engine.limits
     print(f"isolation : {status.isolation} ({status.isolation_reason})")
     print(f"cgroups   : {status.cgroups}")
-    print(f"kernels   : {status.kernel_start} ({status.kernel_start_reason})")
+    print(f"kernels   : {status.start_method} ({status.start_method_reason})")
     print(f"kernel    : {'started and ran a cell' if probe.ok else 'FAILED: ' + probe.error_value}"
           f" (pid and interfaces inside: {probe.stdout.strip()})")
     print(f"limits    : cell {limits.cell_timeout:g} s, memory {limits.memory_bytes >> 20} MiB, "
@@ -136,7 +136,7 @@ def run_doctor(args: argparse.Namespace) -> int:
           f"output {limits.max_output_bytes >> 20} MiB per cell")
     if status.weak:
         print("WARNING: kernels are not sandboxed here; install bubblewrap (apt-get install bubblewrap).")
-    if status.kernel_start != "fork":
+    if status.start_method != "fork":
         print("NOTE: each kernel starts a new interpreter here (about a second of CPU per episode) instead of being "
               "forked by the kernel factory.")
     return 0 if probe.ok and not status.weak else 1

@@ -114,7 +114,7 @@ def test_kernels_benchmark_report(tmp_path):
     report = _check_report(tmp_path, "kernels", ["metric", "forked", "reference", "ratio/overhead", "target",
                                                  "pass/fail"], KERNELS_METRICS)
     raw, settings = report["raw"], report["settings"]
-    assert report["engine_status"]["kernel_start"] == "fork"
+    assert report["engine_status"]["start_method"] == "fork"
     assert {kind: row["episodes"] for kind, row in raw["episodes"].items()} == \
         dict.fromkeys(("forked", "new interpreter", "bare jupyter"), settings["rounds"] * settings["episodes_per_round"])
     assert len(raw["memory"]["forked"]) == len(raw["memory"]["new interpreter"]) == settings["idle_kernels"]

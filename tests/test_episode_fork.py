@@ -20,7 +20,7 @@ from .conftest import quiet_engine
 
 @pytest.fixture(scope="module", params=["fork", "exec"])
 def engine(request):
-    eng = quiet_engine(spare_kernels=2, sandbox=SandboxConfig(kernel_start=request.param))
+    eng = quiet_engine(spare_kernels=2, sandbox=SandboxConfig(start_method=request.param))
     yield eng
     eng.close()
 

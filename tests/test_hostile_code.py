@@ -100,15 +100,15 @@ def make_png_header_bomb(width: int, height: int) -> bytes:
 
 
 @pytest.fixture(scope="module", params=["fork", "exec"])
-def kernel_start(request):
+def start_method(request):
     """Every test of this module runs against kernels forked by the factory and against new interpreters."""
     return request.param
 
 
 @pytest.fixture(scope="module")
-def engine(kernel_start):
-    eng = quiet_engine(spare_kernels=2, max_kernels=48, sandbox=SandboxConfig(kernel_start=kernel_start))
-    assert eng.status().kernel_start == kernel_start, eng.status().kernel_start_reason
+def engine(start_method):
+    eng = quiet_engine(spare_kernels=2, max_kernels=48, sandbox=SandboxConfig(start_method=start_method))
+    assert eng.status().start_method == start_method, eng.status().start_method_reason
     yield eng
     eng.close()
 
@@ -120,10 +120,10 @@ def session(engine):
 
 
 @pytest.fixture(scope="module")
-def limited_engine(kernel_start):
+def limited_engine(start_method):
     """An engine whose kernels start with small memory, disk, file, process and descriptor limits."""
     eng = quiet_engine(limits=RESOURCE_LIMITS, spare_kernels=1, max_kernels=8,
-                       sandbox=SandboxConfig(kernel_start=kernel_start))
+                       sandbox=SandboxConfig(start_method=start_method))
     yield eng
     eng.close()
 
@@ -429,10 +429,10 @@ def test_flood_that_ends_at_once_does_not_hurt_the_next_cell(engine):
 
 
 @pytest.mark.parametrize("fd", [1, 2])
-def test_descriptor_level_flood_neither_fills_the_host_disk_nor_breaks_forwarding(fd, kernel_start):
+def test_descriptor_level_flood_neither_fills_the_host_disk_nor_breaks_forwarding(fd, start_method):
     """ipykernel copies what is written to fds 1/2 to the kernel's log file, which lives on the host."""
     limits = FLOOD_LIMITS.replace(cell_timeout=4.0, max_file_bytes=3 * MiB)
-    eng = quiet_engine(limits=limits, spare_kernels=1, sandbox=SandboxConfig(kernel_start=kernel_start))
+    eng = quiet_engine(limits=limits, spare_kernels=1, sandbox=SandboxConfig(start_method=start_method))
     with eng, eng.session() as s:
         log = kernel_of(s).directory / "kernel.log"
         for _ in range(3):  # 6 MiB in all: twice the kernel's file-size limit
@@ -719,10 +719,10 @@ def test_home_directory_and_ssh_keys_are_hidden(session):
     assert set(host_home) - python_dirs, "the check is meaningful only if the host home has other entries"
 
 
-def test_parent_environment_is_not_inherited(monkeypatch, kernel_start):
+def test_parent_environment_is_not_inherited(monkeypatch, start_method):
     secret = f"hunter2-{uuid.uuid4().hex}"
     monkeypatch.setenv("PYVISION_TEST_SECRET", secret)
-    eng = quiet_engine(limits=FAST_LIMITS, spare_kernels=1, sandbox=SandboxConfig(kernel_start=kernel_start))
+    eng = quiet_engine(limits=FAST_LIMITS, spare_kernels=1, sandbox=SandboxConfig(start_method=start_method))
     with eng, eng.session() as s:
         own = s.run("import os\nprint('PYVISION_TEST_SECRET' in os.environ, os.environ.get('PYVISION_TEST_SECRET'))")
         assert own.ok and own.stdout == "False None\n", own.stdout
@@ -737,21 +737,21 @@ def test_parent_environment_is_not_inherited(monkeypatch, kernel_start):
 
 
 @requires_sandbox
-@pytest.mark.parametrize("kernel_start", ["exec", "fork"])
-def test_the_sandboxs_pid_1_shows_nothing_of_the_host(monkeypatch, kernel_start):
+@pytest.mark.parametrize("start_method", ["exec", "fork"])
+def test_the_sandboxs_pid_1_shows_nothing_of_the_host(monkeypatch, start_method):
     """The sandbox's PID 1 (bubblewrap, or a forked kernel's init) has the kernel's own environment, and
     bubblewrap's options (host paths, mounts) reach it through a file descriptor, so /proc tells a cell nothing
     the kernel does not know."""
     monkeypatch.setenv("PATH", f"/host-marker-{uuid.uuid4().hex}:{os.environ.get('PATH', '/usr/bin:/bin')}")
-    eng = quiet_engine(limits=FAST_LIMITS, spare_kernels=0, sandbox=SandboxConfig(kernel_start=kernel_start))
+    eng = quiet_engine(limits=FAST_LIMITS, spare_kernels=0, sandbox=SandboxConfig(start_method=start_method))
     with eng, eng.session() as s:
         result = s.run("import glob\nfor p in sorted(glob.glob('/proc/[0-9]*')):\n"
                        "    print(open(p + '/environ', 'rb').read() + open(p + '/cmdline', 'rb').read())")
-    assert eng.status().kernel_start == kernel_start
+    assert eng.status().start_method == start_method
     assert result.ok and result.stdout.count("\n") == 2, result.stdout  # PID 1 and the kernel
     assert "host-marker" not in result.stdout and "MPLBACKEND=Agg" in result.stdout
     assert "--ro-bind" not in result.stdout and "--tmpfs" not in result.stdout
-    assert ("--args" in result.stdout) == (kernel_start == "exec"), result.stdout
+    assert ("--args" in result.stdout) == (start_method == "exec"), result.stdout
 
 
 @requires_sandbox

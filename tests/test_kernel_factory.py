@@ -20,7 +20,7 @@ from pyvision_env.execution import CellStatus, FactoryError, SandboxConfig
 
 from .conftest import FAST_LIMITS, kernel_processes, quiet_engine, requires_sandbox, wait_until
 
-FORK = SandboxConfig(kernel_start="fork")
+FORK = SandboxConfig(start_method="fork")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def factory_process(engine) -> psutil.Process:
 
 def test_the_engine_forks_and_says_so(forked):
     status = forked.status()
-    assert status.kernel_start == "fork" and "kernel factory" in status.kernel_start_reason
+    assert status.start_method == "fork" and "kernel factory" in status.start_method_reason
     assert status.factory_starts == 1
     with forked.session(values={"n": 4}) as s:
         result = s.run("print(n * 2, os.getcwd().endswith('/work'))")
@@ -109,17 +109,17 @@ def test_a_factory_that_cannot_fork_falls_back_and_says_why():
     eng = quiet_engine(spare_kernels=0, sandbox=threaded)
     with eng, eng.session() as s:
         status = eng.status()
-        assert status.kernel_start == "exec" and "threads" in status.kernel_start_reason
+        assert status.start_method == "exec" and "threads" in status.start_method_reason
         assert s.run("print('still works')").stdout == "still works\n"
     with pytest.raises(FactoryError, match="threads"):
-        quiet_engine(spare_kernels=0, sandbox=SandboxConfig(kernel_start="fork", preload=threaded.preload))
+        quiet_engine(spare_kernels=0, sandbox=SandboxConfig(start_method="fork", preload=threaded.preload))
 
 
 def test_forking_without_a_sandbox_still_limits_each_kernel():
-    eng = quiet_engine(spare_kernels=0, sandbox=SandboxConfig(isolation="none", kernel_start="fork"),
+    eng = quiet_engine(spare_kernels=0, sandbox=SandboxConfig(isolation="none", start_method="fork"),
                        limits=FAST_LIMITS.replace(memory_bytes=1 << 30))
     with eng, eng.session() as s:
-        assert eng.status().kernel_start == "fork" and eng.status().weak
+        assert eng.status().start_method == "fork" and eng.status().weak
         bomb = s.run("b = bytearray(2 * 1024**3)")
         assert bomb.status is CellStatus.ERROR and bomb.error_name == "MemoryError"
         assert s.run("print('alive')").stdout == "alive\n"
@@ -176,7 +176,7 @@ def template_processes(engine) -> list[psutil.Process]:
 
 def test_a_group_decodes_its_images_once_and_shares_them(large_image):
     eng = quiet_engine(spare_kernels=0, sandbox=FORK)
-    plain = quiet_engine(spare_kernels=0, sandbox=SandboxConfig(kernel_start="fork", input_templates=0))
+    plain = quiet_engine(spare_kernels=0, sandbox=SandboxConfig(start_method="fork", input_templates=0))
     with eng, plain:
         group = [eng.session(images={"image_clue_0": large_image}) for _ in range(4)]
         probe = "import hashlib\nprint(image_clue_0.size, image_clue_0.mode, hashlib.md5(image_clue_0.tobytes()).hexdigest())"
@@ -201,7 +201,7 @@ def test_a_group_decodes_its_images_once_and_shares_them(large_image):
 def test_evicted_templates_wait_for_their_kernels(large_image, tmp_path):
     small = tmp_path / "small.png"
     Image.new("RGB", (32, 32), "green").save(small)
-    eng = quiet_engine(spare_kernels=0, sandbox=SandboxConfig(kernel_start="fork", input_templates=1))
+    eng = quiet_engine(spare_kernels=0, sandbox=SandboxConfig(start_method="fork", input_templates=1))
     with eng:
         first = eng.session(images={"image_clue_0": large_image})
         first_template = template_processes(eng)[0]

@@ -607,7 +607,7 @@ def render(run: Run) -> Report:
         f"- Round trip, paired (engine − reference, same iteration) median: {paired:+.0f} µs for AsyncSession, "
         f"{paired_sync:+.0f} µs for the sync Session; the engine's own `CellResult.duration` p50 is "
         f"{internal:.2f} ms.",
-        f"- Cold start: the engine's kernels are made by `{status['kernel_start']}` ({status['kernel_start_reason']}) "
+        f"- Cold start: the engine's kernels are made by `{status['start_method']}` ({status['start_method_reason']}) "
         "and have the preload (numpy, PIL, matplotlib, display hooks) and their sandbox; the reference imports "
         "nothing. `python -m benchmarks --only kernels` compares the ways of making kernels.",
         f"- Image: PNG ≈ {png_kib:.0f} KiB; the engine's time includes its header checks and decoding to a PIL "

@@ -96,9 +96,9 @@ def machine_busy_seconds() -> float:
 
 def _engine(kind: str, spare_kernels: int, max_kernels: int = 64) -> Engine:
     start = {"forked": "fork", "new interpreter": "exec"}[kind]
-    engine = Engine(limits=BENCH_LIMITS, sandbox=SandboxConfig(kernel_start=start), spare_kernels=spare_kernels,
+    engine = Engine(limits=BENCH_LIMITS, sandbox=SandboxConfig(start_method=start), spare_kernels=spare_kernels,
                     max_kernels=max_kernels)
-    check(engine.status().kernel_start == start, engine.status())
+    check(engine.status().start_method == start, engine.status())
     return engine
 
 
@@ -185,7 +185,7 @@ def _environments_ready(settings: Settings, directory: Path) -> dict[str, dict[s
 def _kernel_processes(engine: Engine, kernel: Any) -> list[psutil.Process]:
     process = psutil.Process(kernel.process.pid)
     tree = [process, *process.children(recursive=True)]
-    if engine.status().kernel_start == "fork":
+    if engine.status().start_method == "fork":
         tree.append(process.parent())  # the holder
     return tree
 
@@ -229,7 +229,7 @@ def _groups(settings: Settings, directory: Path) -> dict[str, dict[str, float]]:
     image = make_task_images(directory)["png"]
     engines = {"template": Engine(limits=BENCH_LIMITS, spare_kernels=0),
                "no template": Engine(limits=BENCH_LIMITS, spare_kernels=0,
-                                     sandbox=SandboxConfig(kernel_start="fork", input_templates=0))}
+                                     sandbox=SandboxConfig(start_method="fork", input_templates=0))}
     totals = {kind: {"cpu_s": 0.0, "wall_s": 0.0} for kind in engines}
     try:
         bar = progress(NAME, settings.groups * len(engines), "groups (rounds x kinds)")
@@ -342,8 +342,8 @@ def render(run: Run) -> Report:
     raw, settings, status = run.raw, run.settings, run.engine_status
     episodes = raw["episodes"]
     notes = [
-        f"Machine: {machine_summary(run.machine)}. Kernels: {status['kernel_start']} "
-        f"({status['kernel_start_reason']}), isolation {status['isolation']}, cgroups {status['cgroups']}.",
+        f"Machine: {machine_summary(run.machine)}. Kernels: {status['start_method']} "
+        f"({status['start_method_reason']}), isolation {status['isolation']}, cgroups {status['cgroups']}.",
         f"Mode: {run.mode} ({settings.rounds} rounds of {settings.episodes_per_round} episodes per kind, "
         f"{settings.environments} environments, {settings.idle_kernels} idle kernels per kind, {settings.groups} "
         f"groups per kind, {settings.forks} forks); total {run.duration:.0f} s.",

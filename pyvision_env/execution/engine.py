@@ -109,8 +109,8 @@ class AsyncEngine:
         self._supply: KernelSupply | None = None
         self._factory: KernelFactory | None = None
         self._templates: InputTemplates | None = None
-        self.kernel_start = "exec"
-        self.kernel_start_reason = "the engine has not started"
+        self.start_method = "exec"
+        self.start_method_reason = "the engine has not started"
         self._finalizer: weakref.finalize | None = None
 
     @staticmethod
@@ -158,22 +158,22 @@ class AsyncEngine:
         """Start the kernel factory unless kernels are to be started as interpreters; fall back (``"auto"``) or
         raise (``"fork"``) when it cannot work here."""
         assert self._root is not None
-        if self.sandbox.kernel_start == "exec":
-            self.kernel_start, self.kernel_start_reason = "exec", "kernel_start='exec' was requested"
+        if self.sandbox.start_method == "exec":
+            self.start_method, self.start_method_reason = "exec", "start_method='exec' was requested"
             return
         factory = KernelFactory(self._root, self.sandbox, isolate=self.isolation == "bubblewrap")
         try:
             await run_on_spawner(factory.start)
         except FactoryError as exc:
-            if self.sandbox.kernel_start == "fork":
+            if self.sandbox.start_method == "fork":
                 await self.close()
                 raise
             log.warning("kernels start as new interpreters (about a second each): %s", exc)
-            self.kernel_start, self.kernel_start_reason = "exec", str(exc).splitlines()[0]
+            self.start_method, self.start_method_reason = "exec", str(exc).splitlines()[0]
             return
         self._factory = factory
         self._templates = InputTemplates(factory, self.sandbox.input_templates, self._root)
-        self.kernel_start, self.kernel_start_reason = "fork", f"forked by the kernel factory (pid {factory.pid})"
+        self.start_method, self.start_method_reason = "fork", f"forked by the kernel factory (pid {factory.pid})"
 
     async def _start_kernel(self, template: InputTemplate | None = None) -> Kernel:
         assert self._root is not None and self._context is not None
@@ -246,8 +246,8 @@ class AsyncEngine:
             cgroups=self._cgroups.version if self._cgroups is not None else "none",
             live_kernels=supply.live_count if supply else 0, ready_kernels=supply.ready_count if supply else 0,
             max_kernels=self._max_kernels, kernels_started=supply.started if supply else 0,
-            kernels_failed=supply.failed if supply else 0, kernel_start=self.kernel_start,
-            kernel_start_reason=self.kernel_start_reason,
+            kernels_failed=supply.failed if supply else 0, start_method=self.start_method,
+            start_method_reason=self.start_method_reason,
             factory_starts=self._factory.starts if self._factory is not None else 0,
             input_templates=self._templates.count if self._templates is not None else 0)
 

@@ -14,8 +14,8 @@ after its imports) the engine starts kernels one process each, and says so in ``
 
 Example:
     >>> from pyvision_env.execution import Engine, SandboxConfig
-    >>> with Engine(sandbox=SandboxConfig(kernel_start="fork")) as engine:    # doctest: +SKIP
-    ...     engine.status().kernel_start
+    >>> with Engine(sandbox=SandboxConfig(start_method="fork")) as engine:    # doctest: +SKIP
+    ...     engine.status().start_method
     'fork'
 """
 

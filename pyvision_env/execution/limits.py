@@ -105,7 +105,7 @@ class ExecutionLimits:
 
 
 ISOLATION_MODES = ("auto", "bubblewrap", "none")
-KERNEL_START_MODES = ("auto", "fork", "exec")
+START_METHODS = ("auto", "fork", "exec")
 
 DEFAULT_PRELOAD = (
     "import io, base64, math, os, sys, json",
@@ -133,7 +133,7 @@ class SandboxConfig:
     """
 
     isolation: str = "auto"
-    kernel_start: str = "auto"
+    start_method: str = "auto"
     """How kernels are made: ``"fork"`` from the engine's kernel factory, which imported everything once (tens
     of milliseconds, pages shared; see :mod:`pyvision_env.execution.factory`), or ``"exec"``, a new interpreter
     each (about a second). ``"auto"`` (default) forks where the factory works here and otherwise starts
@@ -141,7 +141,7 @@ class SandboxConfig:
     input_templates: int = 8
     """Tasks whose input images the kernel factory keeps decoded in a process of their own, to fork the kernels of
     their episodes from (the episodes of a GRPO group decode their images once and share them); the most recently
-    used are kept. 0 turns it off. Only with ``kernel_start`` fork."""
+    used are kept. 0 turns it off. Only with ``start_method`` fork."""
     use_cgroups: bool = True
     """Put each kernel in its own cgroup (``pids.max``, memory) when the cgroup filesystem is writable."""
     python: str | None = None
@@ -172,7 +172,7 @@ class SandboxConfig:
         if isinstance(self.input_templates, bool) or not isinstance(self.input_templates, int) \
                 or self.input_templates < 0:
             raise ValueError(f"SandboxConfig.input_templates must be an int >= 0, got {self.input_templates!r}")
-        if self.kernel_start not in KERNEL_START_MODES:
-            raise ValueError(f"SandboxConfig.kernel_start must be one of {KERNEL_START_MODES}, "
-                             f"got {self.kernel_start!r}")
+        if self.start_method not in START_METHODS:
+            raise ValueError(f"SandboxConfig.start_method must be one of {START_METHODS}, "
+                             f"got {self.start_method!r}")
         _check_positive(self, ("startup_timeout",))

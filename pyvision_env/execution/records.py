@@ -108,9 +108,9 @@ class EngineStatus:
     max_kernels: int
     kernels_started: int
     kernels_failed: int
-    kernel_start: str = "exec"
+    start_method: str = "exec"
     """``"fork"`` (from the kernel factory) or ``"exec"`` (a new interpreter per kernel)."""
-    kernel_start_reason: str = ""
+    start_method_reason: str = ""
     """Why kernels start as they do (e.g. why the factory could not work here)."""
     factory_starts: int = 0
     """Times the kernel factory was started (more than one: it died and was replaced)."""
