@@ -437,7 +437,7 @@ class AsyncSession:
             for index, (code, status) in enumerate(self._replay_log):
                 assert twin._kernel is not None
                 outcome = await twin._kernel.execute(code, self.limits)
-                if outcome.result.status is not status:
+                if outcome.result.status is not status or outcome.result.state_lost:
                     raise ForkError(f"cell {index + 1} of {len(self._replay_log)} ended {outcome.result.status.value} "
                                     f"when replayed, {status.value} originally ({outcome.result.summary()}): "
                                     f"the episode does not replay the same way\n{code[:500]}")

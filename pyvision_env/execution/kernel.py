@@ -69,13 +69,12 @@ def _launch(command: list[str], env: dict[str, str], directory: Path, limits: Ex
             factory: KernelFactory | None, template: InputTemplate | None) -> tuple[KernelProcess, Cgroup | None]:
     """Create the kernel's cgroup and the process (runs on the spawner thread, off the event loop): forked by
     ``factory`` (by ``template`` when given) or else a new interpreter, inside bubblewrap with ``sandbox_options``
-    when given.
-    Bubblewrap, the sandbox's PID 1, gets the kernel's own environment and its options through a file
+    when given. Bubblewrap, the sandbox's PID 1, gets the kernel's own environment and its options through a file
     descriptor: a cell reading ``/proc/1`` learns nothing of the host."""
     cgroup = cgroups.create(f"k-{kernel_id}", limits) if cgroups is not None else None
     cgroup_fds = cgroup.open_procs() if cgroup is not None else []
     inherited: tuple[int, ...] = ()  # descriptors the child keeps open
-    if sandbox_options is not None and factory is None:
+    if sandbox_options is not None:
         inherited = (options_file(sandbox_options),)
         command = [shutil.which("bwrap") or "bwrap", "--args", str(inherited[0]), "--", *command]
     log = open(directory / "kernel.log", "wb")  # noqa: SIM115 - handed to the child
