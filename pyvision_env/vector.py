@@ -168,6 +168,28 @@ class PyVisionVectorEnv(VectorEnv):
     def render(self) -> tuple[str | None, ...]:
         return tuple(env.render() for env in self.envs)
 
+    def branch(self, index: int, count: int) -> PyVisionVectorEnv:
+        """A new vector env of ``count`` forks of sub-environment ``index``'s episode in progress (each at the same
+        point: its kernel's cells replayed, its counters and conversation copied; see
+        :meth:`~pyvision_env.env.PyVisionEnv.fork`), ready to step: for tree rollouts, one node expanded into
+        ``count`` children. This vector env is unchanged; close the branches when done.
+
+        >>> children = envs.branch(0, 4)                                         # doctest: +SKIP
+        >>> children.step([response_a, response_b, response_c, response_d])
+        """
+        if not 0 <= index < self.num_envs or count < 1:
+            raise ValueError(f"branch needs a sub-environment index in [0, {self.num_envs}) and count >= 1, got "
+                             f"{index} and {count}")
+        if self._unready[index] or self._ended[index]:
+            raise gym.error.ResetNeeded(f"sub-environment {index} has no episode in progress to branch")
+        afork = getattr(self.envs[index], "afork", None)
+        if afork is None:
+            raise TypeError(f"sub-environment {index} ({type(self.envs[index]).__name__}) cannot fork its episode")
+        forks = self.engine.run_coroutine(_fork_all(afork, count))
+        branches = PyVisionVectorEnv.from_envs(forks, autoreset_mode=self.autoreset_mode)
+        branches._unready[:] = False
+        return branches
+
     def close_extras(self, **kwargs: Any) -> None:
         """End every sub-environment's episode (their kernels are killed together); the engine stays open."""
         if not self.engine.closed:
@@ -350,6 +372,16 @@ def _merge_infos(infos: dict[int, dict[str, Any]], num_envs: int) -> dict[str, A
 
 async def _close_all(envs: Sequence[gym.Env]) -> None:
     await asyncio.gather(*(env.unwrapped.aclose() for env in envs), return_exceptions=True)
+
+
+async def _fork_all(afork: Any, count: int) -> list[gym.Env]:
+    """``count`` forks made concurrently; if one fails, the others are closed and the first error raised."""
+    results = await asyncio.gather(*(afork() for _ in range(count)), return_exceptions=True)
+    failures = [result for result in results if isinstance(result, BaseException)]
+    if failures:
+        await _close_all([result for result in results if not isinstance(result, BaseException)])
+        raise failures[0]
+    return list(results)
 
 
 def _async_layer(env: gym.Env, index: int) -> gym.Env:

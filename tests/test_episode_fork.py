@@ -13,6 +13,7 @@ from PIL import Image
 
 from pyvision_env import PyVisionEnv, Task, TaskSet
 from pyvision_env.execution import CellStatus, ForkError, SandboxConfig
+from pyvision_env.vector import PyVisionVectorEnv
 from pyvision_env.wrappers import RecordEpisodes, read_episodes
 
 from .conftest import quiet_engine
@@ -133,3 +134,26 @@ def test_a_wrapper_stack_forks_with_its_own_episode_state(engine, tasks, tmp_pat
     assert right["totals"]["correct"] and not wrong["totals"]["correct"]
     assert right["forked_from"] == wrong["episode_id"] and "forked_from" not in wrong.data
     assert right["messages"][:4] == wrong["messages"][:4] and right["messages"][4:] != wrong["messages"][4:]
+
+
+def test_a_vector_env_branches_one_episode_into_many(engine, tasks):
+    envs = PyVisionVectorEnv(2, tasks, engine=engine)
+    try:
+        envs.reset(options=[{"task_id": "blue"}, None])  # the second has no episode
+        protocol = envs.envs[0].unwrapped.protocol
+        envs.step([protocol.render_action(code="base = 10"), None])
+        with pytest.raises(gym.error.ResetNeeded, match="sub-environment 1"):
+            envs.branch(1, 2)
+        branches = envs.branch(0, 3)
+        try:
+            _, _, _, _, infos = branches.step([protocol.render_action(code=f"base += {i}\nprint(base)")
+                                               for i in range(3)])
+            assert list(infos["turn"]) == [2, 2, 2] and list(infos["tool_errors"]) == [0, 0, 0]
+            outputs = [branches.envs[i].unwrapped.conversation()[-1].plain_text for i in range(3)]
+            assert ["10" in outputs[0], "11" in outputs[1], "12" in outputs[2]] == [True] * 3
+            _, _, _, _, infos = envs.step([protocol.render_action(code="print(base)"), None])
+            assert infos["turn"][0] == 2 and "10" in envs.envs[0].unwrapped.conversation()[-1].plain_text
+        finally:
+            branches.close()
+    finally:
+        envs.close()
