@@ -72,6 +72,24 @@ def test_siblings_see_nothing_of_each_other(forked, tmp_path):
         assert first.run("print(open('/tmp/planted').read())").stdout == "first\n"
 
 
+@requires_sandbox
+def test_a_kernel_s_crash_and_bombs_touch_neither_the_factory_nor_its_siblings():
+    limits = FAST_LIMITS.replace(memory_bytes=1 << 30, max_processes=32, cell_timeout=5.0, interrupt_grace=0.5)
+    eng = quiet_engine(spare_kernels=1, max_kernels=8, sandbox=FORK, limits=limits)
+    with eng, eng.session() as sibling, eng.session() as attacker:
+        sibling.run("kept = 'sibling state'")
+        factory = factory_process(eng)
+        bombs = {"segfault": "import ctypes\nctypes.string_at(0)",
+                 "memory bomb": "chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))",
+                 "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"}
+        for name, code in bombs.items():
+            result = attacker.run(code)
+            assert result.status is not CellStatus.OK, (name, result.summary())
+            assert attacker.run("print('next')").stdout == "next\n", name
+        assert sibling.run("print(kept)").stdout == "sibling state\n"
+        assert factory.is_running() and eng.status().factory_starts == 1
+
+
 def test_forked_kernels_do_not_share_random_state(forked):
     draws = []
     for _ in range(2):
