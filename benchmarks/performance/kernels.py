@@ -183,10 +183,12 @@ def _environments_ready(settings: Settings, directory: Path) -> dict[str, dict[s
 
 
 def _kernel_processes(engine: Engine, kernel: Any) -> list[psutil.Process]:
+    """The kernel and its children; forked: also its init and holder; else its bubblewrap (the kernel's parent and
+    the root of its tree)."""
     process = psutil.Process(kernel.process.pid)
     tree = [process, *process.children(recursive=True)]
     if engine.status().start_method == "fork":
-        tree.append(process.parent())  # the holder
+        tree += [process.parent(), process.parent().parent()]
     return tree
 
 

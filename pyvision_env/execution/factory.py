@@ -40,8 +40,6 @@ from .limits import INPUT_IMAGES_CODE, ExecutionLimits, SandboxConfig
 from .sandbox import environment_options, host_view_options, kernel_environment, make_preexec, options_file
 
 FACTORY_SCRIPT = Path(__file__).with_name("factory_process.py")
-EXIT_STATUS_FILE = "exit_status"
-"""Written into a forked kernel's directory by its init: the kernel's exit code (negative: killed by that signal)."""
 FACTORY_CAPABILITIES = ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETPCAP")
 """What the factory's sandbox keeps so that each kernel can make its namespaces, mounts and loopback, and then
 drop every capability (kernels keep none)."""
@@ -132,7 +130,7 @@ class KernelFactory:
                 raise
         if not reply.get("ok"):
             raise FactoryError(f"the kernel factory could not fork a kernel: {reply.get('error')}")
-        return ForkedProcess(int(reply["holder"]), int(reply["kernel"]), kernel_dir / EXIT_STATUS_FILE)
+        return ForkedProcess(int(reply["holder"]), int(reply["kernel"]))
 
     def make_template(self, images: dict[str, str], directory: Path) -> InputTemplate:
         """An input template holding ``images`` (name -> path, in ``directory`` under the engine's, which the
@@ -276,31 +274,39 @@ def factory_sandbox_options(root: Path, config: SandboxConfig, env: dict[str, st
 
 
 class ForkedProcess:
-    """A forked kernel seen from the engine: the kernel (PID 1 of its namespace) and its holder, by pidfd.
+    """A forked kernel seen from the engine: the kernel and its holder, by pidfd (killing the holder ends the
+    kernel's namespace).
 
     It answers like :class:`subprocess.Popen` (``pid``, ``poll``, ``kill``, ``wait``) although the engine is
-    not its parent: the exit code comes from the file the kernel's init writes.
+    not its parent: a kernel that ended stays a zombie of its init, and its exit status is read from ``/proc``.
     """
 
-    def __init__(self, holder: int, kernel: int, status_file: Path) -> None:
+    def __init__(self, holder: int, kernel: int) -> None:
         self.pid = kernel
         self.holder = holder
-        self._status_file = status_file
-        self.pidfd = os.pidfd_open(kernel)
-        self._holder_fd = os.pidfd_open(holder)
+        self.pidfd: int | None = os.pidfd_open(kernel)
+        self._holder_fd: int | None = os.pidfd_open(holder)
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
         if self.returncode is None and (self.pidfd is None or select.select([self.pidfd], [], [], 0)[0]):
-            try:
-                self.returncode = int(self._status_file.read_text())
-            except (OSError, ValueError):
-                self.returncode = -signal.SIGKILL  # killed from outside: its init could not say
+            self.returncode = self._exit_code()
         return self.returncode
 
+    def _exit_code(self) -> int:
+        """The ended kernel's exit code (negative: the signal that killed it), from its zombie's ``stat``."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            if fields[0] == "Z":
+                return os.waitstatus_to_exitcode(int(fields[-1]))
+        except (OSError, IndexError, ValueError):
+            pass
+        return -signal.SIGKILL  # gone with its namespace: killed from outside
+
     def kill(self) -> None:
-        """SIGKILL the holder (its death kills the namespace) and the kernel's init."""
-        for fd in (self._holder_fd, self.pidfd):
+        """SIGKILL the kernel and its holder (whose death ends the kernel's namespace)."""
+        for fd in (self.pidfd, self._holder_fd):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     signal.pidfd_send_signal(fd, signal.SIGKILL)
@@ -314,4 +320,4 @@ class ForkedProcess:
         for fd in (self.pidfd, self._holder_fd):
             if fd is not None:
                 os.close(fd)
-        self.pidfd = self._holder_fd = None  # type: ignore[assignment]
+        self.pidfd = self._holder_fd = None

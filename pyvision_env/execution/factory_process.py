@@ -10,11 +10,11 @@ Each kernel is three processes:
 
 * the *holder*, forked from the factory: joins the kernel's cgroups, unshares its own mount, PID, IPC,
   network and UTS namespaces, mounts its private ``/tmp``, ``/dev/shm`` and working directory (and hides the
-  other kernels' directories), forks the init, reports, and then only waits (``sleep``) so that the init dies
-  with it and it dies with the factory (parent-death signals all along the chain);
+  other kernels' directories), forks the init, reports the kernel's pid, and then only waits (``sleep``) so that
+  the init dies with it and it dies with the factory (parent-death signals all along the chain);
 * the *init*, PID 1 of the kernel's namespace: mounts its ``/proc``, drops its capabilities, forks the kernel,
-  reaps orphans, and when the kernel ends writes how (``exit_status``) and exits, which ends every process of
-  the namespace;
+  and then only waits (``sleep``, a few hundred KiB): the kernel, its child, stays a zombie when it ends, so its
+  exit status can be read from ``/proc``; the namespace ends when the engine kills the holder;
 * the *kernel*, PID 2: a new session, the kernel's resource limits, no capabilities, its own environment,
   then ipykernel's application started in process, which binds its sockets in the kernel's directory.
 
@@ -63,7 +63,6 @@ PR_SET_PDEATHSIG, PR_SET_NAME, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBI
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-EXIT_STATUS_FILE = "exit_status"
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -190,15 +189,32 @@ def become_holder(request: dict, cgroup_fds: list[int], report: int, recipe: Rec
         private_mounts(kernel_dir, int(request["limits"]["disk_bytes"]))
         checked(libc.sethostname(b"sandbox", 7), "sethostname")
         bring_loopback_up()
+    forked_read, forked_write = os.pipe()
+    host_proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)  # the init mounts its namespace's /proc over it
     init = os.fork()
     if init == 0:
         os.close(report)
-        become_init(request, recipe)
-    os.write(report, json.dumps({"ok": True, "holder": os.getpid(), "kernel": init}).encode())
+        os.close(forked_read)
+        os.close(host_proc)
+        become_init(request, recipe, forked_write)
+    os.close(forked_write)
+    if os.read(forked_read, 1) != b"k":
+        raise RuntimeError(f"the kernel's init failed (see {os.path.join(kernel_dir, 'kernel.log')})")
+    os.close(forked_read)
+    children = os.open(f"{init}/task/{init}/children", os.O_RDONLY, dir_fd=host_proc)
+    kernel = int(os.read(children, 64).split()[0])  # the kernel's pid as the engine sees it
+    os.close(children)
+    os.close(host_proc)
+    os.write(report, json.dumps({"ok": True, "holder": os.getpid(), "kernel": kernel}).encode())
     os.close(report)
     os.closerange(0, 3)  # nothing to say any more
-    if recipe.sleep is not None:
-        os.execv(recipe.sleep, ["sleep", "infinity"])
+    wait_for_death(recipe.sleep)
+
+
+def wait_for_death(sleep: str | None) -> None:
+    """Do nothing until killed, in as little memory as possible (``sleep``, else this interpreter)."""
+    if sleep is not None:
+        os.execv(sleep, ["sleep", "infinity"])
     while True:
         signal.pause()
 
@@ -234,32 +250,27 @@ def bring_loopback_up() -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
-def become_init(request: dict, recipe: Recipe) -> None:
-    """PID 1 of the kernel's namespace: start the kernel, reap every orphan, record how the kernel ended."""
-    status_path = os.path.join(request["kernel_dir"], EXIT_STATUS_FILE)
+def become_init(request: dict, recipe: Recipe, forked: int) -> None:
+    """PID 1 of the kernel's namespace: mount its ``/proc``, drop every capability, fork the kernel, say so on
+    ``forked``, and then only wait (as ``sleep``). The kernel stays its child: when the kernel ends it is kept as a
+    zombie, from which the engine reads its exit status, until the engine kills the holder and with it the
+    namespace."""
     try:
         die_with_parent()
-        set_process_name(b"pyvision-init")
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(number, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # not ignored: the kernel's zombie must stay for its status
         if recipe.isolate:
             mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV)
             drop_privileges()
         kernel = os.fork()
         if kernel == 0:
+            os.close(forked)
             become_kernel(request, recipe)
-        while True:
-            try:
-                pid, status = os.waitpid(-1, 0)
-            except ChildProcessError:
-                os._exit(0)
-            except InterruptedError:
-                continue
-            if pid == kernel:
-                with open(status_path, "w") as f:
-                    f.write(str(os.waitstatus_to_exitcode(status)))
-                os._exit(0)
+        os.write(forked, b"k")
+        os.close(forked)
+        os.closerange(0, 3)
+        wait_for_death(recipe.sleep)
     except BaseException:  # noqa: BLE001
         with open(os.path.join(request["kernel_dir"], "kernel.log"), "a") as f:
             f.write(traceback.format_exc())
@@ -271,6 +282,7 @@ def become_kernel(request: dict, recipe: Recipe) -> None:
     which runs the setup in its namespace before it answers anyone."""
     kernel_dir = request["kernel_dir"]
     try:
+        die_with_parent()  # its init (without a namespace of its own, nothing else would end it)
         os.setsid()
         set_process_name(b"pyvision-kernel")
         for number in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
@@ -331,7 +343,7 @@ def reseed_random_state() -> None:
 # --- the request loop -----------------------------------------------------------------------------
 
 def serve(control: socket.socket) -> None:
-    set_process_name(b"pyvision-factory")
+    set_process_name(b"pyvision-forks")  # at most 15 characters
     config = json.loads(receive(control)[0])
     isolate = bool(config["isolate"])
     recipe, open_input = None, None
