@@ -157,7 +157,7 @@ class PyVisionEnv(gym.Env[list, str]):
         kernel_start: ``"reset"`` (default: the episode's kernel starts loading the task at reset, ready by the
             first step) or ``"first-call"`` (at the episode's first code call: an episode that answers without
             code never takes a kernel; the first call waits for it). RL rollouts of a policy that often answers
-            directly save a kernel start (about 0.09 CPU-seconds forked, 0.65 as an interpreter) per such episode.
+            directly save a kernel start (about 0.08 CPU-seconds forked, 0.6 as an interpreter) per such episode.
         engine: the execution engine; the process-wide :func:`~pyvision_env.execution.default_engine` if None.
         render_mode: ``"ansi"`` renders the last turn as text.
     """
