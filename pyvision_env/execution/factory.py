@@ -1,8 +1,8 @@
 """Kernels in milliseconds: a factory process that imports once and forks every kernel.
 
 Starting a kernel the usual way (a new interpreter that imports ipykernel, numpy, PIL and matplotlib) costs
-about 0.8 CPU-seconds; a kernel forked from a process that already holds those imports costs a few tens of
-milliseconds and shares the imported pages. :class:`KernelFactory` starts that process (the code is in
+about 0.6 CPU-seconds per episode; a kernel forked from a process that already holds those imports about 0.08,
+and it shares the imported pages (``python -m benchmarks --only kernels`` measures both). :class:`KernelFactory` starts that process (the code is in
 ``factory_process.py``) inside one bubblewrap sandbox that may create namespaces, and asks it for kernels; each
 kernel then unshares its own mount, PID, IPC, network and UTS namespaces and mounts its private directories
 before any model code runs (the isolation is the same as a kernel started in a sandbox of its own).
