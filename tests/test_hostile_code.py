@@ -107,16 +107,11 @@ def start_method(request):
 
 @pytest.fixture(scope="module")
 def engine(start_method):
+    """This module's engine (conftest's ``session`` opens its sessions on it)."""
     eng = quiet_engine(spare_kernels=2, max_kernels=48, sandbox=SandboxConfig(start_method=start_method))
     assert eng.status().start_method == start_method, eng.status().start_method_reason
     yield eng
     eng.close()
-
-
-@pytest.fixture
-def session(engine):
-    with engine.session() as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
