@@ -214,7 +214,7 @@ class AsyncEngine:
         if self._templates is not None:
             self._templates.close()
         if self._factory is not None:
-            await run_on_spawner(self._factory.stop)
+            self._factory.stop()  # not on the spawner: at exit its thread pool no longer takes work
         if self._cgroups is not None:
             self._cgroups.close()
         if self._root is not None:
