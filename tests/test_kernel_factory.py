@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -245,3 +248,13 @@ def test_a_dead_template_is_replaced_and_in_memory_images_need_none(large_image)
         with eng.session(images={"image_clue_0": Image.new("RGB", (5, 4))}) as in_memory:
             assert in_memory.run("print(image_clue_0.size)").stdout == "(5, 4)\n"
         assert eng.core._templates.made == 2
+
+
+def test_the_default_engine_and_its_factory_end_cleanly_at_exit():
+    script = ("import psutil\nfrom pyvision_env.execution import default_engine\n"
+              "engine = default_engine()\nwith engine.session() as s:\n    assert s.run('x = 1').ok\n"
+              "print(engine.core._factory.pid, flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert wait_until(lambda: not psutil.pid_exists(int(done.stdout.split()[0])), timeout=10)
