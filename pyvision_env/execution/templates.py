@@ -39,15 +39,18 @@ def inputs_key(images: Mapping[str, Any]) -> InputsKey | None:
         return None
     key = []
     for name, image in sorted(images.items()):
-        path = Path(image).resolve()
-        stat = path.stat()
+        try:
+            path = Path(image).resolve()
+            stat = path.stat()
+        except OSError:
+            return None  # gone since the session checked it: loading it in the kernel says so
         key.append((name, str(path), stat.st_size, stat.st_mtime_ns))
     return tuple(key)
 
 
 def stage_inputs(images: dict[str, Any], inputs_dir: Path) -> dict[str, str]:
-    """Expose input files (and in-memory images, as PNG) in the kernel's read-only inputs directory (hard
-    link, else copy)."""
+    """Expose input files (and in-memory images, as PNG) in ``inputs_dir`` (a kernel's, mounted read-only in its
+    sandbox, or an input template's): hard links, else copies."""
     staged = {}
     for name, image in images.items():
         if isinstance(image, Image.Image):
