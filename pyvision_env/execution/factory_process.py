@@ -58,7 +58,11 @@ KERNEL_MODULES = (
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 KERNEL_NAMESPACES = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
+MOUNT_FLAGS_OF_STATVFS = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
+                          (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME),
+                          (os.ST_RELATIME, MS_RELATIME))
 PR_SET_PDEATHSIG, PR_SET_NAME, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 1, 15, 24, 38, 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -237,10 +241,18 @@ def private_mounts(kernel_dir: str, disk_bytes: int) -> None:
     mount("tmpfs", os.path.join(kernel_dir, "work"), "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_bytes},mode=700")
     inputs = os.path.join(kernel_dir, "inputs")
     mount(inputs, inputs, None, MS_BIND)
-    mount(None, inputs, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    remount_read_only(inputs, MS_NOSUID | MS_NODEV)
     if os.path.isdir("/dev"):  # the factory's /dev is shared by all its kernels: read-only here
         mount("/dev", "/dev", None, MS_BIND | MS_REC)
-        mount(None, "/dev", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
+        remount_read_only("/dev", MS_NOSUID)
+
+
+def remount_read_only(path: str, extra_flags: int) -> None:
+    """Make the bind mount at ``path`` read-only, keeping the flags it has (in a user namespace, the kernel
+    refuses a remount that would drop flags a more privileged namespace set)."""
+    current = os.statvfs(path).f_flag
+    kept = sum(mount_flag for statvfs_flag, mount_flag in MOUNT_FLAGS_OF_STATVFS if current & statvfs_flag)
+    mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | kept | extra_flags)
 
 
 def bring_loopback_up() -> None:
