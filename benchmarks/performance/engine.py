@@ -386,12 +386,12 @@ async def _throughput(settings: Settings, context: zmq.asyncio.Context, root: Pa
                         bar.update()
 
             monitor.phase("measuring memory of the kernels")
-            out["memory"]["engine"] = [_tree_memory(s.kernel_pid) for s in sessions if s.kernel_pid]
-            out["memory"]["reference"] = [_tree_memory(k.pid) for k in references]
+            out["memory"]["engine"] = [tree_memory(s.kernel_pid) for s in sessions if s.kernel_pid]
+            out["memory"]["reference"] = [tree_memory(k.pid) for k in references]
             with_imports = references[:settings.preload_memory_kernels]
             preload = "\n".join(DEFAULT_PRELOAD)
             await asyncio.gather(*(k.run(preload) for k in with_imports))
-            out["memory"]["reference_with_imports"] = [_tree_memory(k.pid) for k in with_imports]
+            out["memory"]["reference_with_imports"] = [tree_memory(k.pid) for k in with_imports]
         finally:
             await asyncio.gather(*(s.close() for s in sessions), *(k.close() for k in references),
                                  return_exceptions=True)
@@ -447,7 +447,7 @@ async def _run_concurrently(cells: Sequence[Callable[[], Awaitable[None]]], seco
             "latency_p50": percentile(latencies, 50), "latency_p99": percentile(latencies, 99)}
 
 
-def _tree_memory(pid: int) -> dict[str, float]:
+def tree_memory(pid: int) -> dict[str, float]:
     """PSS, USS and RSS (bytes) summed over a process and all its descendants."""
     root = psutil.Process(pid)
     totals = {"pss": 0.0, "uss": 0.0, "rss": 0.0, "processes": 0}

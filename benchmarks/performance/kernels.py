@@ -44,7 +44,7 @@ from pyvision_env.execution import Engine, SandboxConfig
 from pyvision_env.reporting import save_figure
 from pyvision_env.vector import PyVisionVectorEnv
 
-from .engine import BENCH_LIMITS, BareKernel
+from .engine import BENCH_LIMITS, BareKernel, tree_memory
 from .env import ENV_OPTIONS, make_task_images, make_tasks
 from .report import (
     LoadMonitor,
@@ -54,6 +54,7 @@ from .report import (
     check,
     load_summary,
     log,
+    machine_busy_seconds,
     machine_summary,
     percentile,
     progress,
@@ -87,11 +88,6 @@ class Settings:
 
 FULL = Settings()
 QUICK = Settings(rounds=2, episodes_per_round=2, environments=8, idle_kernels=3, groups=1, forks=3)
-
-
-def machine_busy_seconds() -> float:
-    times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 def _engine(kind: str, spare_kernels: int, max_kernels: int = 64) -> Engine:
@@ -182,24 +178,11 @@ def _environments_ready(settings: Settings, directory: Path) -> dict[str, dict[s
     return results
 
 
-def _kernel_processes(engine: Engine, kernel: Any) -> list[psutil.Process]:
-    """The kernel and its children; forked: also its init and holder; else its bubblewrap (the kernel's parent and
-    the root of its tree)."""
-    process = psutil.Process(kernel.process.pid)
-    tree = [process, *process.children(recursive=True)]
+def _kernel_root(engine: Engine, kernel: Any) -> int:
+    """The process whose tree is the whole kernel: its holder (forked) or its bubblewrap (new interpreter)."""
     if engine.status().start_method == "fork":
-        tree += [process.parent(), process.parent().parent()]
-    return tree
-
-
-def _pss(processes: list[psutil.Process]) -> float:
-    total = 0.0
-    for process in processes:
-        try:
-            total += process.memory_full_info().pss
-        except psutil.Error:
-            continue
-    return total
+        return psutil.Process(kernel.process.pid).parent().parent().pid
+    return kernel.process.pid
 
 
 def _idle_memory(settings: Settings) -> dict[str, Any]:
@@ -215,9 +198,9 @@ def _idle_memory(settings: Settings) -> dict[str, Any]:
                 check(sessions[-1].run("x = 1").ok, "a trivial cell failed")
             time.sleep(1.0)
             kernels = [session._session._kernel for session in sessions]
-            results[kind] = [_pss(_kernel_processes(engine, kernel)) / 2**20 for kernel in kernels]
+            results[kind] = [tree_memory(_kernel_root(engine, kernel))["pss"] / 2**20 for kernel in kernels]
             if kind == "forked":
-                results["factory"] = _pss([psutil.Process(engine.core._factory.pid)]) / 2**20
+                results["factory"] = psutil.Process(engine.core._factory.pid).memory_full_info().pss / 2**20
         finally:
             for session in sessions:
                 session.close()

@@ -73,6 +73,12 @@ def percentile_ms(values: Sequence[float], q: float) -> float:
     return percentile(values, q) * 1000
 
 
+def machine_busy_seconds() -> float:
+    """CPU-seconds the whole machine has been busy (every process, from ``/proc/stat``)."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
 class LoadMonitor:
     """Samples once a second how much of the machine's CPU *other* processes use, per phase of the benchmark.
 
@@ -102,10 +108,6 @@ class LoadMonitor:
         log(self.benchmark, name)
         self.phases.append((time.perf_counter(), name))
 
-    @staticmethod
-    def _busy_seconds() -> float:
-        times = psutil.cpu_times()
-        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
     @staticmethod
     def _own_seconds() -> dict[int, float]:
@@ -119,9 +121,9 @@ class LoadMonitor:
 
     def _run(self) -> None:
         cpus = psutil.cpu_count() or 1
-        last_busy, last_own, last_at = self._busy_seconds(), self._own_seconds(), time.perf_counter()
+        last_busy, last_own, last_at = machine_busy_seconds(), self._own_seconds(), time.perf_counter()
         while not self._stop.wait(self.interval):
-            busy, own, now = self._busy_seconds(), self._own_seconds(), time.perf_counter()
+            busy, own, now = machine_busy_seconds(), self._own_seconds(), time.perf_counter()
             ours = sum(max(0.0, value - last_own.get(pid, 0.0)) for pid, value in own.items())
             others = max(0.0, busy - last_busy - ours) / ((now - last_at) * cpus) * 100
             self.samples.append((now, min(others, 100.0)))
