@@ -16,6 +16,7 @@ Example::
 
     >>> path = make_tiny_model("/tmp/tiny-qwen")                                  # doctest: +SKIP
     >>> model, tokenizer, image_processor = load_tiny_model(path)                 # doctest: +SKIP
+    >>> processor = load_tiny_processor(path)          # one processor object, for trainers that want one
 """
 
 from __future__ import annotations
@@ -150,3 +151,22 @@ def load_tiny_model(path: str | os.PathLike):
                                 f"`pyvision make-tiny-model {path}`")
     return (AutoModelForImageTextToText.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path),
             Qwen2VLImageProcessorPil.from_pretrained(path))
+
+
+def load_tiny_processor(path: str | os.PathLike, chat_template: str | None = None):
+    """A ``Qwen2_5_VLProcessor`` of a folder made by :func:`make_tiny_model`, for libraries that take one processor
+    object (TRL): the tokenizer and the PIL image processor, with no video processor (transformers' needs
+    torchvision), and images returned as torch tensors as the torchvision processor returns them.
+    ``chat_template`` replaces the folder's (e.g. a template that renders tool calls)."""
+    from transformers import AutoTokenizer, Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil
+
+    class ImageOnlyProcessor(Qwen2_5_VLProcessor):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, return_tensors="pt")
+    return ImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                              chat_template=chat_template or tokenizer.chat_template)
