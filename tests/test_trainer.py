@@ -21,7 +21,9 @@ import torch
 from PIL import Image
 
 from agents.hf import Sampling
+from pyvision_env.execution import ForkError
 from pyvision_env.messages import ImagePart, Message, TextPart
+from pyvision_env.vector import PyVisionVectorEnv
 from trainers.backends import GenerationBackend, HFBackend, PixelCache, Sampled
 from trainers.checkpoint import latest_checkpoint
 from trainers.config import ConfigError, GRPOConfig, ModelConfig, SFTConfig, load_config, to_dict
@@ -29,10 +31,11 @@ from trainers.grpo import GRPOTrainer, TaskSampler, importance_cap, rollout_grou
 from trainers.modeling import check_sees_pixels, load_policy, make_optimizer
 from trainers.objective import MODEL_INPUTS, collate, grpo_loss, pack, rows, sequence_logprobs
 from trainers.ofr import OFRSelector
-from trainers.rollout import EpisodeSpec, GenerationBatcher, Trajectory
+from trainers.rollout import EpisodeSpec, GenerationBatcher, RolloutCollector, Trajectory
 from trainers.sft import SFTTrainer, tokenize_conversation
 from trainers.tokens import Encoded, ImageTokenMismatch, TemplateError, VisualParityError, check_images
 
+from .conftest import wait_until
 from .scripted_generation import ScriptedTallyGeneration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -361,6 +364,69 @@ def test_a_failing_request_fails_its_episode_only():
         batcher.close()
     assert (first.ids, third.ids) == ([6], [8]) and isinstance(poisoned, RuntimeError)
     assert backend.batches[0] == 3 and sorted(backend.batches[1:]) == [1, 1, 1]  # the batch, then one by one
+
+
+class BranchingScript(GenerationBackend):
+    """Turn 1 sets a variable; turn 2 prints it times a number each request gets (1, 2, 3: the branches differ
+    only from here); turn 3 answers the last printed number."""
+
+    def __init__(self, chat):
+        self.chat, self.second_turns = chat, 0
+
+    def generate(self, prompts, sampling):
+        out = []
+        for prompt in prompts:
+            printed = re.findall(r"Text Result:\s*(\d+)", self.chat.tokenizer.decode(prompt.ids))
+            if not printed:
+                response = "<code>\n```python\nx = 7\nprint(x)\n```\n</code>"
+            elif len(printed) == 1:
+                self.second_turns += 1
+                response = f"<code>\n```python\nprint(x * {self.second_turns})\n```\n</code>"
+            else:
+                response = f"<answer>\\boxed{{{printed[-1]}}}</answer>"
+            ids = self.chat.tokenizer(response, add_special_tokens=False)["input_ids"] + [self.chat.end_token_id]
+            out.append(Sampled(ids, [-0.5] * len(ids), True))
+        return out
+
+
+def test_an_episode_forked_after_its_first_turn_gives_branches_that_go_on_alone(policy, engine):
+    live_before = engine.status().live_kernels
+    envs = PyVisionVectorEnv(1, "tally", split="train", max_turns=4, engine=engine)
+    collector = RolloutCollector(envs, BranchingScript(policy.chat), policy.chat, Sampling(max_new_tokens=64))
+    try:
+        original, *forks = collector.collect([EpisodeSpec(task_index=0, seed=3, group="g", fork_at=1, forks=2)])
+    finally:
+        envs.close()
+    assert [t.branch for t in (original, *forks)] == [0, 1, 2] and len(forks) == 2
+    assert {t.spec.group for t in forks} == {"g"} and {t.task_id for t in forks} == {original.task_id}
+    # Up to the fork (prompt, first response, its result) the branches are the original's, token for token.
+    mask = "".join(map(str, original.loss_mask))
+    second_response = mask.index("1", mask.index("10") + 1)
+    assert all(t.ids[:second_response] == original.ids[:second_response]
+               and t.loss_mask[:second_response] == original.loss_mask[:second_response] for t in forks)
+    assert all(t.ids[second_response:] != original.ids[second_response:] for t in forks)
+    # After it, each branch ran its own code on the kernel state it inherited (x = 7) and answered its own result.
+    printed = sorted(int(re.findall(r"boxed\{(\d+)\}", t.responses[-1])[0]) for t in (original, *forks))
+    assert printed == [7, 14, 21]
+    assert all(t.end_reason == "answered" and t.turns == 3 and t.tool_calls == 2 for t in (original, *forks))
+    assert wait_until(lambda: engine.status().live_kernels <= live_before, timeout=20)  # the forks' kernels too
+
+
+def test_a_fork_that_fails_is_an_error_branch_and_the_episode_goes_on(policy, engine):
+    envs = PyVisionVectorEnv(1, "tally", split="train", max_turns=4, engine=engine)
+    collector = RolloutCollector(envs, BranchingScript(policy.chat), policy.chat, Sampling(max_new_tokens=64))
+
+    async def refuse() -> None:
+        raise ForkError("cell 1 ended otherwise when replayed")
+
+    envs.envs[0].afork = refuse
+    try:
+        original, fork = collector.collect([EpisodeSpec(task_index=0, seed=3, group="g", fork_at=1, forks=1)])
+    finally:
+        envs.close()
+    assert original.end_reason == "answered" and original.branch == 0
+    assert fork.branch == 1 and fork.end_reason == "error" and "ForkError: cell 1" in fork.error
+    assert "branch 1" in fork.label
 
 
 def test_an_update_whose_every_episode_failed_stops_the_run_with_the_reason(tmp_path, model_dir):

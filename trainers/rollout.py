@@ -5,6 +5,7 @@ episode ends. Episodes never wait for each other's code to run; their generation
 :class:`GenerationBatcher`, which sends whoever is waiting to the backend as one batch, in a worker thread
 (the event loop never does model work). A batch the backend refuses is asked again one request at a time, so
 a bad request ends its own episode (``end_reason="error"``) and no other. Token ids are kept as sampled (:mod:`trainers.tokens`).
+An episode can branch (:attr:`EpisodeSpec.forks`): forked after a given turn, each branch samples on by itself.
 
 Example::
 
@@ -19,7 +20,7 @@ import asyncio
 import concurrent.futures
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from PIL import Image
@@ -34,11 +35,20 @@ from .tokens import ChatTokenizer, Encoded, ImageRecord
 
 @dataclass(frozen=True)
 class EpisodeSpec:
-    """Which task an episode plays, with which env seed, in which group (rollouts of one prompt)."""
+    """Which task an episode plays, with which env seed, in which group (rollouts of one prompt).
+
+    ``forks`` > 0 makes a tree: after the episode's ``fork_at``-th response has been run, the episode is forked
+    ``forks`` times (:meth:`~pyvision_env.env.PyVisionEnv.afork`: the kernel's cells replayed, the conversation
+    and counters copied) and every branch samples on from that point on its own. The spec then gives
+    ``1 + forks`` trajectories (``branch`` 0 is the original), all in the spec's group. An episode that ends
+    before ``fork_at`` does not branch.
+    """
 
     task_index: int
     seed: int
     group: Any
+    fork_at: int = 1
+    forks: int = 0
 
 
 @dataclass
@@ -68,6 +78,8 @@ class Trajectory:
     responses: list[str] = field(default_factory=list)
     """The decoded responses (for logs and reports; training uses the ids)."""
     error: str | None = None
+    branch: int = 0
+    """0, or which fork of its spec's episode this is (see :attr:`EpisodeSpec.forks`)."""
 
     def extend(self, encoded: Encoded | Sampled, sampled: bool) -> None:
         self.ids += encoded.ids
@@ -84,7 +96,14 @@ class Trajectory:
     @property
     def label(self) -> str:
         """How errors name this trajectory."""
-        return f"trajectory of task {self.task_id!r} (group {self.spec.group}, seed {self.spec.seed})"
+        branch = f", branch {self.branch}" if self.branch else ""
+        return f"trajectory of task {self.task_id!r} (group {self.spec.group}, seed {self.spec.seed}{branch})"
+
+    def branched(self, branch: int) -> Trajectory:
+        """A copy of this trajectory so far, as fork ``branch`` of its episode."""
+        return replace(self, ids=list(self.ids), loss_mask=list(self.loss_mask), logprobs=list(self.logprobs),
+                       images=list(self.images), image_records=list(self.image_records), info=dict(self.info),
+                       responses=list(self.responses), branch=branch)
 
 
 class GenerationBatcher:
@@ -202,7 +221,8 @@ class RolloutCollector:
         self.stats = CollectStats()
 
     def collect(self, specs: Sequence[EpisodeSpec], sampling: Sampling | None = None) -> list[Trajectory]:
-        """Play one episode per spec (in that order in the result); ``sampling`` overrides the default."""
+        """Play one episode per spec (in that order in the result; a spec with forks gives its branches in
+        order); ``sampling`` overrides the default."""
         return self.envs.engine.run_coroutine(self.acollect(specs, sampling))  # the envs' loop (engine or Ray pool)
 
     async def acollect(self, specs: Sequence[EpisodeSpec], sampling: Sampling | None = None) -> list[Trajectory]:
@@ -211,7 +231,7 @@ class RolloutCollector:
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(len(specs)):
             queue.put_nowait(i)
-        results: list[Trajectory | None] = [None] * len(specs)
+        results: list[list[Trajectory]] = [[] for _ in specs]
         env_seconds = [0.0]
 
         async def worker(slot: int) -> None:
@@ -224,10 +244,11 @@ class RolloutCollector:
                             results[i] = await self._episode(self.envs.envs[slot], specs[i], batcher, env_seconds)
                             break
                         except WorkerLost as lost:  # the episode starts again on a live worker, or fails
-                            results[i] = Trajectory(specs[i], "", end_reason="error",
-                                                    error=f"WorkerLost: {lost} (attempt {attempt})")
+                            results[i] = [Trajectory(specs[i], "", end_reason="error",
+                                                     error=f"WorkerLost: {lost} (attempt {attempt})")]
                 except Exception as error:  # noqa: BLE001  (an environment failure ends this episode only)
-                    results[i] = Trajectory(specs[i], "", end_reason="error", error=f"{type(error).__name__}: {error}")
+                    results[i] = [Trajectory(specs[i], "", end_reason="error",
+                                             error=f"{type(error).__name__}: {error}")]
                 finally:
                     batcher.running -= 1
                     batcher._wake.set()
@@ -241,31 +262,37 @@ class RolloutCollector:
             batcher.close()
         self.stats = CollectStats(time.perf_counter() - started, batcher.generate_seconds, env_seconds[0],
                                   batcher.generated_tokens, batcher.batches)
-        return [result for result in results if result is not None]
+        return [trajectory for branches in results for trajectory in branches]
 
     async def _episode(self, env: Any, spec: EpisodeSpec, batcher: GenerationBatcher,
-                       env_seconds: list[float]) -> Trajectory:
+                       env_seconds: list[float]) -> list[Trajectory]:
         clock = time.perf_counter()
         observation, info = await env.areset(seed=spec.seed, options={"task_index": spec.task_index})
         env_seconds[0] += time.perf_counter() - clock
         trajectory = Trajectory(spec, info["task_id"])
         trajectory.extend(self.chat.prompt(observation), sampled=False)
+        return await self._play(env, trajectory, batcher, env_seconds)
+
+    async def _play(self, env: Any, trajectory: Trajectory, batcher: GenerationBatcher,
+                    env_seconds: list[float]) -> list[Trajectory]:
+        """Sample and step until the episode ends: this trajectory, then its forks' if it branches."""
+        spec = trajectory.spec
         while True:
             if len(trajectory.ids) + batcher.sampling.max_new_tokens > self.max_length:
                 trajectory.end_reason = "over_length"
-                return trajectory
+                return [trajectory]
             try:
                 sampled = await batcher.generate(Encoded(trajectory.ids, trajectory.images, trajectory.image_records))
             except Exception as error:  # noqa: BLE001  (the episode fails; the others go on)
                 trajectory.end_reason, trajectory.error = "error", f"{type(error).__name__}: {error}"
-                return trajectory
+                return [trajectory]
             trajectory.extend(sampled, sampled=True)
             trajectory.turns += 1
             response = self.chat.decode(sampled.ids)
             trajectory.responses.append(response)
             if not sampled.finished:
                 trajectory.end_reason = "over_length"
-                return trajectory
+                return [trajectory]
             clock = time.perf_counter()
             observation, reward, terminated, truncated, info = await env.astep(response)
             env_seconds[0] += time.perf_counter() - clock
@@ -275,5 +302,37 @@ class RolloutCollector:
             if terminated or truncated:
                 trajectory.correct = bool(info.get("correct"))
                 trajectory.end_reason = info.get("end_reason") or ("answered" if terminated else "truncated")
-                return trajectory
+                return [trajectory]
             trajectory.extend(self.chat.continuation(observation), sampled=False)
+            if spec.forks and trajectory.branch == 0 and trajectory.turns == spec.fork_at:
+                return await self._branch(env, trajectory, batcher, env_seconds)
+
+    async def _branch(self, env: Any, trajectory: Trajectory, batcher: GenerationBatcher,
+                      env_seconds: list[float]) -> list[Trajectory]:
+        """Fork the episode ``spec.forks`` times and play every branch on; a fork that fails is an ``error``
+        trajectory of its own (out of its group's baseline) and the others go on."""
+        branches = [trajectory.branched(k) for k in range(1, trajectory.spec.forks + 1)]
+        forks = await asyncio.gather(*(env.afork() for _ in branches), return_exceptions=True)
+        original, *played = await asyncio.gather(
+            self._play(env, trajectory, batcher, env_seconds),
+            *(self._play_fork(fork, branch, batcher, env_seconds) for fork, branch in zip(forks, branches)),
+            return_exceptions=True)
+        if isinstance(original, BaseException):
+            raise original  # the episode's own failure (e.g. its worker lost), once its forks have ended
+        return [branch for results in (original, *played) for branch in results]
+
+    async def _play_fork(self, fork: Any, branch: Trajectory, batcher: GenerationBatcher,
+                         env_seconds: list[float]) -> list[Trajectory]:
+        if isinstance(fork, BaseException):
+            branch.end_reason, branch.error = "error", f"{type(fork).__name__}: {fork}"
+            return [branch]
+        batcher.running += 1
+        try:
+            return await self._play(fork, branch, batcher, env_seconds)
+        except Exception as error:  # noqa: BLE001  (this branch fails; the original and the others go on)
+            branch.end_reason, branch.error = "error", f"{type(error).__name__}: {error}"
+            return [branch]
+        finally:
+            batcher.running -= 1
+            batcher._wake.set()
+            await fork.unwrapped.aclose()
