@@ -15,7 +15,7 @@ STAMP      := $(VENV)/.installed
 # Installed before the project so that nothing later resolves a CUDA torch.
 # pip's find-links (/opt/wheels) provides the CPU build (2.13.0+cpu).
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS     ?= dev,video,train,benchmarks,ray,skyrl
+EXTRAS     ?= dev,video,train,benchmarks,ray,skyrl,trl
 PIP_FLAGS  ?= --disable-pip-version-check
 ifdef CI
 PIP_FLAGS  += --progress-bar off
@@ -33,6 +33,25 @@ VLLM_DROP  := torchvision torchaudio torchcodec
 VLLM_EXTRAS ?= dev,video
 VLLM_TORCH := $(patsubst torch==%,%,$(TORCH_SPEC))
 
+# A separate venv for verifiers (`make test-verifiers`): its antlr4 pin conflicts with omegaconf's (skyrl extra).
+VERIFIERS_VENV  ?= .venv-verifiers
+VERIFIERS_PY    := $(VERIFIERS_VENV)/bin/python
+VERIFIERS_STAMP := $(VERIFIERS_VENV)/.installed
+VERIFIERS_SPEC  ?= verifiers
+VERIFIERS_EXTRAS ?= dev,video,verifiers
+VERIFIERS_TORCH := $(patsubst torch==%,%,$(TORCH_SPEC))
+
+# A separate venv for verl (`make test-verl`): verl 0.9.1 pins transformers<5.11 and omegaconf 2.3 (hydra). It
+# imports cachetools, uvicorn and fastapi without requiring them (its verl-core extra would also bring torchcodec,
+# a CUDA build), so they are named here.
+VERL_VENV  ?= .venv-verl
+VERL_PY    := $(VERL_VENV)/bin/python
+VERL_STAMP := $(VERL_VENV)/.installed
+VERL_SPEC  ?= verl==0.9.1
+VERL_DEPS  := cachetools uvicorn fastapi
+VERL_EXTRAS ?= dev,video,train
+VERL_TORCH := $(patsubst torch==%,%,$(TORCH_SPEC))
+
 # command:debian-package pairs installed by `make system-deps` when missing.
 SYSTEM_DEPS := bwrap:bubblewrap ffmpeg:ffmpeg chromium:chromium
 
@@ -46,8 +65,16 @@ VLLM_VENV_OK := $(shell [ -x "$(VLLM_PY)" ] && "$(VLLM_PY)" -c "import pip; prin
 ifneq ($(VLLM_VENV_OK),ok)
 VLLM_STAMP_FORCE := FORCE
 endif
+VERIFIERS_VENV_OK := $(shell [ -x "$(VERIFIERS_PY)" ] && "$(VERIFIERS_PY)" -c "import pip; print('ok')" 2>/dev/null)
+ifneq ($(VERIFIERS_VENV_OK),ok)
+VERIFIERS_STAMP_FORCE := FORCE
+endif
+VERL_VENV_OK := $(shell [ -x "$(VERL_PY)" ] && "$(VERL_PY)" -c "import pip; print('ok')" 2>/dev/null)
+ifneq ($(VERL_VENV_OK),ok)
+VERL_STAMP_FORCE := FORCE
+endif
 
-.PHONY: help system-deps install demo test test-slow test-all test-vllm bench lint clean distclean FORCE
+.PHONY: help system-deps install demo test test-slow test-all test-vllm test-verifiers test-verl bench lint clean distclean FORCE
 
 help: ## Show this help
 	@echo "PyVision-RL make targets:"
@@ -130,6 +157,40 @@ $(VLLM_STAMP): setup.cfg pyproject.toml $(VLLM_STAMP_FORCE)
 
 test-vllm: $(VLLM_STAMP) ## Run the vLLM tests (-m vllm) on vLLM's CPU build in its own venv (.venv-vllm)
 	$(VLLM_PY) -m pytest -m vllm -q $(PYTEST_ARGS)
+
+$(VERIFIERS_STAMP): setup.cfg pyproject.toml $(VERIFIERS_STAMP_FORCE)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "error: Python >= 3.10 required, $(PYTHON) is " + sys.version.split()[0])'
+	@if [ -e "$(VERIFIERS_VENV)" ] && ! "$(VERIFIERS_PY)" -c "import pip" >/dev/null 2>&1; then \
+		echo "venv $(VERIFIERS_VENV) is broken or incomplete; recreating"; rm -rf "$(VERIFIERS_VENV)"; \
+	fi
+	@if [ ! -x "$(VERIFIERS_PY)" ]; then echo "creating venv $(VERIFIERS_VENV)"; $(PYTHON) -m venv "$(VERIFIERS_VENV)"; fi
+	$(VERIFIERS_PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(VERIFIERS_PY) -m pip install $(PIP_FLAGS) '$(TORCH_SPEC)'
+	$(VERIFIERS_PY) -m pip install $(PIP_FLAGS) '$(VERIFIERS_SPEC)'
+	$(VERIFIERS_PY) -m pip install $(PIP_FLAGS) -e '.[$(VERIFIERS_EXTRAS)]'
+	$(VERIFIERS_PY) -c "import torch, verifiers; v = torch.__version__; print('verifiers', verifiers.__version__, 'torch', v); \
+		assert v == '$(VERIFIERS_TORCH)+cpu', 'torch is not the $(TORCH_SPEC) CPU build: ' + v"
+	touch $@
+
+test-verifiers: $(VERIFIERS_STAMP) ## Run the verifiers tests (-m verifiers) in their own venv (.venv-verifiers)
+	$(VERIFIERS_PY) -m pytest -m verifiers -q $(PYTEST_ARGS)
+
+$(VERL_STAMP): setup.cfg pyproject.toml $(VERL_STAMP_FORCE)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "error: Python >= 3.10 required, $(PYTHON) is " + sys.version.split()[0])'
+	@if [ -e "$(VERL_VENV)" ] && ! "$(VERL_PY)" -c "import pip" >/dev/null 2>&1; then \
+		echo "venv $(VERL_VENV) is broken or incomplete; recreating"; rm -rf "$(VERL_VENV)"; \
+	fi
+	@if [ ! -x "$(VERL_PY)" ]; then echo "creating venv $(VERL_VENV)"; $(PYTHON) -m venv "$(VERL_VENV)"; fi
+	$(VERL_PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(VERL_PY) -m pip install $(PIP_FLAGS) '$(TORCH_SPEC)'
+	$(VERL_PY) -m pip install $(PIP_FLAGS) '$(VERL_SPEC)' $(VERL_DEPS)
+	$(VERL_PY) -m pip install $(PIP_FLAGS) -e '.[$(VERL_EXTRAS)]'
+	$(VERL_PY) -c "import torch, verl.experimental.agent_loop; v = torch.__version__; print('verl', verl.__version__, 'torch', v); \
+		assert v == '$(VERL_TORCH)+cpu', 'torch is not the $(TORCH_SPEC) CPU build: ' + v"
+	touch $@
+
+test-verl: $(VERL_STAMP) ## Run the verl tests (-m verl) in their own venv (.venv-verl)
+	$(VERL_PY) -m pytest -m verl -q $(PYTEST_ARGS)
 
 bench: install ## Run the benchmarks (python -m benchmarks)
 	$(PY) -m benchmarks $(BENCH_ARGS)
