@@ -6,7 +6,9 @@ forked kernels.)
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -232,6 +234,32 @@ def test_evicted_templates_wait_for_their_kernels(large_image, tmp_path):
         first.close()
         assert wait_until(lambda: not first_template.is_running(), timeout=5)
         assert eng.status().input_templates == 1
+
+
+def test_templates_evicted_while_their_kernels_start_wait_for_them(tmp_path, caplog):
+    """More tasks than templates, all starting at once: each template is leased before its kernel starts, so
+    eviction never closes one under a starting kernel (which used to fail it: EBADF, or killed by SIGKILL)."""
+    paths = []
+    for i, colour in enumerate(["red", "green", "blue", "white", "black", "yellow"]):
+        paths.append(tmp_path / f"task{i}.png")
+        Image.new("RGB", (24 + i, 16), colour).save(paths[-1])
+    eng = quiet_engine(spare_kernels=0, sandbox=SandboxConfig(start_method="fork", input_templates=1))
+
+    async def group() -> list[str]:
+        sessions = await asyncio.gather(*(eng.core.open_session(images={"image_clue_0": path})
+                                          for path in paths for _ in range(2)))
+        try:
+            return [(await s.run("print(image_clue_0.size, image_clue_0.getpixel((0, 0)))")).stdout for s in sessions]
+        finally:
+            await asyncio.gather(*(s.close() for s in sessions))
+
+    with eng, caplog.at_level(logging.WARNING, logger="pyvision_env.execution"):
+        printed = eng.run_coroutine(group(), timeout=120)
+        expected = [f"{Image.open(path).size} {Image.open(path).getpixel((0, 0))}\n" for path in paths for _ in range(2)]
+        assert printed == expected
+        assert not [r for r in caplog.records if "template" in r.getMessage()], caplog.text
+        assert eng.core._templates.made == len(paths)  # one per task, each shared by its two sessions
+        assert wait_until(lambda: len(template_processes(eng)) == 1, timeout=10)  # the evicted ones closed
 
 
 def test_a_dead_template_is_replaced_and_in_memory_images_need_none(large_image):

@@ -185,25 +185,24 @@ class AsyncEngine:
         """A fresh kernel for a session with ``images``: forked by their input template where there is one, else
         a spare kernel."""
         supply = self._running_supply()
-        template = await self._templates.get(images) if self._templates is not None else None
+        template = await self._templates.lease(images) if self._templates is not None else None
         if template is not None:
+            assert self._templates is not None
             try:
-                kernel = await supply.start_dedicated(lambda: self._start_kernel(template))
+                return await supply.start_dedicated(lambda: self._start_kernel(template))  # the kernel keeps the lease
             except KernelStartError as exc:
-                log.warning("an input template failed (its episodes load their images themselves): %s", exc)
-                assert self._templates is not None
-                self._templates.drop(template)
-            else:
-                assert self._templates is not None
-                self._templates.kernel_started(template)
-                return kernel
+                log.warning("a kernel forked by an input template failed to start (its episode loads its images "
+                            "itself): %s", exc)
+                self._templates.release(template)
+                if not template.alive:
+                    self._templates.drop(template)
         return await supply.acquire()
 
     async def _release_kernel(self, kernel: Kernel) -> None:
         """Kill a session's kernel (and close its input template if that was evicted and this was its last)."""
         await self._running_supply().release(kernel)
         if kernel.template is not None and self._templates is not None:
-            self._templates.kernel_ended(kernel.template)
+            self._templates.release(kernel.template)
 
     async def close(self) -> None:
         """Kill every kernel and remove every file the engine made. Safe to call twice."""

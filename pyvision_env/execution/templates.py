@@ -2,12 +2,13 @@
 kernels of that task's episodes from (the G episodes of a GRPO group decode their images once, and share them).
 
 A template is keyed by its inputs (names, files, sizes and modification times), made on the first session that
-needs it, kept for the ``capacity`` most recently used tasks, and closed when evicted and none of its kernels is
-left. Sessions with in-memory images (``PIL.Image`` objects) or without images do not use templates.
+needs it, kept for the ``capacity`` most recently used tasks, and closed when evicted and no lease on it is left
+(each kernel it forks holds one from before its start to its end). Sessions with in-memory images (``PIL.Image`` objects) or without images do not use templates.
 
 Example (what the engine does for a session's kernel):
-    >>> template = await templates.get({"image_clue_0": "/data/task-17.png"})    # doctest: +SKIP
+    >>> template = await templates.lease({"image_clue_0": "/data/task-17.png"})  # doctest: +SKIP
     >>> kernel = await start_kernel(template)  # forked by the template; images bound without decoding
+    >>> templates.release(template)            # when the kernel ends
 """
 
 from __future__ import annotations
@@ -88,19 +89,21 @@ class InputTemplates:
     def count(self) -> int:
         return len(self._templates) + len(self._retired)
 
-    async def get(self, images: Mapping[str, Any]) -> InputTemplate | None:
-        """The template of these images, made now if needed; None when they cannot have one."""
+    async def lease(self, images: Mapping[str, Any]) -> InputTemplate | None:
+        """The template of these images, made now if needed, leased to the caller — an evicted template is not
+        closed while leased — or None when they cannot have one. Give the lease back with :meth:`release`
+        (when the kernel it started ends, or when starting it failed)."""
         key = inputs_key(images)
         if key is None or self.capacity == 0:
             return None
         template = self._templates.get(key)
         if template is not None and template.alive:
             self._templates.move_to_end(key)
-            return template
+            return self._leased(template)
         if template is not None:
             self.drop(template)
         if key in self._making:  # the group's other episodes wait for the one being made
-            return await asyncio.shield(self._making[key])
+            return self._leased(await asyncio.shield(self._making[key]))
         making = self._making[key] = asyncio.get_running_loop().create_future()
         directory = self.root / f"t-{uuid.uuid4().hex[:12]}"
         try:
@@ -114,18 +117,24 @@ class InputTemplates:
         finally:
             del self._making[key]
         making.set_result(template)
+        if template is None:
+            return None
+        self.made += 1
+        self._templates[key] = template
+        leased = self._leased(template)  # before any eviction: the newest is never the one evicted
+        while len(self._templates) > self.capacity:
+            _, oldest = self._templates.popitem(last=False)
+            self._retire(oldest)
+        return leased
+
+    @staticmethod
+    def _leased(template: InputTemplate | None) -> InputTemplate | None:
         if template is not None:
-            self.made += 1
-            self._templates[key] = template
-            while len(self._templates) > self.capacity:
-                _, oldest = self._templates.popitem(last=False)
-                self._retire(oldest)
+            template.users += 1
         return template
 
-    def kernel_started(self, template: InputTemplate) -> None:
-        template.users += 1
-
-    def kernel_ended(self, template: InputTemplate) -> None:
+    def release(self, template: InputTemplate) -> None:
+        """Give back a lease of :meth:`lease`; an evicted template closes when its last lease is back."""
         template.users -= 1
         if template in self._retired and template.users <= 0:
             self._retired.discard(template)
