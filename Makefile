@@ -41,15 +41,12 @@ VERIFIERS_SPEC  ?= verifiers
 VERIFIERS_EXTRAS ?= dev,video,verifiers
 VERIFIERS_TORCH := $(patsubst torch==%,%,$(TORCH_SPEC))
 
-# A separate venv for verl (`make test-verl`): verl 0.9.1 pins transformers<5.11 and omegaconf 2.3 (hydra). It
-# imports cachetools, uvicorn and fastapi without requiring them (its verl-core extra would also bring torchcodec,
-# a CUDA build), so they are named here.
+# A separate venv for verl (`make test-verl`): verl 0.9.1 pins transformers<5.11 and omegaconf 2.3 (hydra); the
+# project's `verl` extra names it with the packages it imports without requiring them.
 VERL_VENV  ?= .venv-verl
 VERL_PY    := $(VERL_VENV)/bin/python
 VERL_STAMP := $(VERL_VENV)/.installed
-VERL_SPEC  ?= verl==0.9.1
-VERL_DEPS  := cachetools uvicorn fastapi
-VERL_EXTRAS ?= dev,video,train
+VERL_EXTRAS ?= dev,video,train,verl
 VERL_TORCH := $(patsubst torch==%,%,$(TORCH_SPEC))
 
 # command:debian-package pairs installed by `make system-deps` when missing.
@@ -183,7 +180,6 @@ $(VERL_STAMP): setup.cfg pyproject.toml $(VERL_STAMP_FORCE)
 	@if [ ! -x "$(VERL_PY)" ]; then echo "creating venv $(VERL_VENV)"; $(PYTHON) -m venv "$(VERL_VENV)"; fi
 	$(VERL_PY) -m pip install $(PIP_FLAGS) --upgrade pip
 	$(VERL_PY) -m pip install $(PIP_FLAGS) '$(TORCH_SPEC)'
-	$(VERL_PY) -m pip install $(PIP_FLAGS) '$(VERL_SPEC)' $(VERL_DEPS)
 	$(VERL_PY) -m pip install $(PIP_FLAGS) -e '.[$(VERL_EXTRAS)]'
 	$(VERL_PY) -c "import torch, verl.experimental.agent_loop; v = torch.__version__; print('verl', verl.__version__, 'torch', v); \
 		assert v == '$(VERL_TORCH)+cpu', 'torch is not the $(TORCH_SPEC) CPU build: ' + v"
