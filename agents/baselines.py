@@ -172,13 +172,17 @@ class GuessingMixture(Policy):
         if info.get("turn") == 0:
             self.guessing = self.rng.random() < self.guess_rate
         if self.guessing:
-            return self.policy.protocol.render_action(answer=self.rng.choice(self.guesses))
+            return self.policy.protocol.render_action(answer=self.guess(observation))
         return self.policy.act(observation, info)
+
+    def guess(self, observation: list[Message]) -> str:
+        """The answer given without the tool (a subclass may read it from the question)."""
+        return self.rng.choice(self.guesses)
 
     def act_batch(self, observations: Sequence[list[Message]], infos: Sequence[dict[str, Any]]) -> list[str]:
         slots = self.__dict__.setdefault("_mixtures", [])
         while len(slots) < len(observations):
-            slots.append(GuessingMixture(copy.deepcopy(self.policy), self.guesses, self.guess_rate, self.rng))
+            slots.append(type(self)(copy.deepcopy(self.policy), self.guesses, self.guess_rate, self.rng))
         return [slot.act(obs, info) for slot, obs, info in zip(slots, observations, infos)]
 
 

@@ -172,6 +172,8 @@ class AlgorithmConfig:
 class EvalConfig:
     every: int = 10
     """Evaluate every this many updates (and before the first and after the last); 0: never."""
+    before_first: bool = True
+    """Also evaluate before the first update (off: when runs share a start evaluated once)."""
     episodes: int = 64
     """Held-out tasks per evaluation (the first ones of the split), played greedily."""
     temperature: float = 0.0

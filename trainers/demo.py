@@ -28,12 +28,17 @@ import re
 import shutil
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import GRPOConfig, SFTConfig, load_config
 from .rollout import Trajectory
 from .tokens import ChatTokenizer
+
+if TYPE_CHECKING:
+    from agents.baselines import GuessingMixture
+    from pyvision_env.tasks import Task
 
 CONFIGS = Path(__file__).parent / "configs"
 TINY_MODEL = {"phrase_tokens": True, "init_std": 0.08}
@@ -49,9 +54,10 @@ def system_prompt() -> str:
     return load_config(GRPOConfig, CONFIGS / "demo_grpo.yaml").env.system_prompt or ""
 
 
-def tokenizer_corpus() -> list[str]:
+def tokenizer_corpus(tasks: Sequence[Task] | None = None) -> list[str]:
     """The demo's conversations as the chat template renders them (with and without the tool, every colour and
-    count, on training tasks), so that the tiny tokenizer gives them few tokens."""
+    count, on training tasks — by default the first 30 of ``tally``'s, or ``tasks``), so that the tiny tokenizer
+    gives them few tokens."""
     import jinja2
 
     from agents.hf import template_messages
@@ -65,7 +71,7 @@ def tokenizer_corpus() -> list[str]:
     protocol = get_protocol("pyvision", system_prompt=system_prompt())
     template = jinja2.Template(CHAT_TEMPLATE)
     texts = []
-    for task in SUITES["tally"].load().split("train")[:30]:
+    for task in tasks if tasks is not None else SUITES["tally"].load().split("train")[:30]:
         images = [_read_image(path) for path in task.images]
         question = protocol.initial_messages(EpisodeInputs(task, images, [image.size for image in images]))
         rgb = TallyScriptedPolicy.RGB[task.metadata["color"]]
@@ -87,16 +93,19 @@ def _read_image(path: str) -> Any:
         return image.copy()
 
 
-def make_demo_model(out: Path, seed: int = 0) -> Path:
-    """The demo's tiny model in ``out`` (:data:`TINY_MODEL`, its tokenizer taught :func:`tokenizer_corpus`)."""
+def make_demo_model(out: Path, seed: int = 0, tasks: Sequence[Task] | None = None) -> Path:
+    """The demo's tiny model in ``out`` (:data:`TINY_MODEL`, its tokenizer taught :func:`tokenizer_corpus` of
+    ``tasks``)."""
     from agents.tiny_model import make_tiny_model
 
-    return make_tiny_model(out, corpus=tokenizer_corpus(), seed=seed, **TINY_MODEL)
+    return make_tiny_model(out, corpus=tokenizer_corpus(tasks), seed=seed, **TINY_MODEL)
 
 
-def record_teacher(out: Path, episodes: int, guess_rate: float, seed: int) -> dict[str, Any]:
-    """Play the guessing teacher on training tasks in order, recording every episode under ``out``; returns
-    its numbers (episodes, accuracy, tool calls and turns per episode, seconds)."""
+def record_teacher(out: Path, episodes: int, guess_rate: float, seed: int, *, suite: str = "tally",
+                   teacher: type[GuessingMixture] | None = None, on_tool_error: str = "continue") -> dict[str, Any]:
+    """Play the guessing teacher (``teacher``: a :class:`~agents.baselines.GuessingMixture` class around the
+    suite's scripted policy) on ``suite``'s training tasks in order, recording every episode under ``out``;
+    returns its numbers (episodes, accuracy, tool calls and turns per episode, seconds)."""
     from tqdm.auto import tqdm
 
     from agents.baselines import GuessingMixture
@@ -108,13 +117,14 @@ def record_teacher(out: Path, episodes: int, guess_rate: float, seed: int) -> di
 
     started = time.perf_counter()
     with Engine(spare_kernels=2) as engine:
-        env = RecordEpisodes(PyVisionEnv("tally", split="train", system_prompt=system_prompt(), max_turns=3,
-                                         kernel_start="first-call", engine=engine), out)
+        env = RecordEpisodes(PyVisionEnv(suite, split="train", system_prompt=system_prompt(), max_turns=3,
+                                         kernel_start="first-call", on_tool_error=on_tool_error, engine=engine),
+                             out)
         try:
-            teacher = GuessingMixture(scripted_policy("tally", env.unwrapped.protocol),
-                                      [str(n) for n in range(1, 10)], guess_rate, seed=seed)
+            policy = (teacher or GuessingMixture)(scripted_policy("tally", env.unwrapped.protocol),
+                                                  [str(n) for n in range(1, 10)], guess_rate, seed=seed)
             tasks = len(env.unwrapped.tasks)
-            results = [play_episode(env, teacher, options={"task_index": number % tasks})
+            results = [play_episode(env, policy, options={"task_index": number % tasks})
                        for number in tqdm(range(episodes), desc="teacher", unit="ep")]
         finally:
             env.close()

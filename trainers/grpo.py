@@ -279,7 +279,7 @@ class GRPOTrainer:
         if config.checkpoint.resume:
             self.resume()
         last_eval: dict[str, float] = {}
-        if self.step_number == 0 and config.eval.every:
+        if self.step_number == 0 and config.eval.every and config.eval.before_first:
             last_eval = self.evaluate()
         bar = tqdm(total=config.steps, initial=self.step_number, desc="GRPO", unit="update",
                    disable=not (config.logging.progress and main))

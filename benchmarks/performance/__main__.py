@@ -22,6 +22,7 @@ from .report import machine_description
 
 PERFORMANCE_BENCHMARKS = {
     "cluster": "benchmarks.performance.cluster",
+    "collapse": "benchmarks.experiments.collapse",
     "distributed": "benchmarks.performance.distributed",
     "engine": "benchmarks.performance.engine",
     "env": "benchmarks.performance.env",

@@ -1,0 +1,2 @@
+"""Experiments that reproduce the science on a laptop: :mod:`benchmarks.experiments.collapse` (interaction collapse
+and its remedies, ``pyvision experiment collapse``)."""
