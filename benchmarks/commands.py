@@ -1,4 +1,5 @@
-"""The evaluation commands: ``pyvision run``, ``pyvision eval`` and ``pyvision compare``.
+"""The evaluation commands: ``pyvision run``, ``pyvision eval`` and ``pyvision compare`` (and ``pyvision
+experiment``, from :mod:`benchmarks.experiments.commands`).
 
 ``run`` and ``eval`` are one runner, :class:`~benchmarks.evaluation.harness.Evaluation`: ``run`` plays a number of
 episodes of a built-in policy on one suite, in order (a walk-through); ``eval`` evaluates any policy on several
@@ -23,12 +24,14 @@ from typing import TYPE_CHECKING, Any
 from agents.make import MODEL_POLICIES, POLICIES
 from pyvision_env.deprecation import REMOVED_IN
 
+from .experiments.commands import add_commands as experiment_commands
+
 if TYPE_CHECKING:
     from .evaluation.harness import Evaluation
 
 
 def add_commands(commands: Any) -> None:
-    """Add ``run``, ``eval`` and ``compare`` to the ``pyvision`` subparsers."""
+    """Add ``run``, ``eval``, ``compare`` and ``experiment`` to the ``pyvision`` subparsers."""
     run = commands.add_parser(
         "run", help="run a built-in policy on a suite and print the summary table",
         description="Run --episodes episodes of a policy on a suite (tasks in order from --first-task, cycling), "
@@ -68,6 +71,12 @@ def add_commands(commands: Any) -> None:
     evaluate.add_argument("--robust", metavar="TRANSFORM",
                           help="evaluate each suite's rotated/flipped variant instead: rot90, rot180, rot270, "
                                "hflip, vflip")
+    evaluate.add_argument("--faithfulness", metavar="MODE[,MODE...]", default="",
+                          help="after the run, play each tool-using episode again with its evidence removed and "
+                               "report the accuracy drop: blackout (the cropped regions blacked out in the "
+                               "originals), swap (tool outputs from another task of the suite), no-tools (code "
+                               "refused), replay (unchanged: the noise floor); also the share of crops that "
+                               "contain the task's ground-truth region")
     evaluate.add_argument("--out", type=Path, help="run folder; an interrupted run given the same folder "
                                                    "continues where it stopped (default: runs/eval-<policy>-<time>)")
     model = evaluate.add_argument_group("model policies")
@@ -109,6 +118,7 @@ def add_commands(commands: Any) -> None:
     comparison.add_argument("--csv", type=Path, metavar="FILE", help="also write the table as CSV")
     comparison.add_argument("--plot", type=Path, metavar="PNG", help="also draw the table as grouped bars")
     comparison.set_defaults(handler=run_compare)
+    experiment_commands(commands)
 
 
 def _add_policy_options(parser: argparse.ArgumentParser, policies: tuple[str, ...]) -> None:
@@ -172,7 +182,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
         return _run(args, lambda: Evaluation(suites, _policy_factory(args, base_of), out, samples=args.samples,
                                              limit=args.limit, concurrency=concurrency, protocol=args.protocol,
                                              record=not args.no_record, by=args.by, pool=pool,
-                                             env_options=_env_options(args)))
+                                             env_options=_env_options(args), faithfulness=args.faithfulness))
     finally:
         if pool is not None:
             pool.close()
@@ -198,6 +208,7 @@ def _run(args: argparse.Namespace, make_evaluation: Callable[[], Evaluation]) ->
         print(f"... and {len(failures) - 5} more failed episodes (see {evaluation.out / 'results.jsonl'})",
               file=sys.stderr)
     print(f"results in {evaluation.out}/ (summary.md, summary.csv, summary.json, summary.png, results.jsonl"
+          f"{', faithfulness.jsonl' if evaluation.faithfulness else ''}"
           f"{'' if args.no_record else ', episodes/; view: pyvision view ' + str(evaluation.out)})", file=sys.stderr)
     return 0
 

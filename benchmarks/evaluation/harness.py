@@ -9,9 +9,12 @@ A run folder holds:
   every (suite, task, sample) already there: an interrupted evaluation continues where it stopped and nothing
   scored is recomputed.
 * ``episodes/`` — the recording of every episode (``pyvision view``).
+* ``faithfulness.jsonl`` — with ``faithfulness`` modes: one line per (scored episode, mode), the outcome of the
+  episode played again with its evidence removed (:mod:`.faithfulness`); resumed the same way.
 * ``summary.md``, ``summary.csv``, ``summary.json``, ``summary.png`` — per suite: accuracy (avg@k), pass@k, mean score,
-  turns, tool calls, tool errors, visual tokens and wall time; per-category breakdowns; and each public
-  benchmark's own metrics (its module's ``aggregate``).
+  turns, tool calls, tool errors, visual tokens and wall time; per-category breakdowns; each public
+  benchmark's own metrics (its module's ``aggregate``); and with faithfulness modes, the accuracy under each
+  counterfactual, its drop and the share of crops that contain the ground-truth region.
 
 :func:`compare` puts several runs, and published numbers from a CSV file, side by side.
 
@@ -50,7 +53,20 @@ from agents.episodes import EpisodeResult, play_episode
 from pyvision_env.pools import EnvPool, LocalEnvPool, WorkerLost
 from pyvision_env.protocols import Protocol
 from pyvision_env.reporting import markdown_table, save_figure
+from pyvision_env.tasks import Task, TaskSet
 from pyvision_env.wrappers.recording import RecordEpisodes, append_line
+
+from .faithfulness import (
+    COUNTERFACTUALS,
+    MODES,
+    CropRecord,
+    counterfactual,
+    crops_contain_regions,
+    faithfulness_columns,
+    faithfulness_table_columns,
+    mode_key,
+    parse_modes,
+)
 
 RESULTS = "results.jsonl"
 MAX_AUTO_CATEGORIES = 40
@@ -72,10 +88,18 @@ class WorkItem:
     sample: int
 
 
-def read_results(out: Path) -> list[dict[str, Any]]:
-    """The scored episodes of run folder ``out`` (none if it has no results yet). A torn last line — a run
-    killed while writing it — is ignored: that episode runs again."""
-    path = Path(out) / RESULTS
+@dataclass(frozen=True)
+class CounterfactualItem:
+    record: dict[str, Any]
+    """The scored episode (its ``results.jsonl`` line)."""
+    mode: str
+
+
+def read_results(out: Path, name: str = RESULTS) -> list[dict[str, Any]]:
+    """The scored episodes of run folder ``out`` (none if it has no results yet), or the lines of its file
+    ``name`` (e.g. ``faithfulness.jsonl``). A torn last line — a run killed while writing it — is ignored: that
+    episode runs again."""
+    path = Path(out) / name
     if not path.is_file():
         return []
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -113,14 +137,16 @@ class Evaluation:
     ``env_options``: more :class:`~pyvision_env.env.PyVisionEnv` arguments (``max_turns``, ``split``, ...);
     ``pool``: where the environments run (:mod:`pyvision_env.pools`; default: a local pool for the run). An
     episode whose Ray worker died is played again up to ``pool.episode_attempts`` times in all, then recorded
-    as failed (``end_reason`` ``worker_lost``, with the reason).
+    as failed (``end_reason`` ``worker_lost``, with the reason);
+    ``faithfulness``: counterfactual modes (``"blackout,swap,no-tools"``, see :mod:`.faithfulness`) played after
+    the episodes on a local pool; the episodes then trace their image operations and record their crops.
     """
 
     def __init__(self, suites: Sequence[str], make_policy: PolicyFactory, out: str | os.PathLike, *,
                  samples: int = 1, limit: int | None = None, episodes: int | None = None, first_task: int = 0,
                  concurrency: int = 1, protocol: str = "pyvision", record: bool = True, progress: bool = True,
                  by: Sequence[str] = (), env_options: dict[str, Any] | None = None,
-                 pool: EnvPool | None = None) -> None:
+                 pool: EnvPool | None = None, faithfulness: str | Sequence[str] = ()) -> None:
         if not suites:
             raise ValueError("give at least one suite")
         if samples < 1 or concurrency < 1 or (limit is not None and limit < 1) or (episodes is not None
@@ -137,18 +163,25 @@ class Evaluation:
         self.record, self.progress, self.by = record, progress, tuple(by)
         self.env_options = dict(env_options or {})
         self.pool = pool
+        self.faithfulness = parse_modes(faithfulness)
+        if self.faithfulness:
+            self.env_options["trace_operations"] = True
         self._lock = threading.Lock()
         self.results: list[dict[str, Any]] = []
         """Every scored episode of the run folder, once :meth:`run` has finished."""
 
-    def work(self) -> list[WorkItem]:
-        """Every (suite, task, sample) of the run, suite by suite (also the ones already scored)."""
+    def tasks(self, suite: str) -> TaskSet:
+        """The tasks of ``suite`` the run draws from (its ``split`` when given)."""
         from pyvision_env.registry import load_suite
 
+        split = self.env_options.get("split")
+        return load_suite(suite).split(split) if split else load_suite(suite)
+
+    def work(self) -> list[WorkItem]:
+        """Every (suite, task, sample) of the run, suite by suite (also the ones already scored)."""
         items = []
         for suite in self.suites:
-            split = self.env_options.get("split")
-            tasks = load_suite(suite).split(split) if split else load_suite(suite)
+            tasks = self.tasks(suite)
             if self.episodes is not None:
                 places = [divmod(self.first_task + number, len(tasks)) for number in range(self.episodes)]
                 items += [WorkItem(suite, index, tasks[index].id, sample) for sample, index in places]
@@ -159,7 +192,8 @@ class Evaluation:
         return items
 
     def run(self) -> dict[str, Any]:
-        """Run what is not scored yet, then write and return the summary."""
+        """Run what is not scored yet (then, with faithfulness modes, the counterfactuals not played yet), then
+        write and return the summary."""
         from pyvision_env.execution import WeakIsolationWarning
 
         self.out.mkdir(parents=True, exist_ok=True)
@@ -168,32 +202,30 @@ class Evaluation:
         todo = [item for item in self.work() if (item.suite, item.task_id, item.sample) not in done]
         if done and self.progress:
             print(f"resuming {self.out}: {len(done)} episodes already scored, {len(todo)} to go", flush=True)
-        if todo:
-            pending: queue.Queue[WorkItem] = queue.Queue()
-            for item in todo:
-                pending.put(item)
-            session = uuid.uuid4().hex[:12]
-            bar = tqdm(total=len(todo), desc="eval", unit="ep", disable=not self.progress)
-            errors: list[BaseException] = []
-            with warnings.catch_warnings():
-                warnings.simplefilter("default", WeakIsolationWarning)
-                pool = self.pool or LocalEnvPool(concurrency=self.concurrency)
-            try:
-                workers = [threading.Thread(target=self._worker, args=(pending, pool, session, bar, errors),
-                                            name=f"eval-{i}", daemon=True)
-                           for i in range(min(self.concurrency, len(todo)))]
-                for worker in workers:
-                    worker.start()
-                for worker in workers:
-                    worker.join()
-            finally:
-                bar.close()
-                if pool is not self.pool:
-                    pool.close()
-            if errors:
-                raise errors[0]
-        self.results = read_results(self.out)
-        summary = summarize(self.results, by=self.by)
+        owned: list[EnvPool] = []
+
+        def local_pool() -> EnvPool:
+            if isinstance(self.pool, LocalEnvPool):
+                return self.pool
+            if not owned:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("default", WeakIsolationWarning)
+                    owned.append(LocalEnvPool(concurrency=self.concurrency))
+            return owned[0]
+
+        try:
+            if todo:
+                self._play_all(todo, self.pool or local_pool(), "eval", self._play_item)
+            self.results = read_results(self.out)
+            if self.faithfulness:
+                drop_torn_line(self.out / COUNTERFACTUALS)
+                counterfactuals = self._counterfactual_work()
+                if counterfactuals:
+                    self._play_all(counterfactuals, local_pool(), "faithfulness", self._play_counterfactual)
+        finally:
+            for pool in owned:
+                pool.close()
+        summary = summarize(self.results, by=self.by, counterfactuals=read_results(self.out, COUNTERFACTUALS))
         write_summary(self.out, summary)
         if self.record and (self.out / "episodes" / "episodes.jsonl").is_file():
             from pyvision_env.viewer import render_html
@@ -201,38 +233,70 @@ class Evaluation:
             render_html(self.out / "episodes" / "episodes.jsonl", self.out / "episodes" / "episodes.html")
         return summary
 
-    def _worker(self, pending: queue.Queue[WorkItem], pool: EnvPool, session: str, bar: Any,
-                errors: list[BaseException]) -> None:
-        envs: dict[str, Any] = {}
+    def _play_all(self, items: Sequence[Any], pool: EnvPool, desc: str,
+                  play: Callable[[Any, EnvPool, dict[str, Any]], tuple[str, dict[str, Any]]]) -> None:
+        """``play(item, pool, opened)`` -> ``(file name, line)`` for each item on ``concurrency`` worker threads,
+        each line appended to its file in the run folder as it comes; ``opened`` is the worker's
+        ``{suite: (env or None, policy)}``, its envs closed at the end. The first error stops the run."""
+        pending: queue.Queue[Any] = queue.Queue()
+        for item in items:
+            pending.put(item)
+        session = uuid.uuid4().hex[:12]
+        bar = tqdm(total=len(items), desc=desc, unit="ep", disable=not self.progress)
+        errors: list[BaseException] = []
+        try:
+            workers = [threading.Thread(target=self._worker, args=(pending, pool, session, bar, errors, play),
+                                        name=f"{desc}-{i}", daemon=True)
+                       for i in range(min(self.concurrency, len(items)))]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+        finally:
+            bar.close()
+        if errors:
+            raise errors[0]
+
+    def _worker(self, pending: queue.Queue[Any], pool: EnvPool, session: str, bar: Any,
+                errors: list[BaseException], play: Callable[..., tuple[str, dict[str, Any]]]) -> None:
+        opened: dict[str, tuple[Any, Policy]] = {}
         try:
             while not errors:
                 try:
                     item = pending.get_nowait()
                 except queue.Empty:
                     return
-                if item.suite not in envs:
-                    envs[item.suite] = self._open(item.suite, pool)
-                env, policy = envs[item.suite]
-                record = self._episode(env, policy, item, pool.episode_attempts)
+                name, record = play(item, pool, opened)
                 record["session"] = session
-                self._append(record)
+                append_line(self.out / name, json.dumps(record, default=str) + "\n")
                 with self._lock:
                     bar.update()
         except BaseException as error:  # noqa: BLE001 - a broken environment stops the run; results so far are kept
             errors.append(error)
         finally:
-            for env, _ in envs.values():
-                env.close()
+            for env, _ in opened.values():
+                if env is not None:
+                    env.close()
+
+    def _play_item(self, item: WorkItem, pool: EnvPool, opened: dict[str, tuple[Any, Policy]]
+                   ) -> tuple[str, dict[str, Any]]:
+        if item.suite not in opened:
+            opened[item.suite] = self._open(item.suite, pool)
+        env, policy = opened[item.suite]
+        return RESULTS, self._episode(env, policy, item, pool.episode_attempts)
 
     def _open(self, suite: str, pool: EnvPool) -> tuple[Any, Policy]:
         env = pool.make_env(suite, protocol=self.protocol, **self.env_options)
+        if self.faithfulness:
+            env = CropRecord(env)
         if self.record:
             env = RecordEpisodes(env, self.out / "episodes", metadata={"suite": suite})
         return env, self.make_policy(suite, env.unwrapped.protocol)
 
     def _episode(self, env: Any, policy: Policy, item: WorkItem, attempts: int) -> dict[str, Any]:
         """Play one episode (again, up to ``attempts`` times, while its worker dies) into a result record: where
-        it ran, and its :class:`~agents.episodes.EpisodeResult`."""
+        it ran, and its :class:`~agents.episodes.EpisodeResult` (with faithfulness modes, its crops and whether
+        they contain the task's regions)."""
         task = env.unwrapped.tasks[item.task_index]
         started, attempt = time.time(), 0
         while True:
@@ -245,13 +309,38 @@ class Evaluation:
                 result = EpisodeResult.failed(item.task_id, "worker_lost", lost, time.time() - started)
             except Exception as error:  # noqa: BLE001 - a failing policy scores 0 for this episode and the run goes on
                 result = EpisodeResult.failed(item.task_id, "policy_error", error, time.time() - started)
-            return {"suite": item.suite, "sample": item.sample, "metadata": dict(task.metadata),
-                    "policy": getattr(policy, "name", type(policy).__name__),
-                    "protocol": env.unwrapped.protocol.name, **result.to_json(), "attempts": attempt,
-                    "started": started, "ended": time.time()}
+            record = {"suite": item.suite, "sample": item.sample, "metadata": dict(task.metadata),
+                      "policy": getattr(policy, "name", type(policy).__name__),
+                      "protocol": env.unwrapped.protocol.name, **result.to_json(), "attempts": attempt,
+                      "started": started, "ended": time.time()}
+            if self.faithfulness:
+                crops = env.get_wrapper_attr("crops") if result.error is None else []
+                record.update(crops=crops, region_contained=None if result.error is not None
+                              else crops_contain_regions(crops, task))
+            return record
 
-    def _append(self, record: dict[str, Any]) -> None:
-        append_line(self.out / RESULTS, json.dumps(record, default=str) + "\n")
+    def _counterfactual_work(self) -> list[CounterfactualItem]:
+        """The (scored episode of this run's work, mode) pairs without a line in ``faithfulness.jsonl``."""
+        keys = {(item.suite, item.task_id, item.sample) for item in self.work()}
+        done = {(r["suite"], r["task_id"], r["sample"], r["mode"]) for r in read_results(self.out, COUNTERFACTUALS)}
+        return [CounterfactualItem(record, mode) for record in self.results
+                if (record["suite"], record["task_id"], record["sample"]) in keys for mode in self.faithfulness
+                if (record["suite"], record["task_id"], record["sample"], mode) not in done]
+
+    def _play_counterfactual(self, item: CounterfactualItem, pool: EnvPool, opened: dict[str, tuple[Any, Policy]]
+                             ) -> tuple[str, dict[str, Any]]:
+        suite = item.record["suite"]
+        options = {key: value for key, value in self.env_options.items() if key not in ("split", "trace_operations")}
+
+        def make_env(tasks: list[Task], **overrides: Any) -> Any:
+            return pool.make_env(tasks, protocol=self.protocol, **{**options, **overrides})
+
+        def policy_for(protocol: Protocol) -> Policy:
+            if suite not in opened:
+                opened[suite] = (None, self.make_policy(suite, protocol))
+            return opened[suite][1]
+
+        return COUNTERFACTUALS, counterfactual(item.mode, item.record, self.tasks(suite), make_env, policy_for)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -261,15 +350,19 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def summarize(records: Iterable[dict[str, Any]], by: Sequence[str] = ()) -> dict[str, Any]:
-    """Per-suite rows, per-category breakdowns and public benchmarks' own metrics from result records."""
+def summarize(records: Iterable[dict[str, Any]], by: Sequence[str] = (),
+              counterfactuals: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Per-suite rows, per-category breakdowns and public benchmarks' own metrics from result records; with
+    ``counterfactuals`` (``faithfulness.jsonl`` lines), the rows and groups also have the columns of
+    :func:`~.faithfulness.faithfulness_columns`."""
     by_suite: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         by_suite[record["suite"]].append(record)
+    lines = {(line["suite"], line["task_id"], line["sample"], line["mode"]): line for line in counterfactuals}
     rows, breakdowns, metrics = [], {}, {}
     for suite, results in by_suite.items():
-        rows.append(_suite_row(suite, results))
-        breakdowns[suite] = {key: _breakdown(results, key) for key in (by or _category_keys(results))}
+        rows.append({**_suite_row(suite, results), **faithfulness_columns(results, lines)})
+        breakdowns[suite] = {key: _breakdown(results, key, lines) for key in (by or _category_keys(results))}
         if (aggregate := _benchmark_aggregate(suite)) is not None:
             metrics[suite] = aggregate(results)
     return {"suites": rows, "breakdowns": breakdowns, "benchmark_metrics": metrics}
@@ -304,12 +397,14 @@ def _category_keys(results: list[dict[str, Any]]) -> list[str]:
     return sorted(key for key, seen in values.items() if 2 <= len(seen) <= MAX_AUTO_CATEGORIES)
 
 
-def _breakdown(results: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+def _breakdown(results: list[dict[str, Any]], key: str, lines: dict[tuple[str, str, int, str], dict[str, Any]]
+               ) -> list[dict[str, Any]]:
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for result in results:
         groups[str(result.get("metadata", {}).get(key, "(none)"))].append(result)
     return [{key: value, "episodes": len(rs), "accuracy": statistics.fmean(float(r["correct"]) for r in rs),
-             "score": statistics.fmean(float(r["score"]) for r in rs)} for value, rs in sorted(groups.items())]
+             "score": statistics.fmean(float(r["score"]) for r in rs), **faithfulness_columns(rs, lines)}
+            for value, rs in sorted(groups.items())]
 
 
 def _benchmark_aggregate(suite: str) -> Callable[[list[dict[str, Any]]], dict[str, Any]] | None:
@@ -329,13 +424,23 @@ COLUMNS = (("suite", "suite", "{}"), ("policy", "policy", "{}"), ("protocol", "p
            ("wall_s", "wall s", "{:.1f}"), ("failed", "failed", "{}"))
 
 
+FAITHFULNESS_FIRST = (("suite", "suite", "{}"), ("episodes", "episodes", "{}"), ("accuracy", "accuracy", "{:.1%}"),
+                      ("tool_calls", "tool calls", "{:.2f}"), ("visual_tokens", "visual tokens", "{:.0f}"))
+"""The columns the faithfulness table starts with; the accuracy under each counterfactual follows."""
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     parts = ["# Evaluation", "", markdown_table(summary["suites"], COLUMNS)]
+    faithfulness = faithfulness_table_columns(summary["suites"], FAITHFULNESS_FIRST)
+    if len(faithfulness) > len(FAITHFULNESS_FIRST):
+        parts += ["", "## Faithfulness: accuracy with the evidence removed", "",
+                  markdown_table(summary["suites"], faithfulness)]
     for suite, keys in summary["breakdowns"].items():
         for key, groups in keys.items():
             parts += ["", f"## {suite} by {key}", "",
-                      markdown_table(groups, ((key, key, "{}"), ("episodes", "episodes", "{}"),
-                                              ("accuracy", "accuracy", "{:.1%}"), ("score", "mean score", "{:.3f}")))]
+                      markdown_table(groups, faithfulness_table_columns(groups, (
+                          (key, key, "{}"), ("episodes", "episodes", "{}"), ("accuracy", "accuracy", "{:.1%}"),
+                          ("score", "mean score", "{:.3f}")), counts=False))]
     for suite, values in summary["benchmark_metrics"].items():
         parts += ["", f"## {suite}: the benchmark's own metrics", "",
                   markdown_table([{"metric": k, "value": v} for k, v in _flat(values).items()],
@@ -350,10 +455,12 @@ def write_summary(out: Path, summary: dict[str, Any]) -> None:
     plot = plot_summary(summary, out / "summary.png")
     (out / "summary.md").write_text(summary_markdown(summary)
                                     + (f"\n![accuracy by suite and category]({plot.name})\n" if plot else ""))
+    keys = [key for key, _, _ in COLUMNS]
+    keys += [key for key, _, _ in faithfulness_table_columns(summary["suites"], ()) if key not in keys]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[key for key, _, _ in COLUMNS])
+    writer = csv.DictWriter(buffer, fieldnames=keys)
     writer.writeheader()
-    writer.writerows({key: row.get(key) for key, _, _ in COLUMNS} for row in summary["suites"])
+    writer.writerows({key: row.get(key) for key in keys} for row in summary["suites"])
     (out / "summary.csv").write_text(buffer.getvalue())
 
 
@@ -362,8 +469,9 @@ MAX_PLOTTED_BREAKDOWNS = 8
 
 
 def plot_summary(summary: dict[str, Any], path: Path) -> Path | None:
-    """Bars of accuracy (avg@k) and pass@k per suite, then one panel of accuracy per category for each
-    breakdown (the first :data:`MAX_PLOTTED_BREAKDOWNS`). Returns ``path``, or ``None`` with no suites."""
+    """Bars of accuracy (avg@k) and pass@k per suite; with faithfulness results, bars of accuracy as run and
+    under each counterfactual per suite; then one panel of accuracy per category for each breakdown (the
+    first :data:`MAX_PLOTTED_BREAKDOWNS`). Returns ``path``, or ``None`` with no suites."""
     if not summary["suites"]:
         return None
     import matplotlib
@@ -373,10 +481,12 @@ def plot_summary(summary: dict[str, Any], path: Path) -> Path | None:
 
     panels = [(f"{suite} by {key}", key, groups) for suite, keys in summary["breakdowns"].items()
               for key, groups in keys.items()][:MAX_PLOTTED_BREAKDOWNS]
-    columns = min(3, 1 + len(panels))
-    rows = math.ceil((1 + len(panels)) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 3.8 * rows), squeeze=False)
     suites = summary["suites"]
+    modes = [mode for mode in MODES if any(f"accuracy_{mode_key(mode)}" in row for row in suites)]
+    first = 2 if modes else 1
+    columns = min(3, first + len(panels))
+    rows = math.ceil((first + len(panels)) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 3.8 * rows), squeeze=False)
     overview = axes[0][0]
     positions = range(len(suites))
     overview.bar([p - 0.2 for p in positions], [row["accuracy"] for row in suites], width=0.4, label="avg@k")
@@ -387,7 +497,9 @@ def plot_summary(summary: dict[str, Any], path: Path) -> Path | None:
     overview.set_ylabel("accuracy")
     overview.set_title("accuracy per suite")
     overview.legend(fontsize=8, ncol=2, loc="upper center")
-    for axis, (title, key, groups) in zip(axes.flat[1:], panels):
+    if modes:
+        _plot_faithfulness(axes.flat[1], suites, modes)
+    for axis, (title, key, groups) in zip(axes.flat[first:], panels):
         labels = [str(group[key])[:28] for group in groups]
         axis.barh(labels, [group["accuracy"] for group in groups], color="tab:green")
         for y, group in enumerate(groups):
@@ -398,9 +510,26 @@ def plot_summary(summary: dict[str, Any], path: Path) -> Path | None:
         axis.invert_yaxis()
         axis.tick_params(axis="y", labelsize=7)
         axis.set_title(title, fontsize=9)
-    for axis in axes.flat[1 + len(panels):]:
+    for axis in axes.flat[first + len(panels):]:
         axis.axis("off")
     return save_figure(fig, path)
+
+
+def _plot_faithfulness(axis: Any, suites: Sequence[dict[str, Any]], modes: Sequence[str]) -> None:
+    """Grouped bars per suite: accuracy as run, then under each counterfactual mode."""
+    series = [("as run", "accuracy"), *((mode, f"accuracy_{mode_key(mode)}") for mode in modes)]
+    width = 0.8 / len(series)
+    for index, (label, key) in enumerate(series):
+        values = [math.nan if row.get(key) is None else row[key] for row in suites]
+        bars = axis.bar([p - 0.4 + width * (index + 0.5) for p in range(len(suites))], values, width=width,
+                        label=label)
+        axis.bar_label(bars, labels=["" if math.isnan(v) else f"{v:.0%}" for v in values], fontsize=7)
+    axis.set_xticks(list(range(len(suites))), [row["suite"] for row in suites],
+                    rotation=30 if len(suites) > 4 else 0, fontsize=8)
+    axis.set_ylim(0, 1.18)
+    axis.set_ylabel("accuracy")
+    axis.set_title("faithfulness: accuracy with the evidence removed")
+    axis.legend(fontsize=8, ncol=len(series), loc="upper center")
 
 
 def plot_comparison(rows: Sequence[dict[str, Any]], path: Path, metric: str = "accuracy") -> Path:

@@ -1,6 +1,10 @@
 """PyVision environments inside other RL frameworks: one module per framework, each an optional extra.
 
-* :mod:`pyvision_env.integrations.skyrl` — SkyRL-Gym (``pip install 'pyvision-rl[skyrl]'``).
+* :mod:`pyvision_env.integrations.trl` — TRL's ``GRPOTrainer`` (``pip install 'pyvision-rl[trl]'``);
+* :mod:`pyvision_env.integrations.verl` — a verl agent loop (``[verl]``);
+* :mod:`pyvision_env.integrations.verifiers` — a verifiers environment, ``vf-eval pyvision-verifiers``
+  (``[verifiers]``);
+* :mod:`pyvision_env.integrations.skyrl` — SkyRL-Gym (``[skyrl]``).
 
 Each adapter is thin: it plays :class:`~pyvision_env.env.PyVisionEnv` episodes (with the rewards of
 :mod:`pyvision_env.wrappers`) in the framework's own contract and re-implements none of them. What survives in
