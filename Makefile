@@ -15,7 +15,7 @@ STAMP      := $(VENV)/.installed
 # Installed before the project so that nothing later resolves a CUDA torch.
 # pip's find-links (/opt/wheels) provides the CPU build (2.13.0+cpu).
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS     ?= dev,video,train,benchmarks,ray,skyrl,trl
+EXTRAS     ?= dev,video,train,benchmarks,ray,rllib,skyrl,trl
 PIP_FLAGS  ?= --disable-pip-version-check
 ifdef CI
 PIP_FLAGS  += --progress-bar off

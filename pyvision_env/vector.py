@@ -190,6 +190,11 @@ class PyVisionVectorEnv(VectorEnv):
         branches._unready[:] = False
         return branches
 
+    def __del__(self) -> None:
+        """Nothing, as in gymnasium 1.4: :meth:`close` ends the episodes. (gymnasium 1.2's ``VectorEnv.__del__``
+        closes an open vector env when it is collected: one left half-built by a refused argument, or one still open
+        at interpreter exit, when the engine's loop is gone.)"""
+
     def close_extras(self, **kwargs: Any) -> None:
         """End every sub-environment's episode (their kernels are killed together); the engine stays open."""
         if not self.engine.closed:

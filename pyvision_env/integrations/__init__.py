@@ -4,7 +4,8 @@
 * :mod:`pyvision_env.integrations.verl` — a verl agent loop (``[verl]``);
 * :mod:`pyvision_env.integrations.verifiers` — a verifiers environment, ``vf-eval pyvision-verifiers``
   (``[verifiers]``);
-* :mod:`pyvision_env.integrations.skyrl` — SkyRL-Gym (``[skyrl]``).
+* :mod:`pyvision_env.integrations.skyrl` — SkyRL-Gym (``[skyrl]``);
+* :mod:`pyvision_env.integrations.rllib` — environments RLlib's env runners make by name (``[rllib]``).
 
 Each adapter is thin: it plays :class:`~pyvision_env.env.PyVisionEnv` episodes (with the rewards of
 :mod:`pyvision_env.wrappers`) in the framework's own contract and re-implements none of them. What survives in

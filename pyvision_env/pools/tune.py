@@ -1,5 +1,6 @@
-"""Ray Tune / RLlib registration: every registered suite's Gymnasium id becomes a ``ray.tune`` environment name,
-so Tune and RLlib create the environments by name on any process of the cluster.
+"""Ray Tune registration: every registered suite's Gymnasium id becomes a ``ray.tune`` environment name, so Tune
+trials create the environments by name on any process of the cluster. (RLlib's env runners need a vector env of
+conversations: use the name ``pyvision`` of :mod:`pyvision_env.integrations.rllib`.)
 
 Example::
 
@@ -8,7 +9,6 @@ Example::
 
     ray.init()
     register_ray_envs()                      # ["PyVision/Contrast-v0", "PyVision/Count-v0", ...]
-    # RLlib: AlgorithmConfig().environment("PyVision/Zoom-v0", env_config={"max_turns": 4})
 
 Built-in suites are known to every process (importing ``pyvision_env`` registers them); for the others
 (``register_suite``, public benchmarks) the creator carries the loaded tasks, whose files must then be readable
