@@ -18,6 +18,7 @@ from benchmarks.experiments.collapse import (
     HintReadingTeacher,
     Settings,
     _spread,
+    collapsed,
     run_collapse,
     verdict,
     wilson,
@@ -77,12 +78,20 @@ def test_statistics_on_hand_built_numbers():
     low, high = wilson(8, 10)
     assert (round(low, 3), round(high, 3)) == (0.49, 0.943)
     assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0 and wilson(0, 0)[0] != wilson(0, 0)[0]  # nan
-    assert _spread([[1.0, 0.5, 0.0], [3.0, 0.5, None]]) == {"mean": [2.0, 0.5, 0.0], "min": [1.0, 0.5, 0.0],
-                                                         "max": [3.0, 0.5, 0.0]}
-    assert verdict("outcome", [1.0, 0.8, 0.3, 0.2, 0.1]).startswith("tool calls per episode 1.00 -> 0.20: falls, as")
-    assert "NOT as the paper predicts (holds)" in verdict("both", [1.0, 0.8, 0.3, 0.2, 0.1])
-    assert "holds, as the paper predicts" in verdict("ofr", [0.5, 0.6, 0.5, 0.55])
-    assert verdict("ofr", [0.5]) == "too few updates to tell"
+    spread = _spread([[1.0, 0.5, 0.0], [3.0, 0.5, None]])
+    assert {key: spread[key] for key in ("mean", "min", "max")} == {"mean": [2.0, 0.5, 0.0], "min": [1.0, 0.5, 0.0],
+                                                                    "max": [3.0, 0.5, 0.0]}
+    assert spread["runs"][0] == [1.0, 0.5, 0.0] and spread["runs"][1][:2] == [3.0, 0.5]
+    assert verdict("outcome", [1.0, 0.8, 0.3, 0.2, 0.1], 2, 3) == \
+        "2/3 runs collapsed; tool calls per episode 1.00 -> 0.20: as the paper predicts (collapse)"
+    assert verdict("outcome", [1.0, 1.0, 1.0], 1, 3).endswith("NOT as the paper predicts (collapse)")
+    assert verdict("both", [1.0, 0.8, 0.3, 0.2, 0.1], 1, 3).endswith("NOT as the paper predicts (no collapse)")
+    assert verdict("ofr", [0.5, 0.6, 0.5, 0.55], 0, 3).endswith(": as the paper predicts (no collapse)")
+    assert verdict("ofr", [0.5], 0, 1) == "0/1 runs collapsed; too few updates to tell"
+    ran = {"end_reason": "answered"}
+    assert collapsed({"eval": [{**ran, "tool_calls": 0}, {**ran, "tool_calls": 0.1}]})
+    assert not collapsed({"eval": [{**ran, "tool_calls": 1}, {**ran, "tool_calls": 0},
+                                   {"end_reason": "error", "tool_calls": 0}]})  # errors are not the model's
 
 
 def test_unknown_arms_and_changed_settings_are_refused(tmp_path):

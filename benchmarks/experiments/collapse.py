@@ -90,8 +90,8 @@ ARMS: dict[str, dict[str, Any]] = {
 }
 """The four arms: the reward (None: the grade alone) and whether OFR selects the batch."""
 
-PAPER_EXPECTS = {"outcome": "falls", "tool-reward": "holds", "ofr": "holds", "both": "holds"}
-"""What PyVision-RL's account predicts for tool calls per episode under each arm."""
+PAPER_EXPECTS = {"outcome": "collapse", "tool-reward": "no collapse", "ofr": "no collapse", "both": "no collapse"}
+"""What PyVision-RL's account predicts under each arm."""
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ def _evaluate_only(model: Path, run_dir: Path, settings: Settings) -> list[dict[
 def _episode(trajectory: Any) -> dict[str, Any]:
     task = _tasks_by_id().get(trajectory.task_id)
     return {"task_id": trajectory.task_id, "correct": bool(trajectory.correct), "tool_calls": trajectory.tool_calls,
-            "turns": trajectory.turns, "end_reason": trajectory.end_reason,
+            "turns": trajectory.turns, "end_reason": trajectory.end_reason, "error": trajectory.error,
             "kind": task.metadata["kind"] if task else None, "tool_fails": task.metadata["tool_fails"] if task else None}
 
 
@@ -274,8 +274,10 @@ def summarize(out: Path, arms: Sequence[str], settings: Settings) -> dict[str, A
                   for seed in settings.seeds] for arm in arms}
     curves = {arm: {key: _spread([[row.get(key) for row in run["train"]] for run in arm_runs])
                     for key, _ in CURVES} for arm, arm_runs in runs.items()}
-    final = [_held_out(arm, [episode for run in arm_runs for episode in run["eval"]],
-                       [statistics.fmean(e["correct"] for e in run["eval"]) for run in arm_runs])
+    final = [{**_held_out(arm, [episode for run in arm_runs for episode in run["eval"]],
+                          [_played_mean(run["eval"], "correct") for run in arm_runs]),
+              "tool_calls_per_seed": " ".join(f"{_played_mean(run['eval'], 'tool_calls'):.2f}" for run in arm_runs),
+              "collapsed_runs": f"{sum(collapsed(run) for run in arm_runs)}/{len(arm_runs)}"}
              for arm, arm_runs in runs.items()]
     by_kind = [{"model": model, "kind": kind, **_held_out_numbers([e for e in episodes if e["kind"] == kind])}
                for model, episodes in [("SFT start", baseline),
@@ -283,25 +285,36 @@ def summarize(out: Path, arms: Sequence[str], settings: Settings) -> dict[str, A
                                          for arm, arm_runs in runs.items())]
                for kind in ("count", "hinted")]
     return {"settings": asdict(settings), "design": __doc__.split("**Design**")[1].split("Example::")[0].strip(),
-            "baseline": _held_out("SFT start", baseline, [statistics.fmean(e["correct"] for e in baseline)]),
+            "baseline": _held_out("SFT start", baseline, [_played_mean(baseline, "correct")]),
             "curves": curves, "held_out": final, "held_out_by_kind": by_kind,
-            "verdicts": {arm: verdict(arm, curves[arm]["tool_calls"]["mean"]) for arm in runs}}
+            "verdicts": {arm: verdict(arm, curves[arm]["tool_calls"]["mean"], sum(map(collapsed, arm_runs)),
+                                      len(arm_runs)) for arm, arm_runs in runs.items()}}
 
 
-def _spread(series: list[list[float | None]]) -> dict[str, list[float]]:
-    """Per update: mean, min and max over the runs (seeds)."""
+def _spread(series: list[list[float | None]]) -> dict[str, Any]:
+    """Per update: mean, min and max over the runs (seeds), and each run's own values (``runs``)."""
     steps = min(len(values) for values in series) if series else 0
     columns = [[float(values[i]) for values in series if values[i] is not None] for i in range(steps)]
     return {"mean": [statistics.fmean(c) if c else math.nan for c in columns],
-            "min": [min(c) if c else math.nan for c in columns], "max": [max(c) if c else math.nan for c in columns]}
+            "min": [min(c) if c else math.nan for c in columns], "max": [max(c) if c else math.nan for c in columns],
+            "runs": [[math.nan if value is None else float(value) for value in values[:steps]] for values in series]}
 
 
 def _held_out_numbers(episodes: list[dict[str, Any]]) -> dict[str, Any]:
-    correct = sum(e["correct"] for e in episodes)
-    low, high = wilson(correct, len(episodes))
-    return {"episodes": len(episodes), "accuracy": correct / len(episodes) if episodes else math.nan,
-            "ci95_low": low, "ci95_high": high,
-            "tool_calls": statistics.fmean(e["tool_calls"] for e in episodes) if episodes else math.nan}
+    """Accuracy (Wilson interval) and tool calls over the episodes that ran: an episode whose environment or
+    generation failed (``end_reason: error``, e.g. a kernel that did not start on a loaded machine) says nothing
+    about the model; those are counted apart, as the trainer keeps them out of its baselines."""
+    played = [e for e in episodes if e["end_reason"] != "error"]
+    correct = sum(e["correct"] for e in played)
+    low, high = wilson(correct, len(played))
+    return {"episodes": len(played), "errors": len(episodes) - len(played),
+            "accuracy": correct / len(played) if played else math.nan, "ci95_low": low, "ci95_high": high,
+            "tool_calls": statistics.fmean(e["tool_calls"] for e in played) if played else math.nan}
+
+
+def _played_mean(episodes: list[dict[str, Any]], key: str) -> float:
+    """The mean of ``key`` over the episodes that ran (not ``error``)."""
+    return statistics.fmean(e[key] for e in episodes if e["end_reason"] != "error")
 
 
 def _held_out(model: str, episodes: list[dict[str, Any]], per_seed: list[float]) -> dict[str, Any]:
@@ -309,20 +322,35 @@ def _held_out(model: str, episodes: list[dict[str, Any]], per_seed: list[float])
             "accuracy_per_seed": " ".join(f"{value:.1%}" for value in per_seed)}
 
 
-def verdict(arm: str, tool_calls: list[float]) -> str:
-    """Whether the arm's mean tool calls per episode fell (by more than a quarter from the first update to the
-    mean of the last three) and whether that is what the paper predicts."""
+COLLAPSED_BELOW = 0.1
+"""A run *collapsed* when its held-out episodes make fewer tool calls than this on average."""
+
+
+def collapsed(run: dict[str, Any]) -> bool:
+    """Whether a run ended collapsed (:data:`COLLAPSED_BELOW`)."""
+    return _played_mean(run["eval"], "tool_calls") < COLLAPSED_BELOW
+
+
+def verdict(arm: str, tool_calls: list[float], collapsed_runs: int, runs: int) -> str:
+    """What the arm did — how many runs collapsed, and its mean tool calls per episode over the seeds from the
+    first update to the mean of the last three — and whether that is what the paper predicts: most runs collapse
+    under the outcome reward, none under a remedy.
+
+    >>> verdict("outcome", [0.5, 0.3, 0.1, 0.0], collapsed_runs=2, runs=3)
+    '2/3 runs collapsed; tool calls per episode 0.50 -> 0.13: as the paper predicts (collapse)'
+    """
     if len(tool_calls) < 2:
-        return "too few updates to tell"
+        return f"{collapsed_runs}/{runs} runs collapsed; too few updates to tell"
     first, last = tool_calls[0], statistics.fmean(tool_calls[-3:])
-    observed = "falls" if last < 0.75 * first else "holds"
-    agrees = "as the paper predicts" if observed == PAPER_EXPECTS[arm] else "NOT as the paper predicts"
-    return f"tool calls per episode {first:.2f} -> {last:.2f}: {observed}, {agrees} ({PAPER_EXPECTS[arm]})"
+    expected = PAPER_EXPECTS[arm]
+    agrees = collapsed_runs > runs / 2 if expected == "collapse" else collapsed_runs == 0
+    return (f"{collapsed_runs}/{runs} runs collapsed; tool calls per episode {first:.2f} -> {last:.2f}: "
+            f"{'as' if agrees else 'NOT as'} the paper predicts ({expected})")
 
 
 def write_collapse_report(out: Path, results: dict[str, Any]) -> Path:
-    """``report.html``: the design, the verdicts, the held-out table and one plot per curve (every arm, its mean
-    over seeds and the seeds' range)."""
+    """``report.html``: the design, the verdicts, the held-out tables and one plot per curve (every arm: its mean
+    over seeds and each seed)."""
     from trainers.report import write_report
 
     plots = [plot_curve(results["curves"], key, label, out / f"{key.replace('/', '_')}.png") for key, label in CURVES]
@@ -330,6 +358,8 @@ def write_collapse_report(out: Path, results: dict[str, Any]) -> Path:
     intro = (f"One run of the design below: {len(settings['seeds'])} seeds per arm, {settings['updates']} GRPO "
              f"updates per run, held-out evaluation on {settings['eval_episodes']} tasks (greedy).\n\n"
              + results["design"] + "\n\n"
+             + f"A run counts as collapsed when its held-out episodes make fewer than {COLLAPSED_BELOW} tool calls "
+               "per episode on average.\n\n"
              + "\n".join(f"{arm}: {text}." for arm, text in results["verdicts"].items()))
     return write_report(out / "report.html", title="Interaction collapse in miniature", intro=intro,
                         tables=[("Held-out at the end (Wilson 95 % interval, pooled over seeds)",
@@ -339,7 +369,8 @@ def write_collapse_report(out: Path, results: dict[str, Any]) -> Path:
 
 
 def plot_curve(curves: dict[str, dict[str, dict[str, list[float]]]], key: str, label: str, path: Path) -> Path:
-    """One metric per update for every arm: the mean over seeds as a line, the seeds' range as a band."""
+    """One metric per update for every arm: the mean over seeds as a thick line, each seed as a thin one (runs
+    of the tiny model tend to end at all-tool or no-tool policies, which a mean alone hides)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -349,11 +380,12 @@ def plot_curve(curves: dict[str, dict[str, dict[str, list[float]]]], key: str, l
     for arm, arm_curves in curves.items():
         series = arm_curves[key]
         steps = list(range(1, len(series["mean"]) + 1))
-        axes.plot(steps, series["mean"], marker="o", label=arm)
-        axes.fill_between(steps, series["min"], series["max"], alpha=0.15)
+        line, = axes.plot(steps, series["mean"], linewidth=2.5, label=f"{arm} (mean)")
+        for run in series["runs"]:
+            axes.plot(steps, run, linewidth=0.8, alpha=0.45, color=line.get_color())
     axes.set_xlabel("update")
     axes.set_ylabel(label)
-    axes.set_title(f"{label} (mean over seeds; band: seeds' range)")
+    axes.set_title(f"{label}: mean over seeds (thick), each seed (thin)")
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -364,6 +396,12 @@ def plot_curve(curves: dict[str, dict[str, dict[str, list[float]]]], key: str, l
 
 # --- python -m benchmarks ----------------------------------------------------------------------------
 
+HELD_OUT_COLUMNS = [("model", "model", "{}"), ("episodes", "episodes", "{}"), ("errors", "errors", "{}"),
+                    ("accuracy", "accuracy", "{:.1%}"),
+                    ("ci95_low", "95 % CI low", "{:.1%}"), ("ci95_high", "95 % CI high", "{:.1%}"),
+                    ("accuracy_per_seed", "accuracy per seed", "{}"), ("tool_calls", "tool calls", "{:.2f}"),
+                    ("tool_calls_per_seed", "tool calls per seed", "{}"), ("collapsed_runs", "collapsed", "{}")]
+
 def run(out_dir: Path, quick: bool = False) -> str:
     """The benchmark entry: the experiment in ``out_dir/collapse/`` (``quick``: :data:`QUICK`), its tables in
     ``collapse.md``, its results in ``collapse.json`` and its plots as ``collapse_*.png`` beside the other
@@ -372,7 +410,7 @@ def run(out_dir: Path, quick: bool = False) -> str:
 
     folder = out_dir / "collapse"
     results = run_collapse(folder, QUICK if quick else FULL)
-    lines = [markdown_table([results["baseline"], *results["held_out"]]), "",
+    lines = [markdown_table([results["baseline"], *results["held_out"]], HELD_OUT_COLUMNS), "",
              *(f"- {arm}: {text}" for arm, text in results["verdicts"].items()), "",
              f"Report with the curves: {folder / 'report.html'}"]
     markdown = "\n".join(lines)
