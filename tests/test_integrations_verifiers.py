@@ -9,6 +9,8 @@ import json
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -152,6 +154,31 @@ def test_vf_eval_against_pyvision_serve_matches_playing_the_env(suite, protocol,
             shown = [int(k) for message in last for k in re.findall(r"<image_clue_(\d+)>", message.plain_text)]
             assert shown == list(range(sum(len(message.images) for message in last)))
     assert live_kernels() <= before  # every rollout's kernel is gone
+
+
+def test_vf_eval_against_the_pyvision_serve_command_with_the_tiny_model(tmp_path):
+    """The real `pyvision serve` command over a local model folder: rollouts run to their end (a random model
+    earns nothing) and leave no kernel."""
+    from agents.tiny_model import make_tiny_model
+
+    model_dir = make_tiny_model(tmp_path / "tiny")
+    server = subprocess.Popen([sys.executable, "-m", "pyvision_env.cli", "serve", str(model_dir), "--port", "0",
+                               "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    before = live_kernels()
+    try:
+        serving = re.match(r"serving (\S+) at (\S+) ", server.stdout.readline())
+        assert serving, server.stderr.read()[-3000:] if server.poll() is not None else "no 'serving' line"
+        episodes = vf_eval(tmp_path / "out", serving[2], "--env.taskset.suite", "zoom", "-n", "2",
+                           "--env.taskset.max-turns", "2", "--sampling.max-tokens", "24", model=serving[1])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert len(episodes) == 2 and all(episode["ok"] for episode in episodes)
+    for episode in episodes:
+        [trace] = episode["traces"]
+        assert trace["info"]["end_reason"] in ("max_turns", "answered", "format_error")
+        assert 1 <= trace["metrics"]["turn"] <= 2 and "pyvision" in trace["rewards"]
+    assert live_kernels() <= before
 
 
 def test_a_failed_or_timed_out_rollout_frees_its_kernel(tmp_path):
