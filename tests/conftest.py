@@ -62,6 +62,15 @@ def model_dir(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", corpus=tokenizer_corpus())
 
 
+@pytest.fixture(scope="module")
+def policy(model_dir):
+    """The tiny model as the trainer loads it (its chat tokenizer: ``policy.chat``)."""
+    from trainers.config import ModelConfig
+    from trainers.modeling import load_policy
+
+    return load_policy(ModelConfig(path=str(model_dir)))
+
+
 @pytest.fixture(scope="session")
 def engine():
     """One engine for the whole run; each test opens its own sessions (fresh kernels)."""

@@ -41,11 +41,6 @@ from .scripted_generation import ScriptedTallyGeneration
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def policy(model_dir):
-    return load_policy(ModelConfig(path=str(model_dir)))
-
-
 def picture(seed: int, size=(84, 56)) -> Image.Image:
     return Image.effect_noise(size, 40 + seed).convert("RGB")
 

@@ -7,7 +7,8 @@
 
 Both take :class:`~trainers.tokens.Encoded` prompts (ids with expanded image placeholders, plus the images)
 and return :class:`Sampled` continuations. A log-prob is the sampled token's under the model's
-temperature-scaled distribution (before top-p/top-k truncation): what the trainer recomputes.
+temperature-scaled distribution (before top-p/top-k truncation, and before the greedy choice inside code blocks of
+``HFBackend(greedy_between=...)``): what the trainer recomputes.
 
 Example::
 
@@ -114,15 +115,62 @@ def token_logprobs(logits: Any, ids: Any, temperature: float) -> Any:
     return torch.log_softmax(scaled, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
 
 
+def inside_code(text: str, opening: str, closing: str) -> bool:
+    """Whether ``text`` ends inside a code block: its last ``opening`` marker is not followed by a ``closing`` one.
+
+    >>> [inside_code(text, "<code>", "</code>") for text in ("Look: <co", "Look: <code> print(1)", "<code>x</code",
+    ...                                                       "<code>x</code> done", "<code>x</code> and <code>")]
+    [False, True, True, False, True]
+    """
+    def end(marker: str) -> int:
+        at = text.rfind(marker)
+        return -1 if at < 0 else at + len(marker)
+
+    return end(opening) > end(closing)
+
+
+class GreedyInsideCode:
+    """A ``generate`` logits processor for Thyme's GRPO-ATS: in each row whose response so far is inside a code
+    block (:func:`inside_code`, on the response decoded token by token), every token but the most likely one is
+    masked out, so that sampling takes the argmax; the other rows pass unchanged (sampled at the temperature).
+    ``generate`` applies it after its token suppression and before temperature and top-p/top-k, which never drop
+    the argmax.
+
+    Args:
+        decode: token ids to text (``ChatTokenizer.decode``).
+        markers: the strings that open and close a code block (``Protocol.code_markers``).
+        prompt_length: the (padded) prompt length of the batch: the response starts after it.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str], markers: tuple[str, str], prompt_length: int) -> None:
+        self.decode, self.markers, self.prompt_length = decode, markers, prompt_length
+        self.responses: list[str] = []
+        """Each row's response so far (the tokens of ``decoded`` steps)."""
+        self.decoded = 0
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        new = input_ids[:, self.prompt_length + self.decoded:].tolist()
+        self.responses = [text + self.decode(ids) for text, ids in zip(self.responses or [""] * len(new), new)]
+        self.decoded = input_ids.shape[1] - self.prompt_length
+        inside = torch.tensor([inside_code(text, *self.markers) for text in self.responses], device=scores.device)
+        best = scores.argmax(dim=-1, keepdim=True)
+        greedy = torch.full_like(scores, float("-inf")).scatter(-1, best, scores.gather(-1, best))
+        return torch.where(inside[:, None], greedy, scores)
+
+
 class HFBackend(GenerationBackend):
     """Batched, left-padded Hugging Face ``generate`` on ``model``, under ``autocast()`` (the policy's compute
     dtype; none by default). ``model`` is the trained model itself (``shares_trainer_weights``, the default), or
-    a copy of it that :meth:`sync_weights` loads each update's weights into."""
+    a copy of it that :meth:`sync_weights` loads each update's weights into. ``greedy_between``: the markers of the
+    protocol's code blocks, inside which sampled generations choose greedily (:class:`GreedyInsideCode`)."""
 
     def __init__(self, model: Any, chat: ChatTokenizer, autocast: Callable[[], Any] = contextlib.nullcontext,
-                 shares_trainer_weights: bool = True) -> None:
+                 shares_trainer_weights: bool = True, greedy_between: tuple[str, str] | None = None) -> None:
         self.model, self.chat, self.autocast = model, chat, autocast
         self.shares_trainer_weights = shares_trainer_weights
+        self.greedy_between = greedy_between
         self.pixels = PixelCache(chat.image_processor)
 
     def sync_weights(self, weights: Iterable[tuple[str, Any]], timeout: float) -> float:
@@ -145,6 +193,7 @@ class HFBackend(GenerationBackend):
 
     def generate(self, prompts: Sequence[Encoded], sampling: Sampling) -> list[Sampled]:
         import torch
+        from transformers import LogitsProcessorList
 
         device = next(self.model.parameters()).device
         longest = max(len(p.ids) for p in prompts)
@@ -156,12 +205,16 @@ class HFBackend(GenerationBackend):
         extra = self.pixels([image for prompt in prompts for image in prompt.images])
         inputs = {"input_ids": input_ids, "attention_mask": attention, **extra,
                   **self.chat.token_type_inputs(input_ids)}
+        processors = []
+        if self.greedy_between and sampling.temperature > 0:
+            processors.append(GreedyInsideCode(self.chat.decode, self.greedy_between, longest))
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad(), self.autocast():
                 out = self.model.generate(**{k: v.to(device) for k, v in inputs.items()},
                                           **sampling.generate_kwargs(), suppress_tokens=self.chat.never_sampled,
+                                          logits_processor=LogitsProcessorList(processors),
                                           output_logits=True,
                                           return_dict_in_generate=True, eos_token_id=self.chat.end_token_id,
                                           pad_token_id=self.chat.pad_token_id)

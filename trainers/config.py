@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import yaml
 
 from pyvision_env.pools import PoolConfig
+from pyvision_env.protocols import PROTOCOLS
 
 from .ofr import OFRConfig
 
@@ -119,6 +120,23 @@ class RolloutConfig:
     the update needs the engine awake)."""
     vllm: dict[str, Any] = field(default_factory=dict)
     """``vllm.LLM`` options (``gpu_memory_utilization``, ``max_model_len``, ``enforce_eager``...)."""
+    greedy_code: bool = False
+    """Thyme's GRPO-ATS: choose the tokens inside the protocol's code blocks greedily (temperature 0) and sample the
+    rest at ``temperature``. The recorded log-probs stay those of the tempered policy, which the update recomputes.
+    Needs the ``hf`` backend (vLLM takes no per-request logits processors) and a protocol that marks its code
+    (``pyvision``: from ``<code>`` to ``</code>``)."""
+    prefix_resamples: int = 0
+    """AXPO's tool-call resampling: in every group whose tool-using rollouts all failed, replay the most uncertain of
+    them up to just before its first tool call and sample this many new continuations from there, added to its
+    group (the replayed prefix is not trained on). 0: off. Needs a protocol that marks its code (``pyvision``)."""
+
+    def __post_init__(self) -> None:
+        if self.prefix_resamples < 0:
+            raise ValueError(f"prefix_resamples must be 0 (off) or more continuations, got {self.prefix_resamples}")
+        if self.greedy_code and self.backend == "vllm":
+            raise ValueError("greedy_code needs the hf backend: vLLM takes no per-request logits processors (only "
+                             "engine-wide ones, whose interface changes between its versions), so it cannot switch "
+                             "to greedy inside code blocks")
 
 
 @dataclass
@@ -160,9 +178,15 @@ class AlgorithmConfig:
     """Compute log-probs this many positions at a time, recomputing each chunk's vocabulary logits in the
     backward pass (null: all at once). Long multi-turn sequences need it: full logits take
     length × vocabulary × 4 bytes (9.3 GiB for 16k tokens of Qwen2.5); 1024 keeps them to 0.6 GiB."""
+    tool_efficiency_weight: float = 0.0
+    """HDPO (Metis): add this weight times a tool-efficiency advantage, computed among each group's correct rollouts
+    only (fewer tool calls than they make on average: positive; incorrect rollouts and groups with fewer than 2
+    correct: 0), to the group advantage (:func:`~trainers.ofr.tool_efficiency_advantages`). 0: off; Metis: 0.15."""
 
     def __post_init__(self) -> None:
         _check_chunk_size(self.logprob_chunk_size)
+        if not 0 <= self.tool_efficiency_weight < float("inf"):
+            raise ValueError(f"tool_efficiency_weight must be a finite weight >= 0, got {self.tool_efficiency_weight}")
         if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
             raise ValueError(f"micro_batch_tokens must be a positive number of tokens or null, got "
                              f"{self.micro_batch_tokens}")
@@ -236,6 +260,23 @@ class GRPOConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     """Data parallelism over the ranks ``torchrun`` starts (``pyvision train CONFIG --nproc N``), FSDP2-sharded;
     one process without a launcher ignores it."""
+
+    def __post_init__(self) -> None:
+        for key, on in (("rollout.greedy_code", self.rollout.greedy_code),
+                        ("rollout.prefix_resamples", self.rollout.prefix_resamples)):
+            if on and code_markers(self.env.protocol) is None:
+                raise ValueError(f"{key} needs a protocol that marks its code blocks (pyvision); env.protocol "
+                                 f"{self.env.protocol!r} does not")
+
+
+def code_markers(protocol: str) -> tuple[str, str] | None:
+    """The strings that open and close a code block in the responses of a protocol given by name (None: unmarked).
+
+    >>> code_markers("pyvision"), code_markers("openai-tools")
+    (('<code>', '</code>'), None)
+    """
+    known = PROTOCOLS.get(protocol)
+    return known.code_markers if known else None
 
 
 @dataclass

@@ -5,7 +5,9 @@ One update (:meth:`GRPOTrainer.step`):
 1. **Rollouts** — rounds of ``prompts_per_round`` training tasks × ``group_size`` episodes are played by the
    :class:`~trainers.rollout.RolloutCollector` (one asyncio loop per episode, batched generation, token ids
    kept as sampled). Group advantages (reward − group mean; ÷ std optional) are computed per round, before
-   any filtering.
+   any filtering. Other objectives, each off by default (docs/training.md, "Other objectives"): HDPO's
+   tool-efficiency advantage among correct rollouts (``algorithm.tool_efficiency_weight``), Thyme's greedy code
+   (``rollout.greedy_code``) and AXPO's resampling of all-wrong tool-using groups (``rollout.prefix_resamples``).
 2. **OFR** — :class:`~trainers.ofr.OFRSelector` oversamples rounds until ``ofr.target_size`` trajectories
    survive its filters (zero-std groups, over-length, image-limit and placeholder-mismatch trajectories) and
    keeps the top ones by group reward std; with ``ofr.enabled: false`` one round is trained on as generated.
@@ -51,15 +53,15 @@ from pyvision_env.vector import PyVisionVectorEnv
 
 from .backends import GenerationBackend, HFBackend, PixelCache, VLLMBackend
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import GRPOConfig
+from .config import GRPOConfig, code_markers
 from .distributed import Ranks, model_class, shard_model, spread, state_bytes_per_parameter
 from .lora import adapters_off
 from .metrics import CollapseAlarm, MetricsLogger, plot_run
 from .modeling import PolicyModel, load_policy, make_optimizer, start_run
 from .objective import collate, grpo_loss, lay_out, pack, rows, sequence_logprobs
 from .offpolicy import RolloutProducer
-from .ofr import OFRSelector, Rollout, group_advantages
-from .rollout import EpisodeSpec, RolloutCollector, Trajectory
+from .ofr import OFRSelector, Rollout, group_advantages, tool_efficiency_advantages
+from .rollout import EpisodeSpec, RolloutCollector, Trajectory, resampling_specs
 from .tokens import VisualParityError, check_visual_parity
 
 
@@ -114,15 +116,21 @@ def episode_record(trajectory: Trajectory) -> dict[str, Any]:
     return {"reward": trajectory.reward, "correct": float(trajectory.correct), "tool_calls": trajectory.tool_calls,
             "turns": trajectory.turns, "visual_tokens": trajectory.info.get("visual_tokens", 0),
             "response_tokens": trajectory.sampled_tokens, "over_length": float(trajectory.end_reason == "over_length"),
-            "components": dict(trajectory.info.get("episode", {}).get("components") or {}), "error": trajectory.error}
+            "components": dict(trajectory.info.get("episode", {}).get("components") or {}), "error": trajectory.error,
+            "resampled": bool(trajectory.spec.prefix)}
 
 
 def episode_summary(records: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Means per episode (of :func:`episode_record`\\ s): reward and its components, accuracy, tool calls, turns,
-    visual tokens, tokens."""
+    visual tokens, tokens. Episodes resampled from a prefix (AXPO) are chosen from failures, so they stay out of
+    these means; ``resampling/episodes`` and ``resampling/accuracy`` describe them."""
+    resampled = [r for r in records if r["resampled"]]
+    records = [r for r in records if not r["resampled"]]
+    out = {"resampling/episodes": float(len(resampled)),
+           "resampling/accuracy": _mean(r["correct"] for r in resampled)} if resampled else {}
     if not records:
-        return {}
-    out = {"reward/mean": _mean(r["reward"] for r in records), "accuracy": _mean(r["correct"] for r in records)}
+        return out
+    out.update({"reward/mean": _mean(r["reward"] for r in records), "accuracy": _mean(r["correct"] for r in records)})
     out.update({key: _mean(r[key] for r in records)
                 for key in ("tool_calls", "turns", "visual_tokens", "response_tokens", "over_length")})
     components: dict[str, list[float]] = defaultdict(list)
@@ -186,6 +194,9 @@ class GRPOTrainer:
         if config.rollout.staleness and backend is not None and backend.shares_trainer_weights:
             raise ValueError("rollout.staleness > 0 generates while the update changes the weights: it needs a "
                              "generation backend with weights of its own, not one sharing the trainer's")
+        if config.rollout.greedy_code and backend is not None:
+            raise ValueError("rollout.greedy_code configures the HF backend the trainer builds; a backend given to "
+                             "the trainer chooses its own sampling (HFBackend(..., greedy_between=markers))")
         self.importance_cap = importance_cap(config)
         self.ranks = Ranks.from_environment(config.distributed.timeout_s, config.model.device)
         if config.distributed.offload and self.ranks.size == 1:
@@ -252,9 +263,11 @@ class GRPOTrainer:
     def _make_backend(self, generation_copy: Any) -> GenerationBackend:
         rollout = self.config.rollout
         if rollout.backend == "hf":
+            greedy_between = code_markers(self.config.env.protocol) if rollout.greedy_code else None
             if generation_copy is not None:
-                return HFBackend(generation_copy, self.chat, shares_trainer_weights=False)
-            return HFBackend(self.policy.model, self.chat, self.policy.autocast)
+                return HFBackend(generation_copy, self.chat, shares_trainer_weights=False,
+                                 greedy_between=greedy_between)
+            return HFBackend(self.policy.model, self.chat, self.policy.autocast, greedy_between=greedy_between)
         if rollout.backend == "vllm":
             options = dict(rollout.vllm)
             if self.engine_sleeps and self.policy.device.startswith("cuda"):
@@ -365,17 +378,26 @@ class GRPOTrainer:
         tokens = [0]
         rounds = [0]
 
+        def play(specs: list[EpisodeSpec]) -> list[Trajectory]:
+            if not specs:
+                return []
+            trajectories = self.collector.collect(specs)
+            stats = self.collector.stats
+            clock["generation"] += stats.generate
+            clock["environment"] += stats.wall - stats.generate
+            tokens[0] += stats.generated_tokens
+            return trajectories
+
         def generate_round(groups: int) -> list[list[Rollout]]:
             rounds[0] += 1
+            rollout = self.config.rollout
             specs = [EpisodeSpec(task, self._next_seed(), (step, rounds[0], g))
-                     for g, task in enumerate(self.sampler.take(groups)) for _ in range(self.config.rollout.group_size)]
-            mine = [spec for spec in specs if spec.group[-1] % ranks.size == ranks.rank]
-            trajectories = self.collector.collect(mine) if mine else []
-            if mine:
-                stats = self.collector.stats
-                clock["generation"] += stats.generate
-                clock["environment"] += stats.wall - stats.generate
-                tokens[0] += stats.generated_tokens
+                     for g, task in enumerate(self.sampler.take(groups)) for _ in range(rollout.group_size)]
+            trajectories = play([spec for spec in specs if spec.group[-1] % ranks.size == ranks.rank])
+            if rollout.prefix_resamples:  # AXPO: each rank resamples its own groups
+                opening, _ = code_markers(self.config.env.protocol)
+                trajectories += play(resampling_specs(trajectories, self.chat.decode, opening,
+                                                      rollout.prefix_resamples))
             generated.extend(trajectories)
             scoring = time.perf_counter()
             shared = [[self._share(rollout, played) for rollout in group] for group in self._to_rollouts(trajectories)]
@@ -405,7 +427,9 @@ class GRPOTrainer:
         return self.config.seed * 1_000_003 + self.episodes_started
 
     def _to_rollouts(self, trajectories: list[Trajectory]) -> list[list[Rollout]]:
-        return rollout_groups(trajectories, self.config.algorithm.normalize_std, self._images_consistent)
+        algorithm = self.config.algorithm
+        return rollout_groups(trajectories, algorithm.normalize_std, self._images_consistent,
+                              algorithm.tool_efficiency_weight)
 
     def _share(self, rollout: Rollout, played: dict[tuple[int, int], tuple[Trajectory, float]]) -> Rollout:
         """What the other ranks learn of one of this rank's trajectories: its rollout summary, where it lives
@@ -694,18 +718,24 @@ def engine_sleeps(config: GRPOConfig, device: str) -> bool:
 
 
 def rollout_groups(trajectories: Sequence[Trajectory], normalize_std: bool,
-                   images_consistent: Callable[[Trajectory], bool] = lambda trajectory: True) -> list[list[Rollout]]:
-    """The round's trajectories grouped by prompt, each with its advantage computed now (before any filtering).
-    A trajectory that ended in ``error`` (the generation backend failed) says nothing about its task: it gets an
-    advantage of 0 and stays out of its group's baseline."""
+                   images_consistent: Callable[[Trajectory], bool] = lambda trajectory: True,
+                   tool_efficiency_weight: float = 0.0) -> list[list[Rollout]]:
+    """The round's trajectories grouped by prompt, each with its advantage computed now (before any filtering):
+    the group advantage of its reward, plus ``tool_efficiency_weight`` × HDPO's tool-efficiency advantage among the
+    group's correct trajectories (:func:`~trainers.ofr.tool_efficiency_advantages`). A trajectory that ended in
+    ``error`` (the generation backend failed) says nothing about its task: it gets an advantage of 0 and stays out
+    of its group's baseline."""
     groups: dict[Any, list[Trajectory]] = defaultdict(list)
     for trajectory in trajectories:
         groups[trajectory.spec.group].append(trajectory)
     out = []
     for group_id, members in groups.items():
         played = [t for t in members if t.end_reason != "error"]
-        advantage = dict(zip(map(id, played), group_advantages([t.reward for t in played], normalize_std)
-                             if played else []))
+        values = group_advantages([t.reward for t in played], normalize_std) if played else np.zeros(0)
+        if tool_efficiency_weight:
+            values = values + tool_efficiency_weight * tool_efficiency_advantages(
+                [t.tool_calls for t in played], [t.correct for t in played])
+        advantage = dict(zip(map(id, played), values))
         out.append([Rollout(group_id, t.reward, t.end_reason, t.tool_calls, len(t.ids), images_consistent(t),
                             t.info.get("images_shown", 0) > 0, {"trajectory": t, "advantage": float(advantage.get(
                                 id(t), 0.0))}) for t in members])

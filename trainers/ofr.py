@@ -17,7 +17,7 @@ forever. :class:`OFRConfig` is also the ``ofr:`` section of the trainer's config
 
 Advantages are not computed here: compute them with :func:`group_advantages` on each group as generated,
 before filtering (PyVision-RL computes them per generation batch, so dropping a trajectory never moves its
-group's baseline), and carry them in :attr:`Rollout.extra`.
+group's baseline), and carry them in :attr:`Rollout.extra` (HDPO adds :func:`tool_efficiency_advantages`).
 
 Example::
 
@@ -103,6 +103,27 @@ def group_advantages(rewards: Sequence[float], normalize_std: bool = False, eps:
     values = np.asarray(rewards, dtype=float)
     advantages = values - values.mean()
     return advantages / (values.std() + eps) if normalize_std else advantages
+
+
+def tool_efficiency_advantages(tool_calls: Sequence[int], correct: Sequence[bool], eps: float = 1e-6) -> np.ndarray:
+    """HDPO's conditional tool-efficiency advantages of one group (Metis, "Act Wisely", arXiv 2604.08545).
+
+    The efficiency reward ``1 / (tool calls + 1)`` is compared among the group's correct rollouts only: minus their
+    mean, divided by their sample std (ddof 1, as the released code) plus ``eps``. Incorrect rollouts get 0, and so
+    does every rollout of a group with fewer than 2 correct ones (nothing to compare).
+
+    >>> tool_efficiency_advantages([0, 1, 3, 2], [True, True, True, False]).round(4).tolist()
+    [1.0911, -0.2182, -0.8729, 0.0]
+    >>> tool_efficiency_advantages([0, 4], [True, False]).tolist()
+    [0.0, 0.0]
+    """
+    efficiency = 1.0 / (np.asarray(tool_calls, dtype=float) + 1.0)
+    qualifying = np.asarray(correct, dtype=bool)
+    advantages = np.zeros(len(efficiency))
+    if qualifying.sum() >= 2:
+        compared = efficiency[qualifying]
+        advantages[qualifying] = (compared - compared.mean()) / (compared.std(ddof=1) + eps)
+    return advantages
 
 
 @dataclass(frozen=True)

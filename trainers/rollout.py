@@ -6,6 +6,8 @@ episode ends. Episodes never wait for each other's code to run; their generation
 (the event loop never does model work). A batch the backend refuses is asked again one request at a time, so
 a bad request ends its own episode (``end_reason="error"``) and no other. Token ids are kept as sampled (:mod:`trainers.tokens`).
 An episode can branch (:attr:`EpisodeSpec.forks`): forked after a given turn, each branch samples on by itself.
+It can also replay recorded responses first and sample on from there (:attr:`EpisodeSpec.prefix`, AXPO's
+resampling of all-wrong tool-using groups: :func:`resampling_specs`).
 
 Example::
 
@@ -19,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image
 
@@ -42,6 +45,11 @@ class EpisodeSpec:
     and counters copied) and every branch samples on from that point on its own. The spec then gives
     ``1 + forks`` trajectories (``branch`` 0 is the original), all in the spec's group. An episode that ends
     before ``fork_at`` does not branch.
+
+    ``prefix`` replays recorded responses before sampling (AXPO's resampling, :func:`resampling_specs`): each but
+    the last is a whole response (its ids, end token included), stepped in the environment as it was played; the
+    last is the start of the next response, which sampling continues. Replayed tokens are outside the loss (mask 0,
+    log-prob 0): only what is sampled after them is trained on.
     """
 
     task_index: int
@@ -49,6 +57,7 @@ class EpisodeSpec:
     group: Any
     fork_at: int = 1
     forks: int = 0
+    prefix: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass
@@ -97,13 +106,83 @@ class Trajectory:
     def label(self) -> str:
         """How errors name this trajectory."""
         branch = f", branch {self.branch}" if self.branch else ""
-        return f"trajectory of task {self.task_id!r} (group {self.spec.group}, seed {self.spec.seed}{branch})"
+        resampled = f", resampled after {len(self.spec.prefix) - 1} replayed responses" if self.spec.prefix else ""
+        return (f"trajectory of task {self.task_id!r} (group {self.spec.group}, seed {self.spec.seed}{branch}"
+                f"{resampled})")
 
     def branched(self, branch: int) -> Trajectory:
         """A copy of this trajectory so far, as fork ``branch`` of its episode."""
         return replace(self, ids=list(self.ids), loss_mask=list(self.loss_mask), logprobs=list(self.logprobs),
                        images=list(self.images), image_records=list(self.image_records), info=dict(self.info),
                        responses=list(self.responses), branch=branch)
+
+
+def resampling_specs(trajectories: Sequence[Trajectory], decode: Callable[[Sequence[int]], str], opening: str,
+                     continuations: int) -> list[EpisodeSpec]:
+    """AXPO's tool-call resampling (Agent Explorative Policy Optimization, arXiv 2605.28774): for every group whose
+    tool-using trajectories all failed, ``continuations`` specs that replay the most uncertain of them up to just
+    before its first tool call and sample on from there (:attr:`EpisodeSpec.prefix`; same task, seed and group).
+
+    Uncertainty is the sampler's surprisal (−log-prob) of the first token cut off (:func:`tool_call_prefix`): a
+    one-sample estimate of the policy's entropy where the resampling starts; ties go to the earlier trajectory.
+    Trajectories that ended in ``error`` count as neither tool-using nor failed.
+    """
+    groups: dict[Any, list[Trajectory]] = defaultdict(list)
+    for trajectory in trajectories:
+        groups[trajectory.spec.group].append(trajectory)
+    specs: list[EpisodeSpec] = []
+    for members in groups.values():
+        tool_users = [t for t in members if t.tool_calls and t.end_reason != "error"]
+        if not tool_users or any(t.correct for t in tool_users):
+            continue
+        cuts = [(cut, t.spec) for t in tool_users if (cut := tool_call_prefix(t, decode, opening))]
+        if cuts:
+            cut, spec = max(cuts, key=lambda pair: pair[0].surprisal)
+            specs += [replace(spec, fork_at=1, forks=0, prefix=cut.responses)] * continuations
+    return specs
+
+
+class ToolCallPrefix(NamedTuple):
+    """A trajectory up to just before its first tool call."""
+
+    responses: tuple[tuple[int, ...], ...]
+    """Its whole responses before the tool call's, then the tool call's response up to the cut (as
+    :attr:`EpisodeSpec.prefix`)."""
+    surprisal: float
+    """The sampler's −log-prob of the first token cut off."""
+
+
+def tool_call_prefix(trajectory: Trajectory, decode: Callable[[Sequence[int]], str], opening: str
+                     ) -> ToolCallPrefix | None:
+    """Where ``trajectory`` is cut for resampling; None if no response opens a code block.
+
+    The tool call is the first response whose text holds ``opening`` (the protocol's code marker); the cut is before
+    the token in which that marker begins.
+    """
+    responses: list[tuple[int, ...]] = []
+    for start, end in _sampled_runs(trajectory.loss_mask):
+        ids = trajectory.ids[start:end]
+        if opening in decode(ids):
+            stop = next(j for j in range(1, len(ids) + 1) if opening in decode(ids[:j]))
+            cut = next(i for i in range(stop - 1, -1, -1) if opening in decode(ids[i:stop]))
+            return ToolCallPrefix((*responses, tuple(ids[:cut])), -trajectory.logprobs[start + cut])
+        responses.append(tuple(ids))
+    return None
+
+
+def _sampled_runs(loss_mask: Sequence[int]) -> list[tuple[int, int]]:
+    """``(start, end)`` of each run of sampled tokens: one per response, its end token included.
+
+    >>> _sampled_runs([0, 0, 1, 1, 0, 1])
+    [(2, 4), (5, 6)]
+    """
+    runs: list[tuple[int, int]] = []
+    for position, (before, now) in enumerate(zip([0, *loss_mask], loss_mask)):
+        if now and not before:
+            runs.append((position, position))
+        if now:
+            runs[-1] = (runs[-1][0], position + 1)
+    return runs
 
 
 class GenerationBatcher:
@@ -271,11 +350,21 @@ class RolloutCollector:
         env_seconds[0] += time.perf_counter() - clock
         trajectory = Trajectory(spec, info["task_id"])
         trajectory.extend(self.chat.prompt(observation), sampled=False)
-        return await self._play(env, trajectory, batcher, env_seconds)
+        *whole, opening = spec.prefix or ((),)
+        for response in whole:
+            trajectory.extend(Encoded(list(response), []), sampled=False)
+            if await self._respond(env, trajectory, list(response), True, env_seconds):
+                trajectory.end_reason, trajectory.error = "error", (
+                    f"the replayed response {trajectory.turns} ended the episode ({trajectory.end_reason}), which "
+                    "went on when it was played")
+                return [trajectory]
+        trajectory.extend(Encoded(list(opening), []), sampled=False)
+        return await self._play(env, trajectory, batcher, env_seconds, opening)
 
-    async def _play(self, env: Any, trajectory: Trajectory, batcher: GenerationBatcher,
-                    env_seconds: list[float]) -> list[Trajectory]:
-        """Sample and step until the episode ends: this trajectory, then its forks' if it branches."""
+    async def _play(self, env: Any, trajectory: Trajectory, batcher: GenerationBatcher, env_seconds: list[float],
+                    opening: Sequence[int] = ()) -> list[Trajectory]:
+        """Sample and step until the episode ends: this trajectory, then its forks' if it branches. ``opening``: the
+        replayed start of the first response, which the first sample continues."""
         spec = trajectory.spec
         while True:
             if len(trajectory.ids) + batcher.sampling.max_new_tokens > self.max_length:
@@ -287,25 +376,34 @@ class RolloutCollector:
                 trajectory.end_reason, trajectory.error = "error", f"{type(error).__name__}: {error}"
                 return [trajectory]
             trajectory.extend(sampled, sampled=True)
-            trajectory.turns += 1
-            response = self.chat.decode(sampled.ids)
-            trajectory.responses.append(response)
-            if not sampled.finished:
-                trajectory.end_reason = "over_length"
+            if await self._respond(env, trajectory, [*opening, *sampled.ids], sampled.finished, env_seconds):
                 return [trajectory]
-            clock = time.perf_counter()
-            observation, reward, terminated, truncated, info = await env.astep(response)
-            env_seconds[0] += time.perf_counter() - clock
-            trajectory.reward += float(reward)
-            trajectory.tool_calls = int(info.get("tool_calls", 0))
-            trajectory.info = info
-            if terminated or truncated:
-                trajectory.correct = bool(info.get("correct"))
-                trajectory.end_reason = info.get("end_reason") or ("answered" if terminated else "truncated")
-                return [trajectory]
-            trajectory.extend(self.chat.continuation(observation), sampled=False)
+            opening = ()
             if spec.forks and trajectory.branch == 0 and trajectory.turns == spec.fork_at:
                 return await self._branch(env, trajectory, batcher, env_seconds)
+
+    async def _respond(self, env: Any, trajectory: Trajectory, response_ids: list[int], finished: bool,
+                       env_seconds: list[float]) -> bool:
+        """Step the environment with a response already in the trajectory's ids and add the observation; returns
+        whether the episode ended."""
+        trajectory.turns += 1
+        response = self.chat.decode(response_ids)
+        trajectory.responses.append(response)
+        if not finished:
+            trajectory.end_reason = "over_length"
+            return True
+        clock = time.perf_counter()
+        observation, reward, terminated, truncated, info = await env.astep(response)
+        env_seconds[0] += time.perf_counter() - clock
+        trajectory.reward += float(reward)
+        trajectory.tool_calls = int(info.get("tool_calls", 0))
+        trajectory.info = info
+        if terminated or truncated:
+            trajectory.correct = bool(info.get("correct"))
+            trajectory.end_reason = info.get("end_reason") or ("answered" if terminated else "truncated")
+            return True
+        trajectory.extend(self.chat.continuation(observation), sampled=False)
+        return False
 
     async def _branch(self, env: Any, trajectory: Trajectory, batcher: GenerationBatcher,
                       env_seconds: list[float]) -> list[Trajectory]:

@@ -89,6 +89,9 @@ class Protocol(ABC):
     name: str = ""
     default_system_prompt: str = ""
     supports_video: bool = False
+    code_markers: tuple[str, str] | None = None
+    """The strings that open and close a code block in a response, for trainers that treat code apart (greedy
+    code, a cut just before a tool call: ``rollout.greedy_code``, ``rollout.prefix_resamples``); None: unmarked."""
 
     def __init__(self, system_prompt: str | None = None, max_response_chars: int = MAX_RESPONSE_CHARS) -> None:
         self.system_prompt = self.default_system_prompt if system_prompt is None else system_prompt

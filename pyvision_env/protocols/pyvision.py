@@ -64,6 +64,7 @@ class PyVisionProtocol(Protocol):
     name = "pyvision"
     default_system_prompt = SYSTEM_PROMPT
     supports_video = True
+    code_markers = ("<code>", "</code>")
     format_reminder = ("Write Python code inside <code>```python ... ```</code>, or give the final answer as "
                        "<answer>\\boxed{...}</answer>.")
 
