@@ -209,3 +209,14 @@ def test_the_collected_report_has_the_machine_each_table_its_plots_and_failures(
     assert "| CPU | logical (physical) cores | RAM | GPU |" in text and "quick mode, 3 s in all" in text
     assert text.index("## ofr: OFR batch selection") < text.index(table) < text.index("![ofr](ofr.png)")
     assert "other.png" not in text and "- video (see the traceback on stderr)" in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_collapse_experiment_as_a_benchmark(tmp_path):
+    done = run_quick("collapse", tmp_path, timeout=580,
+                     env={**os.environ, "PYVISION_CACHE": str(tmp_path / "cache")})
+    results = json.loads((tmp_path / "collapse.json").read_text())
+    assert set(results["verdicts"]) == {"outcome", "tool-reward", "ofr", "both"}
+    assert "| model | episodes | errors | accuracy |" in done.stdout
+    assert all((tmp_path / f"collapse_{name}.png").stat().st_size > 0 for name in ("turns", "accuracy", "reward_mean"))
