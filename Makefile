@@ -33,21 +33,12 @@ VLLM_DROP  := torchvision torchaudio torchcodec
 VLLM_EXTRAS ?= dev,video
 VLLM_TORCH := $(patsubst torch==%,%,$(TORCH_SPEC))
 
-# A separate venv for verifiers (`make test-verifiers`): its antlr4 pin conflicts with omegaconf's (skyrl extra).
-VERIFIERS_VENV  ?= .venv-verifiers
-VERIFIERS_PY    := $(VERIFIERS_VENV)/bin/python
-VERIFIERS_STAMP := $(VERIFIERS_VENV)/.installed
-VERIFIERS_SPEC  ?= verifiers
+# Frameworks whose pins conflict with ours get a venv of their own each (`make test-verifiers`, `make test-verl`),
+# built by `framework_venv` below from the project's extra of the same name:
+# - verifiers: its antlr4 pin conflicts with omegaconf's (the skyrl extra);
+# - verl 0.9.1 pins transformers<5.11 and omegaconf 2.3 (hydra).
 VERIFIERS_EXTRAS ?= dev,video,verifiers
-VERIFIERS_TORCH := $(patsubst torch==%,%,$(TORCH_SPEC))
-
-# A separate venv for verl (`make test-verl`): verl 0.9.1 pins transformers<5.11 and omegaconf 2.3 (hydra); the
-# project's `verl` extra names it with the packages it imports without requiring them.
-VERL_VENV  ?= .venv-verl
-VERL_PY    := $(VERL_VENV)/bin/python
-VERL_STAMP := $(VERL_VENV)/.installed
-VERL_EXTRAS ?= dev,video,train,verl
-VERL_TORCH := $(patsubst torch==%,%,$(TORCH_SPEC))
+VERL_EXTRAS      ?= dev,video,train,verl
 
 # command:debian-package pairs installed by `make system-deps` when missing.
 SYSTEM_DEPS := bwrap:bubblewrap ffmpeg:ffmpeg chromium:chromium
@@ -61,14 +52,6 @@ endif
 VLLM_VENV_OK := $(shell [ -x "$(VLLM_PY)" ] && "$(VLLM_PY)" -c "import pip; print('ok')" 2>/dev/null)
 ifneq ($(VLLM_VENV_OK),ok)
 VLLM_STAMP_FORCE := FORCE
-endif
-VERIFIERS_VENV_OK := $(shell [ -x "$(VERIFIERS_PY)" ] && "$(VERIFIERS_PY)" -c "import pip; print('ok')" 2>/dev/null)
-ifneq ($(VERIFIERS_VENV_OK),ok)
-VERIFIERS_STAMP_FORCE := FORCE
-endif
-VERL_VENV_OK := $(shell [ -x "$(VERL_PY)" ] && "$(VERL_PY)" -c "import pip; print('ok')" 2>/dev/null)
-ifneq ($(VERL_VENV_OK),ok)
-VERL_STAMP_FORCE := FORCE
 endif
 
 .PHONY: help system-deps install demo test test-slow test-all test-vllm test-verifiers test-verl bench lint clean distclean FORCE
@@ -155,38 +138,30 @@ $(VLLM_STAMP): setup.cfg pyproject.toml $(VLLM_STAMP_FORCE)
 test-vllm: $(VLLM_STAMP) ## Run the vLLM tests (-m vllm) on vLLM's CPU build in its own venv (.venv-vllm)
 	$(VLLM_PY) -m pytest -m vllm -q $(PYTEST_ARGS)
 
-$(VERIFIERS_STAMP): setup.cfg pyproject.toml $(VERIFIERS_STAMP_FORCE)
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "error: Python >= 3.10 required, $(PYTHON) is " + sys.version.split()[0])'
-	@if [ -e "$(VERIFIERS_VENV)" ] && ! "$(VERIFIERS_PY)" -c "import pip" >/dev/null 2>&1; then \
-		echo "venv $(VERIFIERS_VENV) is broken or incomplete; recreating"; rm -rf "$(VERIFIERS_VENV)"; \
+# $(call framework_venv,NAME,EXTRAS,MODULE): the rule of .venv-NAME/.installed: torch (the CPU build) first, then
+# the project with EXTRAS; MODULE must import and torch must still be the CPU build. An unusable venv is rebuilt.
+define framework_venv
+.venv-$(1)/.installed: setup.cfg pyproject.toml $$(if $$(shell [ -x .venv-$(1)/bin/python ] && .venv-$(1)/bin/python -c "import pip" 2>/dev/null && echo ok),,FORCE)
+	@$$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "error: Python >= 3.10 required, $$(PYTHON) is " + sys.version.split()[0])'
+	@if [ -e .venv-$(1) ] && ! .venv-$(1)/bin/python -c "import pip" >/dev/null 2>&1; then \
+		echo "venv .venv-$(1) is broken or incomplete; recreating"; rm -rf .venv-$(1); \
 	fi
-	@if [ ! -x "$(VERIFIERS_PY)" ]; then echo "creating venv $(VERIFIERS_VENV)"; $(PYTHON) -m venv "$(VERIFIERS_VENV)"; fi
-	$(VERIFIERS_PY) -m pip install $(PIP_FLAGS) --upgrade pip
-	$(VERIFIERS_PY) -m pip install $(PIP_FLAGS) '$(TORCH_SPEC)'
-	$(VERIFIERS_PY) -m pip install $(PIP_FLAGS) '$(VERIFIERS_SPEC)'
-	$(VERIFIERS_PY) -m pip install $(PIP_FLAGS) -e '.[$(VERIFIERS_EXTRAS)]'
-	$(VERIFIERS_PY) -c "import torch, verifiers; v = torch.__version__; print('verifiers', verifiers.__version__, 'torch', v); \
-		assert v == '$(VERIFIERS_TORCH)+cpu', 'torch is not the $(TORCH_SPEC) CPU build: ' + v"
-	touch $@
+	@if [ ! -x .venv-$(1)/bin/python ]; then echo "creating venv .venv-$(1)"; $$(PYTHON) -m venv .venv-$(1); fi
+	.venv-$(1)/bin/python -m pip install $$(PIP_FLAGS) --upgrade pip
+	.venv-$(1)/bin/python -m pip install $$(PIP_FLAGS) '$$(TORCH_SPEC)'
+	.venv-$(1)/bin/python -m pip install $$(PIP_FLAGS) -e '.[$(2)]'
+	.venv-$(1)/bin/python -c "import torch, $(3); v = torch.__version__; print('$(1) with torch', v); \
+		assert v == '$$(VLLM_TORCH)+cpu', 'torch is not the $$(TORCH_SPEC) CPU build: ' + v"
+	touch $$@
+endef
+$(eval $(call framework_venv,verifiers,$(VERIFIERS_EXTRAS),verifiers))
+$(eval $(call framework_venv,verl,$(VERL_EXTRAS),verl.experimental.agent_loop))
 
-test-verifiers: $(VERIFIERS_STAMP) ## Run the verifiers tests (-m verifiers) in their own venv (.venv-verifiers)
-	$(VERIFIERS_PY) -m pytest -m verifiers -q $(PYTEST_ARGS)
+test-verifiers: .venv-verifiers/.installed ## Run the verifiers tests (-m verifiers) in their own venv (.venv-verifiers)
+	.venv-verifiers/bin/python -m pytest -m verifiers -q $(PYTEST_ARGS)
 
-$(VERL_STAMP): setup.cfg pyproject.toml $(VERL_STAMP_FORCE)
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "error: Python >= 3.10 required, $(PYTHON) is " + sys.version.split()[0])'
-	@if [ -e "$(VERL_VENV)" ] && ! "$(VERL_PY)" -c "import pip" >/dev/null 2>&1; then \
-		echo "venv $(VERL_VENV) is broken or incomplete; recreating"; rm -rf "$(VERL_VENV)"; \
-	fi
-	@if [ ! -x "$(VERL_PY)" ]; then echo "creating venv $(VERL_VENV)"; $(PYTHON) -m venv "$(VERL_VENV)"; fi
-	$(VERL_PY) -m pip install $(PIP_FLAGS) --upgrade pip
-	$(VERL_PY) -m pip install $(PIP_FLAGS) '$(TORCH_SPEC)'
-	$(VERL_PY) -m pip install $(PIP_FLAGS) -e '.[$(VERL_EXTRAS)]'
-	$(VERL_PY) -c "import torch, verl.experimental.agent_loop; v = torch.__version__; print('verl', verl.__version__, 'torch', v); \
-		assert v == '$(VERL_TORCH)+cpu', 'torch is not the $(TORCH_SPEC) CPU build: ' + v"
-	touch $@
-
-test-verl: $(VERL_STAMP) ## Run the verl tests (-m verl) in their own venv (.venv-verl)
-	$(VERL_PY) -m pytest -m verl -q $(PYTEST_ARGS)
+test-verl: .venv-verl/.installed ## Run the verl tests (-m verl) in their own venv (.venv-verl)
+	.venv-verl/bin/python -m pytest -m verl -q $(PYTEST_ARGS)
 
 bench: install ## Run the benchmarks (python -m benchmarks)
 	$(PY) -m benchmarks $(BENCH_ARGS)

@@ -10,7 +10,13 @@ import warnings
 import psutil
 import pytest
 
-from pyvision_env.execution import Engine, ExecutionLimits, WeakIsolationWarning, probe_bubblewrap
+from pyvision_env.execution import (
+    Engine,
+    ExecutionLimits,
+    WeakIsolationWarning,
+    probe_bubblewrap,
+    set_default_engine,
+)
 
 FAST_LIMITS = ExecutionLimits(cell_timeout=10.0, interrupt_grace=1.0)
 
@@ -77,6 +83,17 @@ def engine():
     eng = quiet_engine(spare_kernels=2, max_kernels=48)
     yield eng
     eng.close()
+
+
+@pytest.fixture(scope="module")
+def framework_engine():
+    """An engine made the process's default for one test module, with no spare kernels (every live kernel is an
+    episode's): the RL frameworks make our environments without an engine argument."""
+    engine = quiet_engine(spare_kernels=0)
+    previous = set_default_engine(engine)
+    yield engine
+    set_default_engine(previous)
+    engine.close()
 
 
 @pytest.fixture

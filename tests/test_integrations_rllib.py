@@ -18,24 +18,16 @@ from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics import EPISODE_RETURN_MEAN
 
 from agents.scripted import scripted_policy
-from pyvision_env.execution import default_engine, set_default_engine
+from pyvision_env.execution import default_engine
 from pyvision_env.integrations.rllib import ENV_RUNNER_SETTINGS
 from pyvision_env.messages import ImagePart, Message
 
-from .conftest import kernel_processes, quiet_engine, wait_until
+from .conftest import kernel_processes, wait_until
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*Overriding environment rllib-single-agent-env-v0")
-"""Each env runner registers its environment with Gymnasium under this one name."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def default_engine_of_this_module():
-    """RLlib's env runners make environments without an engine argument: they use the process's default engine."""
-    engine = quiet_engine(spare_kernels=1)
-    previous = set_default_engine(engine)
-    yield engine
-    set_default_engine(previous)
-    engine.close()
+pytestmark = [pytest.mark.filterwarnings("ignore:.*Overriding environment rllib-single-agent-env-v0"),
+              pytest.mark.usefixtures("framework_engine")]
+"""Each env runner registers its environment with Gymnasium under this one name; RLlib makes our environments
+without an engine argument."""
 
 
 class ScriptedModule(TorchRLModule):

@@ -6,23 +6,12 @@ import pandas as pd
 import pytest
 
 skyrl_gym = pytest.importorskip("skyrl_gym", reason="the 'skyrl' extra is not installed")
+pytestmark = pytest.mark.usefixtures("framework_engine")
 
 from agents.scripted import scripted_policy  # noqa: E402
-from pyvision_env.execution import default_engine, set_default_engine  # noqa: E402
+from pyvision_env.execution import default_engine  # noqa: E402
 from pyvision_env.integrations import skyrl  # noqa: E402
 from pyvision_env.messages import from_openai  # noqa: E402
-
-from .conftest import quiet_engine  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def default_engine_of_this_module():
-    """SkyRL makes environments without an engine argument: they use the process's default engine."""
-    engine = quiet_engine(spare_kernels=1)
-    previous = set_default_engine(engine)
-    yield engine
-    set_default_engine(previous)
-    engine.close()
 
 
 def play(env, protocol: str = "pyvision") -> tuple[list[dict], list, dict]:

@@ -27,7 +27,6 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.chat_template_utils import qwen3_vl_chat_template
 
 from agents.tiny_model import load_tiny_processor, make_tiny_model
-from pyvision_env.execution import set_default_engine
 from pyvision_env.integrations.trl import (
     PyVisionTRLEnv,
     environment_factory,
@@ -36,19 +35,9 @@ from pyvision_env.integrations.trl import (
 )
 from pyvision_env.make import make_env
 
-from .conftest import quiet_engine, wait_until
+from .conftest import wait_until
 
 RGB = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def engine():
-    """TRL makes environments without an engine argument: they use the process's default engine."""
-    engine = quiet_engine(spare_kernels=0)
-    previous = set_default_engine(engine)
-    yield engine
-    set_default_engine(previous)
-    engine.close()
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +80,7 @@ class ScriptedResponses(LogitsProcessor):
         return forced
 
 
-def test_one_grpo_step_plays_real_episodes_and_learns_from_their_rewards(tiny, engine, tmp_path):
+def test_one_grpo_step_plays_real_episodes_and_learns_from_their_rewards(tiny, framework_engine, tmp_path):
     processor = load_tiny_processor(tiny, chat_template=qwen3_vl_chat_template)
     model = AutoModelForImageTextToText.from_pretrained(tiny)
     model.generate = functools.partial(model.generate,
@@ -144,7 +133,7 @@ def test_one_grpo_step_plays_real_episodes_and_learns_from_their_rewards(tiny, e
         assert "<tool_response>" in processor.tokenizer.decode(tool_tokens) or not row_used_tool(batch, row, processor)
         assert "<tool_response>" not in processor.tokenizer.decode(model_tokens)
         assert "\\boxed{" in processor.tokenizer.decode(model_tokens)
-    assert wait_until(lambda: engine.status().live_kernels == 0, timeout=20)  # every episode's kernel is gone
+    assert wait_until(lambda: framework_engine.status().live_kernels == 0, timeout=20)  # every episode's kernel is gone
 
 
 def row_used_tool(batch, row: int, processor) -> bool:
@@ -166,7 +155,7 @@ def play_directly(task_id: str, question: str, row: int) -> float:
         env.close()
 
 
-def test_bad_setups_and_unfinished_rollouts(engine):
+def test_bad_setups_and_unfinished_rollouts(framework_engine):
     with pytest.raises(KeyError, match="no-such-suite"):
         environment_factory("no-such-suite")
     with pytest.raises(ValueError, match="protocol is 'openai-tools'"):
@@ -185,7 +174,7 @@ def test_bad_setups_and_unfinished_rollouts(engine):
     assert pyvision_reward([[{"role": "tool", "content": output}]], [env]) == [0.0]
     assert env._info["end_reason"] == "unfinished"
     assert "episode has ended" in env.python("print(1)")
-    assert wait_until(lambda: engine.status().live_kernels == 0, timeout=20)
+    assert wait_until(lambda: framework_engine.status().live_kernels == 0, timeout=20)
 
 
 def test_the_example_trains_a_step_with_the_tiny_model(tmp_path):

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import pytest
 
-pytestmark = [pytest.mark.verifiers, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.verifiers, pytest.mark.timeout(300), pytest.mark.usefixtures("framework_engine")]
 
 pytest.importorskip("verifiers.v1", reason="verifiers is not installed here (make test-verifiers builds "
                                            ".venv-verifiers)")
@@ -26,22 +26,10 @@ from verifiers.v1.cli.eval.main import main as vf_eval_main  # noqa: E402
 from agents.hf import Generation  # noqa: E402
 from agents.scripted import scripted_policy  # noqa: E402
 from agents.serve import make_server  # noqa: E402
-from pyvision_env.execution import default_engine, set_default_engine  # noqa: E402
+from pyvision_env.execution import default_engine  # noqa: E402
 from pyvision_env.integrations.verifiers import ENV_ID, load_environment  # noqa: E402
 from pyvision_env.make import make_env  # noqa: E402
 from pyvision_env.messages import Message  # noqa: E402
-
-from .conftest import quiet_engine  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def default_engine_of_this_module():
-    """vf-eval's rollouts make their environments without an engine argument: they use the default engine."""
-    engine = quiet_engine(spare_kernels=1)
-    previous = set_default_engine(engine)
-    yield engine
-    set_default_engine(previous)
-    engine.close()
 
 
 class ScriptedModel:

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import pytest
 
 pytest.importorskip("verl", reason="verl is not installed here (make test-verl builds .venv-verl)")
-pytestmark = pytest.mark.verl
+pytestmark = [pytest.mark.verl, pytest.mark.usefixtures("framework_engine")]
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
@@ -37,12 +37,11 @@ from verl.workers.rollout.replica import TokenOutput  # noqa: E402
 
 from agents.scripted import scripted_policy  # noqa: E402
 from agents.tiny_model import MAX_PIXELS, load_tiny_model, load_tiny_processor, make_tiny_model  # noqa: E402
-from pyvision_env.execution import set_default_engine  # noqa: E402
 from pyvision_env.integrations import verl as adapter  # noqa: E402
 from pyvision_env.make import make_env  # noqa: E402
 from pyvision_env.messages import Message, to_hf  # noqa: E402
 
-from .conftest import kernel_processes, quiet_engine, wait_until  # noqa: E402
+from .conftest import kernel_processes, wait_until  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "verl"
 SUITE, TASKS, GROUP = "zoom", 2, 2
@@ -93,17 +92,6 @@ def tiny(tmp_path_factory) -> Tiny:
     for method in ("get_rope_index", "get_vision_position_ids"):
         setattr(processor, method, types.MethodType(getattr(Qwen2_5_VLModel, method), processor))
     return Tiny(path, model, processor)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def default_engine_of_this_module():
-    """verl's worker makes environments without an engine argument: they use the process's default engine (no
-    spare kernels, so every kernel alive is an episode's)."""
-    engine = quiet_engine(spare_kernels=0)
-    previous = set_default_engine(engine)
-    yield engine
-    set_default_engine(previous)
-    engine.close()
 
 
 def config_for(tiny, tmp_path, response_length=6144, **env):
