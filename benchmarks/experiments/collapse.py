@@ -128,10 +128,11 @@ def run_collapse(out: Path, settings: Settings = FULL, arms: Sequence[str] = tup
         raise ValueError(f"unknown arms {unknown}; known: {sorted(ARMS)}")
     out.mkdir(parents=True, exist_ok=True)
     recorded = out / "settings.json"
-    if recorded.is_file() and json.loads(recorded.read_text()) != json.loads(json.dumps(asdict(settings))):
+    defining = {key: value for key, value in json.loads(json.dumps(asdict(settings))).items() if key != "workers"}
+    if recorded.is_file() and json.loads(recorded.read_text()) != defining:
         raise ValueError(f"{out} holds an experiment run with other settings ({recorded.read_text().strip()}); "
                          "give another folder, or the same settings to continue it")
-    recorded.write_text(json.dumps(asdict(settings)))
+    recorded.write_text(json.dumps(defining))  # how many runs train at once changes no result
     started = time.perf_counter()
     timings: dict[str, float] = {}
     start = out / "start"
