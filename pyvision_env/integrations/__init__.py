@@ -10,4 +10,14 @@
 Each adapter is thin: it plays :class:`~pyvision_env.env.PyVisionEnv` episodes (with the rewards of
 :mod:`pyvision_env.wrappers`) in the framework's own contract and re-implements none of them. What survives in
 each framework is listed in ``docs/integrations.md``.
+
+Importing any adapter registers the installed suites (public benchmarks included) first, so that rows and configs
+may name any of them; a suite source that fails is logged and the others stay.
 """
+
+import logging
+
+from ..registry import register_installed_suites
+
+for _problem in register_installed_suites():
+    logging.getLogger(__name__).warning("%s", _problem)

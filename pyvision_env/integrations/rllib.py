@@ -37,7 +37,6 @@ Example (``MyVLMModule`` is your ``TorchRLModule``; its ``_forward`` generates a
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,10 +46,7 @@ from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
 from ray.tune.registry import register_env
 
-from ..registry import register_installed_suites
 from ..vector import PyVisionVectorEnv
-
-log = logging.getLogger(__name__)
 
 ENV_NAME = "pyvision"
 
@@ -122,10 +118,7 @@ def make_vector_env(env_config: Mapping[str, Any]) -> ConversationVectorEnv:
 
 
 def register() -> None:
-    """Register :func:`make_vector_env` with Ray Tune as ``pyvision``, and the installed suites (public benchmarks
-    included) with PyVision, so ``env_config`` may name any of them. Done on import; safe to repeat."""
-    for problem in register_installed_suites():
-        log.warning("%s", problem)
+    """Register :func:`make_vector_env` with Ray Tune as ``pyvision``. Done on import; safe to repeat."""
     register_env(ENV_NAME, make_vector_env)
 
 

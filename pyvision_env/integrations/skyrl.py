@@ -21,7 +21,6 @@ with the episode's own first messages (system prompt, question and images).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,7 @@ from skyrl_gym.envs.base_text_env import BaseTextEnv, BaseTextEnvStepOutput
 
 from ..make import make_env
 from ..messages import to_openai
-from ..registry import register_installed_suites, resolve_tasks
-
-log = logging.getLogger(__name__)
+from ..registry import resolve_tasks
 
 ENV_CLASS = "pyvision"
 METRIC_KEYS = ("turn", "tool_calls", "tool_errors", "format_errors", "images_shown", "visual_tokens")
@@ -98,10 +95,7 @@ class PyVisionSkyRLEnv(BaseTextEnv):
 
 
 def register() -> None:
-    """Register :class:`PyVisionSkyRLEnv` with SkyRL-Gym as ``pyvision``, and the installed suites (public
-    benchmarks included) with PyVision, so rows may name any of them. Done on import; safe to repeat."""
-    for problem in register_installed_suites():
-        log.warning("%s", problem)
+    """Register :class:`PyVisionSkyRLEnv` with SkyRL-Gym as ``pyvision``. Done on import; safe to repeat."""
     if ENV_CLASS not in skyrl_gym.registry:
         skyrl_gym.register(id=ENV_CLASS, entry_point=f"{__name__}:PyVisionSkyRLEnv")
 

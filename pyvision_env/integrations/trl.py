@@ -33,7 +33,7 @@ from typing import Any
 from ..make import make_env
 from ..messages import to_hf
 from ..protocols import OpenAIToolsProtocol
-from ..registry import register_installed_suites, resolve_tasks
+from ..registry import resolve_tasks
 
 PROTOCOL = "openai-tools"
 METRIC_KEYS = ("turn", "tool_calls", "tool_errors", "format_errors", "images_shown", "visual_tokens")
@@ -112,7 +112,6 @@ def environment_factory(suite: str, *, split: str | None = None, reward: str | d
 
     >>> factory = environment_factory("tally", reward="accumulative", max_turns=5)      # doctest: +SKIP
     """
-    register_installed_suites()
     resolve_tasks(suite, split)
     return lambda: PyVisionTRLEnv(suite, split=split, reward=reward, **env_options)
 
@@ -138,7 +137,6 @@ def training_dataset(suite: str, split: str | None = None, **env_options: Any):
     are those of :func:`environment_factory` that change the prompt (``system_prompt``)."""
     from datasets import Dataset
 
-    register_installed_suites()
     tasks = resolve_tasks(suite, split)
     system_prompt = OpenAIToolsProtocol(env_options.get("system_prompt")).system_prompt
     prompt = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [

@@ -20,7 +20,6 @@ In Python, ``load_environment("zoom", reward="accumulative")`` is the environmen
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Coroutine, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -32,10 +31,9 @@ from verifiers.v1.dialects.chat import message_to_wire
 from ..make import make_env
 from ..messages import to_openai
 from ..protocols import get_protocol
-from ..registry import register_installed_suites, resolve_tasks
+from ..registry import resolve_tasks
 from ..wrappers import reward_spec
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ENV_ID = "pyvision-verifiers"
@@ -197,6 +195,3 @@ def load_environment(suite: str, *, split: str | None = None, reward: str | Mapp
                                     max_turns=max_turns, options=options)
     return PyVisionVerifiersEnv(PyVisionEnvConfig(taskset=taskset))
 
-
-for _problem in register_installed_suites():  # public benchmarks become suites a taskset may name
-    log.warning("%s", _problem)

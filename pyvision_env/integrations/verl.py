@@ -25,7 +25,6 @@ prompt, question and images).
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,9 +36,8 @@ from verl.utils.profiler import simple_timer
 from ..execution import Engine
 from ..make import make_env
 from ..messages import Message, to_hf
-from ..registry import register_installed_suites, resolve_tasks
+from ..registry import resolve_tasks
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 AGENT_NAME = "pyvision"
@@ -180,6 +178,3 @@ def write_dataset(suite: str, path: str | Path, split: str | None = None) -> Pat
     pd.DataFrame(dataset_rows(suite, split)).to_parquet(path)
     return path
 
-
-for _problem in register_installed_suites():  # rows may name any installed suite, public benchmarks included
-    log.warning("%s", _problem)
