@@ -16,8 +16,22 @@ may name any of them; a suite source that fails is logged and the others stay.
 """
 
 import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from ..registry import register_installed_suites
 
 for _problem in register_installed_suites():
     logging.getLogger(__name__).warning("%s", _problem)
+
+
+def write_parquet(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Write dataset rows as the Parquet file a framework's trainer reads (its folder made); returns its path."""
+    import pandas as pd
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(list(rows)).to_parquet(path)
+    return path

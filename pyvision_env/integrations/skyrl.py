@@ -31,6 +31,7 @@ from skyrl_gym.envs.base_text_env import BaseTextEnv, BaseTextEnvStepOutput
 from ..make import make_env
 from ..messages import to_openai
 from ..registry import resolve_tasks
+from . import write_parquet
 
 ENV_CLASS = "pyvision"
 METRIC_KEYS = ("turn", "tool_calls", "tool_errors", "format_errors", "images_shown", "visual_tokens")
@@ -111,12 +112,7 @@ def dataset_rows(suite: str, split: str | None = None) -> list[dict[str, Any]]:
 
 def write_dataset(suite: str, path: str | Path, split: str | None = None) -> Path:
     """Write :func:`dataset_rows` as the Parquet file SkyRL's trainer reads (``data.train_data=[path]``)."""
-    import pandas as pd
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(dataset_rows(suite, split)).to_parquet(path)
-    return path
+    return write_parquet(dataset_rows(suite, split), path)
 
 
 register()

@@ -37,6 +37,7 @@ from ..execution import Engine
 from ..make import make_env
 from ..messages import Message, to_hf
 from ..registry import resolve_tasks
+from . import write_parquet
 
 T = TypeVar("T")
 
@@ -171,10 +172,5 @@ def dataset_rows(suite: str, split: str | None = None) -> list[dict[str, Any]]:
 
 def write_dataset(suite: str, path: str | Path, split: str | None = None) -> Path:
     """Write :func:`dataset_rows` as the parquet file verl's trainer reads (``data.train_files=[path]``)."""
-    import pandas as pd
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(dataset_rows(suite, split)).to_parquet(path)
-    return path
+    return write_parquet(dataset_rows(suite, split), path)
 
