@@ -68,6 +68,10 @@ forked kernel's start)."""
 RESERVED_PREFIX = "_pyvision"
 
 
+LOAD_ATTEMPTS = 3
+"""Kernels a session tries in a row when each dies while its inputs load (see ``AsyncSession._new_kernel``)."""
+
+
 class InputError(ValueError):
     """An input image or value cannot be put into a kernel (the message names which and why)."""
 
@@ -316,13 +320,23 @@ class AsyncSession:
         return self
 
     async def _new_kernel(self) -> None:
-        kernel = await self.engine._acquire_kernel(self._images)
-        try:
-            await self._load_inputs(kernel)
-        except BaseException:
-            await self.engine._release_kernel(kernel)
-            raise
-        self._kernel = kernel
+        """A kernel with this session's inputs loaded. One that dies while they load — a spare whose factory has
+        just died, or a template's kernel killed with it — is replaced, up to :data:`LOAD_ATTEMPTS` kernels."""
+        for attempt in range(1, LOAD_ATTEMPTS + 1):
+            kernel = await self.engine._acquire_kernel(self._images)
+            try:
+                await self._load_inputs(kernel)
+            except KernelDiedError as died:
+                await self.engine._release_kernel(kernel)
+                if attempt == LOAD_ATTEMPTS:
+                    raise InputError(f"could not load the inputs into the kernel: KernelDied: {died} "
+                                     f"({LOAD_ATTEMPTS} kernels in a row)") from None
+                continue
+            except BaseException:
+                await self.engine._release_kernel(kernel)
+                raise
+            self._kernel = kernel
+            return
 
     async def _load_inputs(self, kernel: Kernel) -> None:
         code = f"_pyvision_seed({self.seed})"
@@ -335,6 +349,8 @@ class AsyncSession:
             code += (f"\n_pyvision_load_videos({json.dumps(json.dumps(videos))}, {json.dumps(VIDEO_READER_SOURCE)}, "
                      f"{json.dumps(options)})")
         outcome = await kernel.execute(code, self.limits, silent=True)
+        if outcome.result.status is CellStatus.CRASHED:
+            raise KernelDiedError(outcome.result.error_value)
         if not outcome.result.ok:
             raise InputError(f"could not load the inputs into the kernel: {outcome.result.error_name}: "
                              f"{outcome.result.error_value}")
