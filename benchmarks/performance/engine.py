@@ -53,8 +53,7 @@ import zmq.asyncio
 from jupyter_client.manager import AsyncKernelManager
 
 from pyvision_env.execution import AsyncEngine, AsyncSession, CellStatus, Engine, ExecutionLimits, Session
-from pyvision_env.execution.kernel import KERNEL_FLAGS
-from pyvision_env.execution.limits import DEFAULT_PRELOAD, SandboxConfig
+from pyvision_env.execution.limits import DEFAULT_PRELOAD, KERNEL_FLAGS, SandboxConfig
 from pyvision_env.reporting import save_figure
 
 from .report import (

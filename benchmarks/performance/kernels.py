@@ -9,7 +9,7 @@ and against a bare jupyter kernel, side by side in one run.
 2. 64 environments ready — a :class:`~pyvision_env.vector.PyVisionVectorEnv` of 64 sub-environments on an
    engine that is started (two spare kernels): ``reset()`` plus the first vector step, until every kernel ran
    its cell (goal: 4 s);
-3. memory per idle kernel — PSS summed over each kernel's processes (forked: holder, init and kernel;
+3. memory per idle kernel — PSS summed over each kernel's processes (forked: init and kernel;
    new interpreter: bubblewrap and the kernel) after a cell ran (goal: 25 MiB); the factory itself (once per
    engine) on its own row;
 4. a GRPO group — 8 sessions on one task with a 2000x1500 PNG, each running ``x = 1``: its kernels forked from
@@ -179,9 +179,9 @@ def _environments_ready(settings: Settings, directory: Path) -> dict[str, dict[s
 
 
 def _kernel_root(engine: Engine, kernel: Any) -> int:
-    """The process whose tree is the whole kernel: its holder (forked) or its bubblewrap (new interpreter)."""
+    """The process whose tree is the whole kernel: its init (forked) or its bubblewrap (new interpreter)."""
     if engine.status().start_method == "fork":
-        return psutil.Process(kernel.process.pid).parent().parent().pid
+        return psutil.Process(kernel.process.pid).parent().pid
     return kernel.process.pid
 
 

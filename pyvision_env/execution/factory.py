@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .limits import INPUT_IMAGES_CODE, ExecutionLimits, SandboxConfig
+from .limits import INPUT_IMAGES_CODE, KERNEL_FLAGS, ExecutionLimits, SandboxConfig
 from .sandbox import environment_options, host_view_options, kernel_environment, make_preexec, options_file
 
 FACTORY_SCRIPT = Path(__file__).with_name("factory_process.py")
@@ -102,7 +102,8 @@ class KernelFactory:
         self.starts += 1
         try:
             self._channel.send({"preload": list(self.config.preload), "setup": self.config.setup_code(),
-                                "input_loader": INPUT_IMAGES_CODE, "isolate": self.isolate})
+                                "flags": list(KERNEL_FLAGS), "input_loader": INPUT_IMAGES_CODE,
+                                "isolate": self.isolate})
             reply, _ = self._channel.receive(self.config.startup_timeout)
         except FactoryError:
             self.stop()
@@ -112,13 +113,13 @@ class KernelFactory:
             raise FactoryError(f"the kernel factory cannot fork kernels here: {reply.get('error')}")
         self.pid = int(reply["pid"])
 
-    def fork(self, kernel_dir: Path, connection_file: Path, limits: ExecutionLimits, flags: tuple[str, ...],
-             cgroup_fds: list[int], template: InputTemplate | None = None) -> ForkedProcess:
-        """A new kernel (its holder and kernel processes), forked by ``template`` when given (it dies with it),
+    def fork(self, kernel_dir: Path, connection_file: Path, limits: ExecutionLimits, cgroup_fds: list[int],
+             template: InputTemplate | None = None) -> ForkedProcess:
+        """A new kernel (its init and kernel processes), forked by ``template`` when given (it dies with it),
         else by the factory, which is started again first if it died."""
         env = kernel_environment(self.config, home=str(kernel_dir / "work"))
         request = {"kernel_dir": str(kernel_dir), "connection_file": str(connection_file), "env": env,
-                   "limits": dataclasses.asdict(limits), "flags": list(flags)}
+                   "limits": dataclasses.asdict(limits)}
         with self._lock:
             channel = template.channel if template is not None else self._running_channel()
             try:
@@ -130,7 +131,7 @@ class KernelFactory:
                 raise
         if not reply.get("ok"):
             raise FactoryError(f"the kernel factory could not fork a kernel: {reply.get('error')}")
-        return ForkedProcess(int(reply["holder"]), int(reply["kernel"]))
+        return ForkedProcess(int(reply["init"]), int(reply["kernel"]))
 
     def make_template(self, images: dict[str, str], directory: Path) -> InputTemplate:
         """An input template holding ``images`` (name -> path, in ``directory`` under the engine's, which the
@@ -274,18 +275,18 @@ def factory_sandbox_options(root: Path, config: SandboxConfig, env: dict[str, st
 
 
 class ForkedProcess:
-    """A forked kernel seen from the engine: the kernel and its holder, by pidfd (killing the holder ends the
-    kernel's namespace).
+    """A forked kernel seen from the engine: the kernel and its init, by pidfd (killing the init ends the kernel's
+    namespace).
 
     It answers like :class:`subprocess.Popen` (``pid``, ``poll``, ``kill``, ``wait``) although the engine is
     not its parent: a kernel that ended stays a zombie of its init, and its exit status is read from ``/proc``.
     """
 
-    def __init__(self, holder: int, kernel: int) -> None:
+    def __init__(self, init: int, kernel: int) -> None:
         self.pid = kernel
-        self.holder = holder
+        self.init = init
         self.pidfd: int | None = os.pidfd_open(kernel)
-        self._holder_fd: int | None = os.pidfd_open(holder)
+        self._init_fd: int | None = os.pidfd_open(init)
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
@@ -305,8 +306,8 @@ class ForkedProcess:
         return -signal.SIGKILL  # gone with its namespace: killed from outside
 
     def kill(self) -> None:
-        """SIGKILL the kernel and its holder (whose death ends the kernel's namespace)."""
-        for fd in (self.pidfd, self._holder_fd):
+        """SIGKILL the kernel and its init (whose death ends the kernel's namespace)."""
+        for fd in (self.pidfd, self._init_fd):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     signal.pidfd_send_signal(fd, signal.SIGKILL)
@@ -317,7 +318,7 @@ class ForkedProcess:
         return self.poll()  # type: ignore[return-value]
 
     def close(self) -> None:
-        for fd in (self.pidfd, self._holder_fd):
+        for fd in (self.pidfd, self._init_fd):
             if fd is not None:
                 os.close(fd)
-        self.pidfd = self._holder_fd = None
+        self.pidfd = self._init_fd = None

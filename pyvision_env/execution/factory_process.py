@@ -2,27 +2,29 @@
 
 The engine starts this file inside one bubblewrap sandbox (see :mod:`pyvision_env.execution.factory`) and talks
 to it over a Unix socket: a JSON line per request, the kernel's cgroup files passed as descriptors. Before it
-answers anything the factory imports what every kernel needs (ipykernel and IPython, the preload's modules) and
-freezes the garbage collector, so that forked kernels share those pages. It never opens a ZMQ context, a
+answers anything the factory imports what every kernel needs (ipykernel and IPython, the preload's modules),
+loads ipykernel's application configuration (command line, configuration files, profile) and freezes the garbage
+collector, so that forked kernels share those pages and skip that part of their start-up. It never opens a ZMQ context, a
 thread or a socket other than its control socket: each kernel makes its own after the fork.
 
-Each kernel is three processes:
+Each kernel is two processes:
 
-* the *holder*, forked from the factory: joins the kernel's cgroups, unshares its own mount, PID, IPC,
-  network and UTS namespaces, mounts its private ``/tmp``, ``/dev/shm`` and working directory (and hides the
-  other kernels' directories), forks the init, reports the kernel's pid, and then only waits (``sleep``) so that
-  the init dies with it and it dies with the factory (parent-death signals all along the chain);
-* the *init*, PID 1 of the kernel's namespace: mounts its ``/proc``, drops its capabilities, forks the kernel,
-  and then only waits (``sleep``, a few hundred KiB): the kernel, its child, stays a zombie when it ends, so its
-  exit status can be read from ``/proc``; the namespace ends when the engine kills the holder;
+* the *init*, forked from the factory as PID 1 of a new PID namespace: joins the kernel's cgroups, unshares its
+  own mount, IPC, network and UTS namespaces, mounts its private ``/tmp``, ``/dev/shm``, working directory and
+  ``/proc`` (and hides the other kernels' directories), drops its capabilities, forks the kernel, and then only
+  waits (``sleep``, a few hundred KiB): the kernel, its child, stays a zombie when it ends, so its exit status
+  can be read from ``/proc``; killing the init ends the namespace, and the init dies with the factory;
 * the *kernel*, PID 2: a new session, the kernel's resource limits, no capabilities, its own environment,
   then ipykernel's application started in process, which binds its sockets in the kernel's directory.
 
+Each of them is a fork of a process the size of the factory, which costs the machine a few milliseconds (its page
+tables are copied, and freed at ``exec`` or exit), so a kernel has no third process.
+
 Messages (JSON lines):
 
-* first ``{"preload": [...], "setup": source, "input_loader": source, "isolate": bool}`` -> ``{"ok": bool,
-  "error": ..., "pid": ...}``;
-* per kernel ``{"kernel_dir", "connection_file", "env", "limits", "flags"}`` -> ``{"ok": true, "holder": PID,
+* first ``{"preload": [...], "setup": source, "flags": [...], "input_loader": source, "isolate": bool}`` ->
+  ``{"ok": bool, "error": ..., "pid": ...}`` (``flags``: ipykernel's command line, less the connection file);
+* per kernel ``{"kernel_dir", "connection_file", "env", "limits"}`` -> ``{"ok": true, "init": PID,
   "kernel": PID}`` or ``{"ok": false, "error": "..."}``;
 * per input template ``{"op": "template", "images": {name: path}}`` -> ``{"ok": true, "pid": PID}`` with the
   template's socket attached; the template says first whether its images loaded, then answers kernel requests.
@@ -57,7 +59,8 @@ KERNEL_MODULES = (
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
-KERNEL_NAMESPACES = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
+INIT_NAMESPACES = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET
+"""What a kernel's init unshares for itself (it is forked into a new PID namespace)."""
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 MOUNT_FLAGS_OF_STATVFS = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
@@ -74,7 +77,7 @@ libc = ctypes.CDLL(None, use_errno=True)
 @dataclass(frozen=True)
 class Recipe:
     """What every kernel forked by this process gets: the compiled setup, its own namespaces (``isolate``), the
-    holder's ``sleep`` program, and input images already decoded (in an input template)."""
+    init's ``sleep`` program, and input images already decoded (in an input template)."""
 
     setup: CodeType
     isolate: bool
@@ -104,14 +107,16 @@ def set_process_name(name: bytes) -> None:
 
 # --- start-up -------------------------------------------------------------------------------------
 
-def warm_up(preload: list[str], setup: str) -> CodeType:
-    """Import what every kernel needs, run the preload statements once (in a scratch namespace), and compile the
-    kernels' setup (which each kernel runs in its own namespace)."""
+def warm_up(preload: list[str], setup: str, flags: list[str]) -> CodeType:
+    """Import what every kernel needs, configure ipykernel's application with ``flags``, run the preload
+    statements once (in a scratch namespace), and compile the kernels' setup (which each kernel runs in its own
+    namespace)."""
     for name in KERNEL_MODULES:
         try:
             __import__(name)
         except ImportError:
             pass  # optional (debugpy, psutil): the kernel imports it lazily, or does without
+    configure_application(flags)
     namespace: dict = {}
     for statement in preload:
         exec(compile(statement, "<preload>", "exec"), namespace)  # the engine's own configuration
@@ -121,6 +126,35 @@ def warm_up(preload: list[str], setup: str) -> CodeType:
     return code
 
 
+def configure_application(flags: list[str]) -> None:
+    """Do the part of ipykernel's start-up that is the same for every kernel and makes no thread or socket: parse
+    ``flags``, read the configuration files, set up the profile (shared by the forked kernels). Each kernel then
+    sets its connection file and runs the rest (:func:`start_configured_application`)."""
+    from ipykernel.kernelapp import IPKernelApp
+    from IPython.core.application import BaseIPythonApplication
+
+    BaseIPythonApplication.initialize(IPKernelApp.instance(), flags)
+
+
+def start_configured_application(connection_file: str, setup: CodeType, decoded_inputs: dict) -> None:
+    """In a kernel: ipykernel's application, configured in the factory, initialised for ``connection_file`` (its
+    sockets, threads, kernel and shell), the engine's setup run in the shell's namespace, and then served until
+    the kernel is shut down."""
+    from ipykernel.kernelapp import IPKernelApp
+    from IPython.core.application import BaseIPythonApplication
+
+    def configured(app: BaseIPythonApplication, argv: list[str] | None = None) -> None:
+        """Done once for all kernels, in the factory (:func:`configure_application`)."""
+
+    BaseIPythonApplication.initialize = configured  # what IPKernelApp.initialize calls first
+    app = IPKernelApp.instance()
+    app.connection_file = connection_file
+    app.initialize([])
+    exec(setup, app.shell.user_ns)  # the engine's own preload and helpers
+    app.shell.user_ns["_pyvision_decoded_inputs"] = dict(decoded_inputs)
+    app.start()
+
+
 def threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
@@ -128,14 +162,15 @@ def threads() -> int:
 def self_test(isolate: bool) -> str | None:
     """Fork once the way kernels are forked (namespaces and mounts when ``isolate``); the reason it fails."""
     read_end, write_end = os.pipe()
-    child = os.fork()
+    child = fork_into_new_pid_namespace() if isolate else os.fork()
     if child == 0:
         os.close(read_end)
         try:
             if isolate:
-                checked(libc.unshare(KERNEL_NAMESPACES), "unshare")
+                checked(libc.unshare(INIT_NAMESPACES), "unshare")
                 mount(None, "/", None, MS_REC | MS_PRIVATE)
                 mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m")
+                mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV)
                 bring_loopback_up()
             os.write(write_end, b"ok")
         except BaseException as exc:  # noqa: BLE001 - reported to the engine
@@ -158,61 +193,45 @@ def read_all(fd: int) -> bytes:
 # --- one kernel -----------------------------------------------------------------------------------
 
 def fork_kernel(request: dict, cgroup_fds: list[int], control: socket.socket, recipe: Recipe) -> dict:
-    """Fork the holder (which forks the init and the kernel); its report, or the error it hit."""
+    """Fork the kernel's init (in a new PID namespace when isolating), which forks the kernel; their pids, or the
+    error the init hit."""
     read_end, write_end = os.pipe()
-    holder = os.fork()
-    if holder == 0:
+    init = fork_into_new_pid_namespace() if recipe.isolate else os.fork()
+    if init == 0:
         try:
             os.close(read_end)
             control.close()
-            become_holder(request, cgroup_fds, write_end, recipe)
+            become_init(request, cgroup_fds, recipe, write_end)
         except BaseException:  # noqa: BLE001 - any failure ends this child with its message
-            os.write(write_end, json.dumps({"ok": False, "error": traceback.format_exc(limit=4)[-3000:]}).encode())
+            os.write(write_end, traceback.format_exc(limit=4)[-3000:].encode())
         os._exit(1)
     os.close(write_end)
     for fd in cgroup_fds:
         os.close(fd)
     answer = read_all(read_end)
+    if answer != b"k":
+        error = answer.decode("utf-8", "replace") or "the kernel's init died before it forked the kernel"
+        return {"ok": False, "error": error}
+    with open(f"/proc/{init}/task/{init}/children") as children:
+        kernel = int(children.read().split()[0])  # the kernel's pid as the engine sees it
+    return {"ok": True, "init": init, "kernel": kernel}
+
+
+def fork_into_new_pid_namespace() -> int:
+    """``os.fork()`` whose child is PID 1 of a new PID namespace; this process's later children stay in its own
+    namespace."""
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY)
     try:
-        return json.loads(answer)
-    except ValueError:
-        return {"ok": False, "error": f"the kernel's holder process died before it reported ({answer[:200]!r})"}
-
-
-def become_holder(request: dict, cgroup_fds: list[int], report: int, recipe: Recipe) -> None:
-    factory = os.getppid()
-    die_with_parent()
-    if os.getppid() != factory:
-        os._exit(1)
-    for fd in cgroup_fds:
-        os.write(fd, b"0")
-        os.close(fd)
-    kernel_dir = request["kernel_dir"]
-    if recipe.isolate:
-        checked(libc.unshare(KERNEL_NAMESPACES), "unshare")
-        private_mounts(kernel_dir, int(request["limits"]["disk_bytes"]))
-        checked(libc.sethostname(b"sandbox", 7), "sethostname")
-        bring_loopback_up()
-    forked_read, forked_write = os.pipe()
-    host_proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)  # the init mounts its namespace's /proc over it
-    init = os.fork()
-    if init == 0:
-        os.close(report)
-        os.close(forked_read)
-        os.close(host_proc)
-        become_init(request, recipe, forked_write)
-    os.close(forked_write)
-    if os.read(forked_read, 1) != b"k":
-        raise RuntimeError(f"the kernel's init failed (see {os.path.join(kernel_dir, 'kernel.log')})")
-    os.close(forked_read)
-    children = os.open(f"{init}/task/{init}/children", os.O_RDONLY, dir_fd=host_proc)
-    kernel = int(os.read(children, 64).split()[0])  # the kernel's pid as the engine sees it
-    os.close(children)
-    os.close(host_proc)
-    os.write(report, json.dumps({"ok": True, "holder": os.getpid(), "kernel": kernel}).encode())
-    os.close(report)
-    os.closerange(0, 3)  # nothing to say any more
-    wait_for_death(recipe.sleep)
+        checked(libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+        child = -1
+        try:
+            child = os.fork()
+        finally:
+            if child != 0:  # the factory (or the fork failed): back to forking into its own namespace
+                checked(libc.setns(own, CLONE_NEWPID), "setns(CLONE_NEWPID)")
+    finally:
+        os.close(own)
+    return child
 
 
 def wait_for_death(sleep: str | None) -> None:
@@ -262,31 +281,36 @@ def bring_loopback_up() -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
-def become_init(request: dict, recipe: Recipe, forked: int) -> None:
-    """PID 1 of the kernel's namespace: mount its ``/proc``, drop every capability, fork the kernel, say so on
-    ``forked``, and then only wait (as ``sleep``). The kernel stays its child: when the kernel ends it is kept as a
-    zombie, from which the engine reads its exit status, until the engine kills the holder and with it the
-    namespace."""
-    try:
-        die_with_parent()
-        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
-            signal.signal(number, signal.SIG_IGN)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # not ignored: the kernel's zombie must stay for its status
-        if recipe.isolate:
-            mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV)
-            drop_privileges()
-        kernel = os.fork()
-        if kernel == 0:
-            os.close(forked)
-            become_kernel(request, recipe)
-        os.write(forked, b"k")
-        os.close(forked)
-        os.closerange(0, 3)
-        wait_for_death(recipe.sleep)
-    except BaseException:  # noqa: BLE001
-        with open(os.path.join(request["kernel_dir"], "kernel.log"), "a") as f:
-            f.write(traceback.format_exc())
-        os._exit(1)
+def become_init(request: dict, cgroup_fds: list[int], recipe: Recipe, report: int) -> None:
+    """The kernel's init (PID 1 of its namespace when isolating): join the kernel's cgroups, isolate the
+    namespace, drop every capability, fork the kernel, say ``k`` on ``report``, and then only wait (as ``sleep``).
+    The kernel stays its child: when the kernel ends it is kept as a zombie, from which the engine reads its exit
+    status, until the engine kills the init and with it the namespace."""
+    parent = os.getppid()
+    die_with_parent()
+    if os.getppid() != parent:
+        os._exit(1)  # the factory is already gone
+    for fd in cgroup_fds:
+        os.write(fd, b"0")
+        os.close(fd)
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(number, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # not ignored: the kernel's zombie must stay for its status
+    if recipe.isolate:
+        checked(libc.unshare(INIT_NAMESPACES), "unshare")
+        private_mounts(request["kernel_dir"], int(request["limits"]["disk_bytes"]))
+        checked(libc.sethostname(b"sandbox", 7), "sethostname")
+        bring_loopback_up()
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV)
+        drop_privileges()
+    kernel = os.fork()
+    if kernel == 0:
+        os.close(report)
+        become_kernel(request, recipe)
+    os.write(report, b"k")
+    os.close(report)
+    os.closerange(0, 3)
+    wait_for_death(recipe.sleep)
 
 
 def become_kernel(request: dict, recipe: Recipe) -> None:
@@ -317,15 +341,9 @@ def become_kernel(request: dict, recipe: Recipe) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(os.path.join(kernel_dir, "work"))
-        sys.argv = ["ipykernel_launcher", "-f", request["connection_file"], *request["flags"]]
+        sys.argv = ["ipykernel_launcher", "-f", request["connection_file"]]
         reseed_random_state()
-        from ipykernel.kernelapp import IPKernelApp
-
-        app = IPKernelApp.instance()
-        app.initialize(sys.argv[1:])
-        exec(recipe.setup, app.shell.user_ns)  # the engine's own preload and helpers
-        app.shell.user_ns["_pyvision_decoded_inputs"] = dict(recipe.decoded_inputs)
-        app.start()
+        start_configured_application(request["connection_file"], recipe.setup, recipe.decoded_inputs)
     except BaseException:  # noqa: BLE001 - the engine reads the log tail when the kernel does not come up
         traceback.print_exc()
         sys.stderr.flush()
@@ -360,14 +378,14 @@ def serve(control: socket.socket) -> None:
     isolate = bool(config["isolate"])
     recipe, open_input = None, None
     try:
-        setup = warm_up(config["preload"], config["setup"])
+        setup = warm_up(config["preload"], config["setup"], config["flags"])
         open_input = source_function(config["input_loader"], "_pyvision_open_input")
         recipe = Recipe(setup, isolate, shutil.which("sleep"))
         failure = (f"the factory has {threads()} threads after its imports (a fork would copy them half-made)"
                    if threads() != 1 else self_test(isolate))
     except BaseException:  # noqa: BLE001
         failure = traceback.format_exc(limit=4)[-3000:]
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # holders and templates are reaped by the system
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # inits and templates are reaped by the system
     send(control, {"ok": failure is None, "error": failure, "pid": os.getpid()})
     if failure is None:
         serve_requests(control, recipe, open_input)

@@ -33,7 +33,7 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.connect import write_connection_file
 
 from .factory import FactoryError, ForkedProcess, InputTemplate, KernelFactory
-from .limits import ExecutionLimits, SandboxConfig
+from .limits import KERNEL_FLAGS, ExecutionLimits, SandboxConfig
 from .output import OutputCollector, PendingImage
 from .records import CellResult, CellStatus
 from .sandbox import Cgroup, CgroupManager, bubblewrap_options, kernel_environment, make_preexec, options_file
@@ -51,9 +51,6 @@ MAX_EXPRESSION_CHARS = 256 * 1024
 """Longer text forms of ``expressions`` are dropped (the kernel's code could make them any size)."""
 """Messages read from a socket at a time: a kernel that floods faster than they are read must not keep the
 loop from its deadline, budget and death checks (nor from other sessions)."""
-
-KERNEL_FLAGS = ("--HistoryManager.enabled=False", "--InteractiveShell.colors=nocolor",
-                "--IPKernelApp.log_level=ERROR", "--Application.log_level=ERROR")
 
 
 class KernelStartError(RuntimeError):
@@ -80,8 +77,7 @@ def _launch(command: list[str], env: dict[str, str], directory: Path, limits: Ex
     log = open(directory / "kernel.log", "wb")  # noqa: SIM115 - handed to the child
     try:
         if factory is not None:
-            return factory.fork(directory, directory / "kernel.json", limits, KERNEL_FLAGS, cgroup_fds,
-                                template), cgroup
+            return factory.fork(directory, directory / "kernel.json", limits, cgroup_fds, template), cgroup
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
             cwd=str(directory / "work"), start_new_session=True, close_fds=True,

@@ -27,6 +27,9 @@ from ..deprecation import renamed_keywords
 
 KERNEL_SIDE_CODE = (Path(__file__).with_name("kernel_side.py")).read_text()
 INPUT_IMAGES_CODE = (Path(__file__).with_name("input_images.py")).read_text()
+KERNEL_FLAGS = ("--HistoryManager.enabled=False", "--InteractiveShell.colors=nocolor",
+                "--IPKernelApp.log_level=ERROR", "--Application.log_level=ERROR")
+"""ipykernel's command-line options for every kernel, started as a new interpreter or forked."""
 MiB = 1 << 20
 GiB = 1 << 30
 
