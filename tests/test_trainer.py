@@ -655,6 +655,24 @@ def test_lora_keeps_frozen_weights_in_the_compute_dtype_and_adapters_in_float32(
     assert graded == {name for name in dtypes if ".lora_" in name}
 
 
+def test_lora_reads_the_weights_in_the_compute_dtype_and_a_model_without_weights_is_on_the_meta_device(model_dir):
+    """LoRA's frozen weights are read straight in bfloat16 (no float32 copy): the float32 weights, rounded. A
+    model built with ``weights=False`` (a sharded model's, before rank 0's weights come) has the same
+    parameters, names, shapes and dtypes, on the meta device."""
+    config = ModelConfig(path=str(model_dir), dtype="bfloat16", lora_rank=4)
+    full = load_policy(ModelConfig(path=str(model_dir))).model.state_dict()
+    lora = dict(load_policy(config).model.named_parameters())
+    frozen = {name: value for name, value in lora.items() if ".lora_" not in name}
+    assert all(torch.equal(value, full[name.replace(".base_layer", "")].to(torch.bfloat16))
+               for name, value in frozen.items())
+    for model_config in (config, ModelConfig(path=str(model_dir))):
+        loaded = dict(load_policy(model_config).model.named_parameters())
+        empty = dict(load_policy(model_config, weights=False).model.named_parameters())
+        assert empty.keys() == loaded.keys() and all(value.is_meta for value in empty.values())
+        assert all((empty[name].shape, empty[name].dtype, empty[name].requires_grad)
+                   == (value.shape, value.dtype, value.requires_grad) for name, value in loaded.items())
+
+
 @pytest.mark.parametrize("freeze_vision", [True, False])
 def test_lora_trains_only_the_adapters(tmp_path, model_dir, freeze_vision):
     """Two updates with LoRA and a KL term (the reference: the adapters off): every adapter weight moves and

@@ -9,6 +9,8 @@ own ``--nnodes`` / ``--rdzv-endpoint`` with the same command.
   reduced in float32 over float32 master weights. Every forward runs the vision tower — on a blank image, its
   features multiplied by zero, when the batch holds no image — so that all ranks gather the same weights in the
   same order whatever their batches hold (a text-only batch on one rank would otherwise hang the others).
+* :func:`load_from_main` — a sharded model built on the meta device gets the weights that rank 0 alone read:
+  a node reads the checkpoint once, and only rank 0 holds it whole (in CPU memory), never a GPU.
 * :func:`full_state_dict` — the whole weights on rank 0, for export; :func:`gathered` — one whole tensor on
   every rank, for the generation engines (:meth:`~trainers.modeling.PolicyModel.plain_weights`).
 * :func:`spread` — which rank trains which trajectory: token budgets balanced, as few trajectories moved as
@@ -183,6 +185,34 @@ def shard_model(model: Any, ranks: Ranks, compute_dtype: str, blank_image: Mappi
     fully_shard(model, **settings)
     if blank_image is not None:
         _run_vision_tower_in_every_forward(model, blank_image)
+
+
+def load_from_main(model: Any, source: Any | None, ranks: Ranks) -> None:
+    """Fill ``model``, sharded by :func:`shard_model` while still on the meta device, with the weights of
+    ``source``: the same model, read by the main rank alone (None on the others). Parameters are broadcast from
+    rank 0 and each rank keeps its shard; buffers (those not saved too, such as rotary frequencies) are copied
+    whole. Every rank must call it at the same point.
+
+    Example (every rank)::
+
+        policy = load_policy(config.model, device=ranks.device, weights=False)   # on the meta device
+        shard_model(policy.model, ranks, "bfloat16", blank)
+        load_from_main(policy.model, load_policy(config.model, "cpu").model if ranks.is_main else None, ranks)
+    """
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if ranks.is_main and hasattr(source, "_weight_conversions"):
+        model._weight_conversions = source._weight_conversions  # transformers saves under the names it read
+    model.to_empty(device=ranks.device)
+    state = source.state_dict() if ranks.is_main else {}
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    ranks._collective(set_model_state_dict, model, state, options=options)
+    buffers = dict(source.named_buffers()) if ranks.is_main else {}
+    for name, buffer in model.named_buffers():
+        if ranks.is_main:
+            buffer.copy_(buffers[name])
+        ranks._collective(dist.broadcast, buffer, src=0, group=ranks.group)
 
 
 def _run_vision_tower_in_every_forward(model: Any, blank_image: Mapping[str, Any]) -> None:

@@ -54,7 +54,7 @@ from pyvision_env.vector import PyVisionVectorEnv
 from .backends import GenerationBackend, HFBackend, PixelCache, VLLMBackend
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import GRPOConfig, code_markers
-from .distributed import Ranks, model_class, shard_model, spread, state_bytes_per_parameter
+from .distributed import Ranks, load_from_main, model_class, shard_model, spread, state_bytes_per_parameter
 from .lora import adapters_off
 from .metrics import CollapseAlarm, MetricsLogger, plot_run
 from .modeling import PolicyModel, load_policy, make_optimizer, start_run
@@ -203,7 +203,8 @@ class GRPOTrainer:
             raise ValueError("distributed.offload keeps the shards of a sharded model in CPU memory: it needs "
                              "several processes (pyvision train --nproc N, or torchrun)")
         self.run_dir = start_run(config, self.ranks.rank)
-        self.policy = load_policy(config.model, device=self.ranks.device)
+        self.policy = load_policy(config.model, device=self.ranks.device, weights=self.ranks.size == 1)
+        """Several ranks build the model on the meta device, shard it, and then get rank 0's weights."""
         self.engine_sleeps = engine_sleeps(config, self.policy.device)
         """The generation engine releases its memory during updates (``rollout.engine_sleep``)."""
         self.chat = self.policy.chat
@@ -220,9 +221,13 @@ class GRPOTrainer:
                 config.model.path, dtype=compute_dtype).to(self.policy.device).eval().requires_grad_(False)
         if self.ranks.size > 1:
             blank = blank_image(self.policy)
+            # only rank 0 reads the weights (in CPU memory; the start-up canary runs on them there)
+            source = load_policy(config.model, device="cpu").model if self.ranks.is_main else None
             for model in (self.policy.model, self.reference):
                 if model is not None:
                     shard_model(model, self.ranks, self.policy.compute_dtype, blank, config.distributed.offload)
+                    load_from_main(model, source, self.ranks)
+            del source
             self.policy.sharded = True
         self.optimizer, self.scheduler = make_optimizer(self.policy, algorithm.lr, algorithm.weight_decay,
                                                         algorithm.warmup_steps)

@@ -29,11 +29,12 @@ ADAPTER_MARK = ".lora_"
 
 
 def add_adapters(model: Any, rank: int, alpha: float, targets: str, train_vision: bool,
-                 frozen_dtype: Any = None, seed: int = 0) -> None:
+                 frozen_dtype: Any = None, adapter_dtype: Any = None, seed: int = 0) -> None:
     """Inject LoRA adapters of ``rank`` into ``model`` in place (its class stays the same) and freeze everything
-    else; frozen weights are cast to ``frozen_dtype`` when given. ``targets``: peft's ``target_modules`` (a regex
-    or ``all-linear``). The adapters' random start depends on ``seed`` only, so that data-parallel ranks (whose
-    generators differ) build the same adapters."""
+    else; frozen weights are cast to ``frozen_dtype`` and adapters to ``adapter_dtype`` when given (peft makes
+    them in their layer's dtype). ``targets``: peft's ``target_modules`` (a regex or ``all-linear``). The
+    adapters' random start depends on ``seed`` only, so that data-parallel ranks (whose generators differ) build
+    the same adapters."""
     import torch
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -47,8 +48,9 @@ def add_adapters(model: Any, rank: int, alpha: float, targets: str, train_vision
     for name, parameter in model.named_parameters():
         trainable = ADAPTER_MARK in name
         parameter.requires_grad_(trainable)
-        if not trainable and frozen_dtype is not None:
-            parameter.data = parameter.data.to(frozen_dtype)
+        cast = adapter_dtype if trainable else frozen_dtype
+        if cast is not None:
+            parameter.data = parameter.data.to(cast)
     if not has_adapters(model):
         raise ValueError(f"model.lora_targets {targets!r} matched no layer of {type(model).__name__}")
 

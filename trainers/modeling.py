@@ -76,12 +76,17 @@ class PolicyModel:
             yield name, value.to(dtype) if dtype is not None and value.is_floating_point() else value
 
 
-def load_policy(config: ModelConfig, device: str | None = None) -> PolicyModel:
+def load_policy(config: ModelConfig, device: str | None = None, weights: bool = True) -> PolicyModel:
     """The model, tokenizer and image processor of ``config.path`` in training mode, on ``device`` (default:
     ``config.device``); the chat template is checked for token-in / token-out use
-    (:meth:`ChatTokenizer.check_template`)."""
+    (:meth:`ChatTokenizer.check_template`).
+
+    The weights are read in ``model.master_dtype``, or with LoRA straight in the compute dtype (they stay frozen
+    in it: no float32 copy of a 7B model is ever made). ``weights=False`` builds the same model on the meta
+    device, with nothing read and no memory taken: a sharded model whose weights the main rank sends
+    (:func:`~trainers.distributed.load_from_main`); the start-up canary is then the caller's to run."""
     import torch
-    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
     from agents.hf import ModelLoadError, takes_token_types
 
@@ -97,7 +102,12 @@ def load_policy(config: ModelConfig, device: str | None = None) -> PolicyModel:
     for name, value in (("model.dtype", dtype), ("model.master_dtype", config.master_dtype)):
         if value not in DTYPES:
             raise ValueError(f"{name} must be one of {', '.join(DTYPES)} (or auto for model.dtype), got {value!r}")
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, config.master_dtype)).to(device)
+    stored_dtype = getattr(torch, dtype if config.lora_rank else config.master_dtype)
+    if weights:
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=stored_dtype).to(device)
+    else:
+        with torch.device("meta"):
+            model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(path), dtype=stored_dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
     image_processor = AutoImageProcessor.from_pretrained(path)
     if not getattr(tokenizer, "chat_template", None):
@@ -113,7 +123,8 @@ def load_policy(config: ModelConfig, device: str | None = None) -> PolicyModel:
         from .lora import add_adapters
 
         add_adapters(model, config.lora_rank, config.lora_alpha, config.lora_targets,
-                     train_vision=not config.freeze_vision, frozen_dtype=getattr(torch, dtype))
+                     train_vision=not config.freeze_vision, frozen_dtype=getattr(torch, dtype),
+                     adapter_dtype=getattr(torch, config.master_dtype))
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         if config.lora_rank:  # the frozen embeddings' outputs must carry gradients into checkpointed layers
@@ -121,7 +132,8 @@ def load_policy(config: ModelConfig, device: str | None = None) -> PolicyModel:
     model.train()
     policy = PolicyModel(model, chat, device, dtype,
                          lora_scaling=config.lora_alpha / config.lora_rank if config.lora_rank else None)
-    check_sees_pixels(policy)
+    if weights:
+        check_sees_pixels(policy)
     return policy
 
 
