@@ -1,7 +1,7 @@
 """Kernels in milliseconds: a factory process that imports once and forks every kernel.
 
 Starting a kernel the usual way (a new interpreter that imports ipykernel, numpy, PIL and matplotlib) costs
-about 0.6 CPU-seconds per episode; a kernel forked from a process that already holds those imports about 0.08,
+about 0.6 CPU-seconds per episode; a kernel forked from a process that already holds those imports about 0.06,
 and it shares the imported pages (``python -m benchmarks --only kernels`` measures both). :class:`KernelFactory` starts that process (the code is in
 ``factory_process.py``) inside one bubblewrap sandbox that may create namespaces, and asks it for kernels; each
 kernel then unshares its own mount, PID, IPC, network and UTS namespaces and mounts its private directories
