@@ -2,10 +2,11 @@
 
 Starting a kernel the usual way (a new interpreter that imports ipykernel, numpy, PIL and matplotlib) costs
 about 0.6 CPU-seconds per episode; a kernel forked from a process that already holds those imports about 0.06,
-and it shares the imported pages (``python -m benchmarks --only kernels`` measures both). :class:`KernelFactory` starts that process (the code is in
-``factory_process.py``) inside one bubblewrap sandbox that may create namespaces, and asks it for kernels; each
-kernel then unshares its own mount, PID, IPC, network and UTS namespaces and mounts its private directories
-before any model code runs (the isolation is the same as a kernel started in a sandbox of its own).
+and it shares the imported pages (``python -m benchmarks --only kernels`` measures both). :class:`KernelFactory`
+starts that process (the code is in ``factory_process.py``) inside one bubblewrap sandbox that may create
+namespaces, and asks it for kernels; each kernel gets its own mount, PID, IPC, network and UTS namespaces and
+its private directories before any model code runs (the isolation is the same as a kernel started in a sandbox
+of its own).
 
 A factory that dies is started again on the next request (the kernels it forked die with it: their episodes
 see "state lost" and go on in fresh kernels). Where the factory cannot work (no namespaces for it, a thread

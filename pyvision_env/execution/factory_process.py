@@ -4,8 +4,8 @@ The engine starts this file inside one bubblewrap sandbox (see :mod:`pyvision_en
 to it over a Unix socket: a JSON line per request, the kernel's cgroup files passed as descriptors. Before it
 answers anything the factory imports what every kernel needs (ipykernel and IPython, the preload's modules),
 loads ipykernel's application configuration (command line, configuration files, profile) and freezes the garbage
-collector, so that forked kernels share those pages and skip that part of their start-up. It never opens a ZMQ context, a
-thread or a socket other than its control socket: each kernel makes its own after the fork.
+collector, so that forked kernels share those pages and skip that part of their start-up. It never opens a ZMQ
+context, a thread or a socket other than its control socket: each kernel makes its own after the fork.
 
 Each kernel is two processes:
 
