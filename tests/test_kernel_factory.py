@@ -46,6 +46,8 @@ def test_the_engine_forks_and_says_so(forked):
     with forked.session(values={"n": 4}) as s:
         result = s.run("print(n * 2, os.getcwd().endswith('/work'))")
         assert result.ok and result.stdout == "8 True\n", result.summary()
+        result = s.run("import sys\nprint(sys.modules.get('debugpy'), hasattr(get_ipython().kernel, 'debugger'))")
+        assert result.stdout == "None False\n", result.summary()  # no debugger: the factory never imports debugpy
         kernel = psutil.Process(s.kernel_pid)
         init = kernel.parent()
         assert kernel.name() == "pyvision-kernel" and init.name() == "sleep"

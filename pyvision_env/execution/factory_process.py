@@ -111,11 +111,12 @@ def warm_up(preload: list[str], setup: str, flags: list[str]) -> CodeType:
     """Import what every kernel needs, configure ipykernel's application with ``flags``, run the preload
     statements once (in a scratch namespace), and compile the kernels' setup (which each kernel runs in its own
     namespace)."""
+    sys.modules["debugpy"] = None  # kernels have no debugger: ipykernel makes none, and every fork is smaller
     for name in KERNEL_MODULES:
         try:
             __import__(name)
         except ImportError:
-            pass  # optional (debugpy, psutil): the kernel imports it lazily, or does without
+            pass  # optional (psutil): the kernel does without
     configure_application(flags)
     namespace: dict = {}
     for statement in preload:
