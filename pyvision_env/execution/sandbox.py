@@ -77,7 +77,10 @@ class Cgroup:
         return found
 
     def kill_all(self) -> None:
-        """SIGKILL every process in the cgroup (escaped daemons included)."""
+        """SIGKILL every process in the cgroup (escaped daemons included). Without ``cgroup.kill`` (cgroup v1) the
+        listing is read again until it shows no process that was not already killed: a process forked before the
+        kill is then in it, and a killed one can fork no more (killed processes stay listed until they are gone,
+        which :meth:`wait_empty` waits for)."""
         for d in self.dirs:
             kill_file = d / "cgroup.kill"
             if kill_file.exists():
@@ -86,8 +89,9 @@ class Cgroup:
                     continue
                 except OSError:
                     pass
+        killed: set[int] = set()
         for _ in range(50):
-            pids = self.pids()
+            pids = self.pids() - killed
             if not pids:
                 return
             for pid in pids:
@@ -95,6 +99,7 @@ class Cgroup:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+            killed |= pids
 
     def wait_empty(self, timeout: float) -> None:
         """Wait until killed processes are gone (the namespace's init reaps them a moment after the kill)."""
