@@ -36,9 +36,17 @@ class ModelLoadError(RuntimeError):
     """A model folder or name cannot be loaded (missing, not a model, no chat template)."""
 
 
+NEUTRAL_GENERATION = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "typical_p": 1.0, "epsilon_cutoff": 0.0,
+                      "eta_cutoff": 0.0, "min_new_tokens": 0}
+"""What a model's ``generation_config.json`` may set that reshapes the distribution (Qwen2.5-VL's sets a
+repetition penalty of 1.05, for one), set to no effect: transformers fills every unset option from that file."""
+
+
 @dataclass
 class Sampling:
-    """Sampling parameters of a generation (``temperature`` 0: greedy)."""
+    """Sampling parameters of a generation (``temperature`` 0: greedy). ``top_k`` 0 keeps every token, as in
+    vLLM (-1 there). Only these shape a generation: the model's own ``generation_config.json`` does not, so the
+    HF and vLLM backends sample from the same distribution (:data:`NEUTRAL_GENERATION`)."""
 
     max_new_tokens: int = 512
     temperature: float = 1.0
@@ -48,9 +56,14 @@ class Sampling:
     """Generation stops after any of these strings (kept in the output, as vLLM's ``include_stop_str``)."""
 
     def generate_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
+        """``generate`` arguments. transformers reads an unset ``top_k`` as 50, so 0 is passed as 0 (off).
+
+        >>> [Sampling(temperature=0.7, top_k=k).generate_kwargs()["top_k"] for k in (0, 5)]
+        [0, 5]
+        """
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, **NEUTRAL_GENERATION}
         if self.temperature > 0:
-            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None)
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs

@@ -641,6 +641,27 @@ def test_staleness_needs_an_engine_with_weights_of_its_own(tmp_path, model_dir):
         GRPOTrainer(config, backend=HFBackend(load_policy(config.model).model, load_policy(config.model).chat))
 
 
+def test_hf_sampling_is_shaped_by_sampling_alone_not_by_the_models_generation_config(model_dir):
+    """A model's generation_config.json that sets a repetition penalty, n-gram blocking, top-k 1 and typical-p
+    changes nothing: greedy generation is the argmax of the model's own logits at every step, as vLLM's would
+    be. And top_k 0 samples among all tokens (transformers reads an unset top_k as 50)."""
+    policy = load_policy(ModelConfig(path=str(model_dir)))
+    model, chat = policy.model, policy.chat
+    model.generation_config.update(repetition_penalty=100.0, no_repeat_ngram_size=1, top_k=1, typical_p=0.2)
+    prompt = chat.prompt([Message.text("user", "How many red squares are in the image?")])
+    (greedy,) = HFBackend(model, chat).generate([prompt], Sampling(max_new_tokens=16, temperature=0.0))
+    ids = torch.tensor([prompt.ids + greedy.ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids, **chat.token_type_inputs(ids)).logits[0, len(prompt.ids) - 1:-1]
+    logits[:, list(chat.never_sampled)] = float("-inf")
+    assert greedy.ids == logits.argmax(-1).tolist()
+    assert len(set(greedy.ids)) < len(greedy.ids)  # it repeats tokens: n-gram blocking would have changed it
+    torch.manual_seed(0)
+    first = [s.ids[0] for s in HFBackend(model, chat).generate([prompt] * 64, Sampling(max_new_tokens=1))]
+    ranks = (logits[0] > logits[0, first].unsqueeze(-1)).sum(-1)  # how many tokens are likelier than each draw
+    assert int(ranks.max()) >= 50, sorted(ranks.tolist())
+
+
 def test_lora_keeps_frozen_weights_in_the_compute_dtype_and_adapters_in_float32(model_dir):
     policy = load_policy(ModelConfig(path=str(model_dir), dtype="bfloat16", lora_rank=4))
     dtypes = {name: p.dtype for name, p in policy.model.named_parameters()}

@@ -105,6 +105,8 @@ class RolloutConfig:
     """Tokens per episode (prompt, responses, observations and image tokens)."""
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0
+    """Sample among the ``top_k`` most likely tokens only (0: all of them), with either backend."""
     max_batch: int = 64
     """Generation requests per batch."""
     staleness: int = 0

@@ -242,7 +242,7 @@ class GRPOTrainer:
         self.backend = backend or self._make_backend(generation_copy)
         rollout = config.rollout
         self.sampling = Sampling(max_new_tokens=rollout.max_new_tokens, temperature=rollout.temperature,
-                                 top_p=rollout.top_p)
+                                 top_p=rollout.top_p, top_k=rollout.top_k)
         self.collector = RolloutCollector(self.train_envs, self.backend, self.chat, self.sampling,
                                           rollout.max_length, rollout.max_batch, self.pool.episode_attempts)
         self.eval_collector = (RolloutCollector(self.eval_envs, self.backend, self.chat, self.sampling,
