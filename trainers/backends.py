@@ -129,6 +129,46 @@ def inside_code(text: str, opening: str, closing: str) -> bool:
     return end(opening) > end(closing)
 
 
+class SampledLogProbs:
+    """A ``generate`` logits processor, first in the list: it keeps the log-prob of each sampled token under
+    ``softmax(logits / temperature)`` of the model's own logits (what the trainer recomputes), then masks the
+    tokens that must never be sampled. Only one step's log-probs are held at a time: ``output_logits`` would keep
+    every step's full-vocabulary logits (64 responses of 512 tokens with Qwen2.5-VL's 152K vocabulary: 20 GB).
+
+    >>> import torch
+    >>> record = SampledLogProbs(temperature=1.0, never_sampled=[3])
+    >>> masked = record(torch.tensor([[5]]), torch.zeros(1, 4))     # step 1: four equally likely tokens
+    >>> _ = record(torch.tensor([[5, 2]]), torch.zeros(1, 4))        # step 2 (token 2 was sampled)
+    >>> masked[0, 3].item(), record.logprobs(torch.tensor([[2, 0]])).exp().tolist()
+    (-inf, [[0.25, 0.25]])
+    """
+
+    def __init__(self, temperature: float, never_sampled: Sequence[int]) -> None:
+        self.temperature = temperature if temperature > 0 else 1.0
+        self.never_sampled = list(never_sampled)
+        self._steps: list[Any] = []
+        """Each earlier step's sampled-token log-probs (one per row)."""
+        self._last: Any = None
+        """The last step's log-probs over the vocabulary (its token is known only at the next step)."""
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if self._last is not None:
+            self._steps.append(self._last.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self._last = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        if self.never_sampled:
+            scores = scores.index_fill(-1, torch.tensor(self.never_sampled, device=scores.device), float("-inf"))
+        return scores
+
+    def logprobs(self, new_tokens: Any) -> Any:
+        """``[rows, steps]`` log-probs of the generated ``new_tokens`` (``[rows, steps]``), once generation ended."""
+        import torch
+
+        last = self._last.gather(-1, new_tokens[:, -1:].to(self._last.device)).squeeze(-1)
+        return torch.stack([*self._steps, last], dim=1).cpu()
+
+
 class GreedyInsideCode:
     """A ``generate`` logits processor for Thyme's GRPO-ATS: in each row whose response so far is inside a code
     block (:func:`inside_code`, on the response decoded token by token), every token but the most likely one is
@@ -205,23 +245,23 @@ class HFBackend(GenerationBackend):
         extra = self.pixels([image for prompt in prompts for image in prompt.images])
         inputs = {"input_ids": input_ids, "attention_mask": attention, **extra,
                   **self.chat.token_type_inputs(input_ids)}
-        processors = []
+        record = SampledLogProbs(sampling.temperature, self.chat.never_sampled)
+        processors = [record]
         if self.greedy_between and sampling.temperature > 0:
             processors.append(GreedyInsideCode(self.chat.decode, self.greedy_between, longest))
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad(), self.autocast():
-                out = self.model.generate(**{k: v.to(device) for k, v in inputs.items()},
-                                          **sampling.generate_kwargs(), suppress_tokens=self.chat.never_sampled,
-                                          logits_processor=LogitsProcessorList(processors),
-                                          output_logits=True,
-                                          return_dict_in_generate=True, eos_token_id=self.chat.end_token_id,
-                                          pad_token_id=self.chat.pad_token_id)
+                sequences = self.model.generate(**{k: v.to(device) for k, v in inputs.items()},
+                                                **sampling.generate_kwargs(),
+                                                logits_processor=LogitsProcessorList(processors),
+                                                eos_token_id=self.chat.end_token_id,
+                                                pad_token_id=self.chat.pad_token_id)
         finally:
             self.model.train(was_training)
-        new = out.sequences[:, longest:].cpu()
-        logprobs = token_logprobs(torch.stack(out.logits, dim=1).cpu(), new, sampling.temperature)
+        new = sequences[:, longest:].cpu()
+        logprobs = record.logprobs(new)
         results = []
         for row in range(len(prompts)):
             ids = new[row].tolist()
