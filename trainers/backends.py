@@ -146,6 +146,8 @@ class SampledLogProbs:
     def __init__(self, temperature: float, never_sampled: Sequence[int]) -> None:
         self.temperature = temperature if temperature > 0 else 1.0
         self.never_sampled = list(never_sampled)
+        self._never: Any = None
+        """``never_sampled`` as a tensor on the scores' device (made at the first step)."""
         self._steps: list[Any] = []
         """Each earlier step's sampled-token log-probs (one per row)."""
         self._last: Any = None
@@ -158,7 +160,9 @@ class SampledLogProbs:
             self._steps.append(self._last.gather(-1, input_ids[:, -1:]).squeeze(-1))
         self._last = torch.log_softmax(scores.float() / self.temperature, dim=-1)
         if self.never_sampled:
-            scores = scores.index_fill(-1, torch.tensor(self.never_sampled, device=scores.device), float("-inf"))
+            if self._never is None:
+                self._never = torch.tensor(self.never_sampled, device=scores.device)
+            scores = scores.index_fill(-1, self._never, float("-inf"))
         return scores
 
     def logprobs(self, new_tokens: Any) -> Any:
