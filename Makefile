@@ -105,7 +105,7 @@ $(STAMP): setup.cfg pyproject.toml $(STAMP_FORCE)
 
 install: system-deps $(STAMP) ## Install system deps and the dev venv (.venv)
 
-demo: install ## Run the main job: the CPU training demo (tiny VLM, SFT, RL with the tool reward; about 11 min) into runs/demo
+demo: install ## Run the main job: the CPU training demo (tiny VLM, SFT, RL with the tool reward; about a minute) into runs/demo
 	$(VENV)/bin/pyvision train-demo --out runs/demo
 
 test: install ## Run the fast test suite (not marked slow)

@@ -18,7 +18,7 @@ that the tool pays — learned from the reward, nothing is scripted into the RL 
 
 Example::
 
-    run_demo(Path("runs/demo"))          # about 11 minutes on 2 CPU cores
+    run_demo(Path("runs/demo"))          # about a minute on 2 CPU cores
 """
 
 from __future__ import annotations
