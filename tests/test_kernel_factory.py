@@ -172,7 +172,7 @@ def test_five_hundred_episodes_leave_nothing_behind():
             return [p for p in factory.children(recursive=True) if p.name() == name]
 
         assert wait_until(lambda: len(forked_by_this_factory("pyvision-kernel")) == 2, timeout=10)
-        assert len(forked_by_this_factory("sleep")) == 2  # an init per kernel
+        assert wait_until(lambda: len(forked_by_this_factory("sleep")) == 2, timeout=10)  # an init per kernel
         assert len(list(root.glob("k-*"))) == 2
         cgroups = eng.core._cgroups
         parents = cgroups.parents if cgroups is not None else ()
