@@ -285,7 +285,6 @@ class ForkedProcess:
 
     def __init__(self, init: int, kernel: int) -> None:
         self.pid = kernel
-        self.init = init
         self.pidfd: int | None = os.pidfd_open(kernel)
         self._init_fd: int | None = os.pidfd_open(init)
         self.returncode: int | None = None
