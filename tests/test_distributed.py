@@ -195,3 +195,35 @@ def test_each_rank_plays_its_share_on_ray_actors_of_its_own(tmp_path, model_dir)
     assert row["trained_trajectories"] == 6 and 0 < row["tool_calls"] < 1
     assert row["accuracy"] == pytest.approx(row["tool_calls"])
 
+
+
+def test_ranks_sharing_an_engine_generate_in_lockstep(tmp_path, model_dir):
+    """Four ranks, two blocks of two sharing an engine each (``tests/distributed_shared_engine.py``): every rank
+    gets the results of its own prompts, the two ranks of a block make the same engine calls (prompts of the same
+    sampling together, in rank order), a refused request fails only its sender, and ranks that play different
+    numbers of episodes (one none) all finish."""
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4",
+                          str(ROOT / "tests" / "distributed_shared_engine.py"), str(model_dir), str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-5000:]
+    found = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(4)]
+    direct = [rank["direct"] for rank in found]
+    # block 0: rank 0 samples one prompt while rank 1 asks greedily for two: two calls in that round; then rank 1's
+    # last prompt alone while rank 0 waits with nothing
+    assert direct[0]["calls"] == direct[1]["calls"] == [[1, 1.0], [2, 0.0], [1, 0.0]]
+    assert direct[2]["calls"] == direct[3]["calls"] == [[1, 0.0], [1, 0.0], [1, 0.0]]  # rank 2 asks nothing
+    assert [d["rounds"] for d in direct] == [2, 2, 3, 3]
+    assert direct[0]["got"] == [{"ids": direct[0]["got"][0]["ids"], "alone": None, "lengths": [
+        len(direct[0]["got"][0]["ids"][0])]}] and len(direct[0]["got"][0]["ids"][0]) > 0
+    for rank in (1, 3):
+        answered = [got for got in direct[rank]["got"] if "ids" in got]
+        assert answered and all(got["ids"] == got["alone"] for got in answered), direct[rank]["got"]
+    assert direct[3]["got"][1] == {"error": "IndexError"}  # the refused request, between two answered ones
+    played = [rank["played"] for rank in found]
+    assert [len(p["episodes"]) for p in played] == [3, 0, 1, 2]
+    episodes = [episode for p in played for episode in p["episodes"]]
+    # a tool user answers what the tool printed for its own question: right only if it got its own responses
+    assert all(reason == "answered" and correct == (tool_calls > 0) for reason, correct, tool_calls in episodes), played
+    assert sum(tool_calls > 0 for _, _, tool_calls in episodes) >= 2
+    assert played[0]["calls"] == played[1]["calls"] and played[2]["calls"] == played[3]["calls"]
+    assert played[0]["rounds"] == played[1]["rounds"] > 0 and played[2]["rounds"] == played[3]["rounds"] > 0

@@ -27,7 +27,7 @@ from pyvision_env.vector import PyVisionVectorEnv
 from trainers.backends import GenerationBackend, HFBackend, PixelCache, Sampled
 from trainers.checkpoint import latest_checkpoint
 from trainers.config import ConfigError, GRPOConfig, ModelConfig, SFTConfig, load_config, to_dict
-from trainers.grpo import GRPOTrainer, TaskSampler, importance_cap, rollout_groups
+from trainers.grpo import GRPOTrainer, TaskSampler, engine_shards, importance_cap, rollout_groups
 from trainers.modeling import check_sees_pixels, load_policy, make_optimizer
 from trainers.objective import MODEL_INPUTS, collate, grpo_loss, pack, rows, sequence_logprobs
 from trainers.ofr import OFRSelector
@@ -824,3 +824,43 @@ def test_the_cpu_demo_improves_held_out_accuracy_by_rl(tmp_path):
     report = (tmp_path / "demo" / "report.html").read_text()
     assert f"{before['accuracy']:.1%} after SFT" in report and f"{after['accuracy']:.1%} after" in report
     assert report.count("data:image/png;base64,") >= 4  # plots and the samples' images
+
+
+@pytest.mark.parametrize(("overrides", "world", "local_world", "message"), [
+    ([], 1, 1, "this is one process"),
+    ([], 6, 6, "must divide the ranks per node"),
+    ([], 8, 2, r"must divide the ranks per node \(2\)"),
+    (["rollout.staleness=1"], 8, 8, "staleness > 0 with a tensor-parallel engine is not supported"),
+    (["rollout.vllm={tensor_parallel_size: 0}"], 8, 8, "must be a positive integer"),
+])
+def test_a_tensor_parallel_engine_the_ranks_cannot_share_is_refused_before_the_model_loads(overrides, world,
+                                                                                        local_world, message):
+    config = load_config(GRPOConfig, overrides=["rollout.backend=vllm", "rollout.vllm={tensor_parallel_size: 4}",
+                                                *overrides])
+    with pytest.raises(ValueError, match=message):
+        engine_shards(config, world, local_world)
+    assert engine_shards(load_config(GRPOConfig, overrides=["rollout.vllm={tensor_parallel_size: 4}"]), 1, 1) == 1
+
+
+def test_forward_passes_under_autocast_keep_no_copy_of_the_weights(model_dir):
+    """Autocast's cache would hold a bfloat16 copy of every float32 master weight until the context ends (2 bytes
+    per parameter); with it off, a weight used by two passes in one context is cast twice, and nothing is kept."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    policy = load_policy(ModelConfig(path=str(model_dir), device="cpu", dtype="bfloat16", master_dtype="float32"))
+    weight = policy.model.lm_head.weight
+    assert weight.dtype == torch.float32 and weight.requires_grad
+
+    class WeightCasts(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._to_copy.default and args[0].shape == weight.shape:
+                WeightCasts.count += 1
+            return func(*args, **(kwargs or {}))
+
+    hidden = torch.randn(2, weight.shape[1])
+    with policy.autocast(), WeightCasts():
+        first, second = policy.model.lm_head(hidden), policy.model.lm_head(hidden)
+    assert first.dtype == torch.bfloat16 and torch.equal(first, second)
+    assert WeightCasts.count == 2

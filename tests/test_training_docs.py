@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from trainers.config import GRPOConfig, load_config
-from trainers.grpo import engine_sleeps, importance_cap
+from trainers.grpo import engine_shards, engine_sleeps, importance_cap
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "training.md").read_text()
@@ -44,8 +44,8 @@ def training_state_gb(model: str, setting: str, gpus: int) -> float:
 
 def test_the_docs_give_a_command_for_every_recipe():
     commands = train_commands()
-    assert len(commands) == 5  # CPU data parallel, 7B LoRA, 3B full, one node, several nodes
-    assert sum("--nproc" in words for words in commands) == 2
+    assert len(commands) == 6  # CPU data parallel, 7B LoRA, 3B full, one node, one node with TP, several nodes
+    assert sum("--nproc" in words for words in commands) == 3
 
 
 @pytest.mark.parametrize("words", train_commands(), ids=lambda words: " ".join(words)[:60])
@@ -54,6 +54,7 @@ def test_every_training_command_in_the_docs_is_a_valid_config(words):
     config = load_config(GRPOConfig, ROOT / config_file, overrides)
     importance_cap(config)  # the algorithm's settings agree
     engine_sleeps(config, "cuda:0")
+    engine_shards(config, 8, 8)  # the ranks of one 8-GPU node can share its engines
     assert config.model.path  # every recipe names its model
 
 

@@ -173,10 +173,13 @@ def test_a_sleeping_engine_refuses_to_generate_and_wakes_with_the_new_weights(se
     assert after.logprobs == pytest.approx(recomputed(model, encoded.ids, after.ids), abs=MISMATCH)
 
 
-def test_two_ranks_engines_load_the_weights_gathered_from_the_shards(tmp_path):
-    """torchrun, 2 ranks on gloo, each with its own engine (``external_launcher``) beside a trainer model
-    sharded with FSDP2: after a change to the shards, each sleeping engine is woken with the whole new weights,
-    gathered one tensor at a time, and samples what the changed model samples (``tests/distributed_vllm.py``)."""
+@pytest.mark.parametrize("tensor_parallel", [1, 2])
+def test_two_ranks_engines_load_the_weights_gathered_from_the_shards(tmp_path, tensor_parallel):
+    """torchrun, 2 ranks on gloo beside a trainer model sharded with FSDP2, each rank with its own engine
+    (``external_launcher``), or both sharing one tensor-parallel engine, a shard each (``SharedEngine``): each
+    rank's greedy text is the model's, and after a change to the shards, the sleeping engine is woken with the
+    whole new weights, gathered one tensor at a time, and samples what the changed model samples
+    (``tests/distributed_vllm.py``)."""
     import json
     import os
     import subprocess
@@ -186,16 +189,19 @@ def test_two_ranks_engines_load_the_weights_gathered_from_the_shards(tmp_path):
     result = tmp_path / "result.json"
     root = Path(__file__).resolve().parents[1]
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                          str(root / "tests" / "distributed_vllm.py"), str(model_dir), str(result)],
+                          str(root / "tests" / "distributed_vllm.py"), str(model_dir), str(result), str(tensor_parallel)],
                          cwd=root, capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-4000:]
     found = json.loads(result.read_text())
     assert [rank["rank"] for rank in found] == [0, 1]
-    assert all(rank["changed"] and rank["matches"] and rank["seconds"] > 0 for rank in found), found
+    assert all(rank["matches_initial"] and rank["changed"] and rank["matches"] and rank["seconds"] > 0
+               for rank in found), found
 
 
-def test_an_engine_over_several_gpus_is_refused_with_the_reason(tmp_path):
+def test_an_engine_over_several_gpus_runs_only_inside_the_ranks(tmp_path):
     model_dir = make_tiny_text_model(tmp_path / "model")
     chat = ChatTokenizer(AutoTokenizer.from_pretrained(model_dir), image_processor=None)
-    with pytest.raises(ValueError, match="one engine per GPU"):
+    with pytest.raises(ValueError, match="one shard per rank"):
         VLLMBackend(str(model_dir), chat, tensor_parallel_size=2)
+    with pytest.raises(ValueError, match="pipeline-parallel engines are not supported"):
+        VLLMBackend(str(model_dir), chat, pipeline_parallel_size=2)

@@ -4,6 +4,8 @@
   a copy of it that each update's weights are loaded into (data-parallel ranks, whose trained model is sharded).
 * :class:`VLLMBackend` — a colocated vLLM engine (GPU); the trainer's weights are loaded into it after each
   update, under a timeout, and the time it took is reported.
+* :class:`SharedEngine` — one engine over a block of ranks (vLLM tensor parallel under torchrun, a shard on each
+  rank), which all send their prompts together.
 
 Both take :class:`~trainers.tokens.Encoded` prompts (ids with expanded image placeholders, plus the images)
 and return :class:`Sampled` continuations. A log-prob is the sampled token's under the model's
@@ -26,7 +28,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -34,6 +36,9 @@ from agents.hf import Sampling
 from pyvision_env.wrappers.recording import image_digest
 
 from .tokens import ChatTokenizer, Encoded
+
+if TYPE_CHECKING:
+    from .distributed import Ranks
 
 
 @dataclass
@@ -70,6 +75,10 @@ class GenerationBackend(ABC):
     def sleep(self) -> None:  # noqa: B027  (optional: most backends hold no memory worth releasing)
         """Release the engine's memory (weights and cache) until the next :meth:`sync_weights`: while the
         trainer updates, the GPU is the trainer's."""
+
+    def finish_requests(self) -> None:  # noqa: B027  (optional: only an engine shared by ranks waits for them)
+        """This rank has nothing more to generate for now (the end of a collection). An engine shared with other
+        ranks (:class:`SharedEngine`) keeps serving their requests until every rank has said the same."""
 
     def close(self) -> None:  # noqa: B027  (optional: most backends hold nothing to free)
         """Free the engine."""
@@ -299,6 +308,10 @@ class VLLMBackend(GenerationBackend):
     :meth:`sleep` (``LLM.sleep(level=2)``: weights and KV cache released; the engine needs
     ``enable_sleep_mode=True``, which vLLM allows on GPUs only — on CPU the call is accepted and frees nothing)
     is followed by :meth:`sync_weights`, which wakes the weights, loads the new ones, then wakes the cache.
+
+    Tensor parallel: under torchrun, ``tensor_parallel_size=k`` with ``distributed_executor_backend=
+    "external_launcher"`` makes each rank hold one shard of an engine that k consecutive ranks share; they must
+    make the same calls with the same seed, which :class:`SharedEngine` arranges.
     """
 
     def __init__(self, model_path: str, chat: ChatTokenizer, seed: int = 0, **engine_options: Any) -> None:
@@ -313,13 +326,16 @@ class VLLMBackend(GenerationBackend):
             raise ImportError(f"the vLLM backend needs vllm>={VLLM_FLOOR} (reload_weights from memory); this is "
                               f"{vllm.__version__}")
 
-        parallel = {key: engine_options[key] for key in ("tensor_parallel_size", "pipeline_parallel_size")
-                    if engine_options.get(key, 1) != 1}
-        if parallel:
-            raise ValueError(f"{parallel}: an engine over several GPUs is not supported by the trainer yet — its "
-                             "weight sync streams tensors inside this process, and under torchrun every rank plays "
-                             "its own episodes (an engine shared by ranks needs them in lockstep); run one engine "
-                             "per GPU (one rank each)")
+        if engine_options.get("pipeline_parallel_size", 1) != 1:
+            raise ValueError(f"pipeline_parallel_size {engine_options['pipeline_parallel_size']}: pipeline-parallel "
+                             "engines are not supported by the trainer; use tensor_parallel_size")
+        if (engine_options.get("tensor_parallel_size", 1) != 1
+                and engine_options.get("distributed_executor_backend") != "external_launcher"):
+            raise ValueError(f"tensor_parallel_size {engine_options['tensor_parallel_size']}: the trainer runs a "
+                             "tensor-parallel engine inside its torchrun ranks, one shard per rank "
+                             "(distributed_executor_backend='external_launcher', wrapped in a SharedEngine), never "
+                             "in worker processes of its own: the weight sync streams tensors inside this process. "
+                             "Launch with `pyvision train CONFIG --nproc N`, N a multiple of the size")
         self.image_token_id = chat.image_token_id
         self.never_sampled = dict.fromkeys(chat.never_sampled, -100.0)
         engine_options.setdefault("logprobs_mode", "processed_logprobs")
@@ -392,3 +408,81 @@ class VLLMBackend(GenerationBackend):
 
     def close(self) -> None:
         del self.llm
+
+
+class SharedEngine(GenerationBackend):
+    """One generation engine shared by a block of ranks: a tensor-parallel vLLM engine under torchrun, each rank
+    holding one shard, which needs every rank of the block to make the same calls in the same order.
+
+    Each rank still plays its own episodes. Every :meth:`generate` is one round: the ranks of the block exchange
+    their prompts (over the block's own gloo group), each runs the engine on all of them in rank order, and keeps
+    its own results. A rank that has finished its collection (:meth:`finish_requests`) takes part in the other
+    ranks' rounds with no prompts until they have all finished. Prompts of different :class:`Sampling` go to
+    the engine in separate calls (in order of first appearance), so evaluation (greedy) and training rounds may
+    meet. A request the engine refuses fails the round of every rank that sent a prompt with that sampling,
+    each of which asks again prompt by prompt (:class:`~trainers.rollout.GenerationBatcher`).
+
+    Example (under ``torchrun --nproc-per-node 4``; ranks 0-1 share one engine, ranks 2-3 another)::
+
+        block = ranks.blocks(2)
+        engine = SharedEngine(VLLMBackend(path, chat, seed=ranks.rank // 2, tensor_parallel_size=2,
+                                          distributed_executor_backend="external_launcher"), block)
+        mine = engine.generate(my_prompts, sampling)   # a round: the block's other rank sends its prompts too
+        engine.finish_requests()                       # serves the other rank's rounds until it finishes too
+
+    Args:
+        engine: this rank's side of the shared engine.
+        block: the ranks sharing it, over a process group of their own (:meth:`~trainers.distributed.Ranks.blocks`).
+    """
+
+    def __init__(self, engine: GenerationBackend, block: Ranks) -> None:
+        self.engine, self.block = engine, block
+        self.rounds = 0
+        """Rounds this rank took part in (the same on every rank of the block)."""
+
+    def generate(self, prompts: Sequence[Encoded], sampling: Sampling) -> list[Sampled]:
+        mine = self._round(list(prompts), sampling)
+        if isinstance(mine, Exception):
+            raise mine
+        return mine
+
+    def finish_requests(self) -> None:
+        while self._round([], None) is not None:
+            pass
+
+    def _round(self, prompts: list[Encoded], sampling: Sampling | None) -> list[Sampled] | Exception | None:
+        """One exchange and the engine's runs; this rank's results (or the engine's error for them); None once
+        every rank of the block has finished (``sampling`` None: this rank has)."""
+        everyone = self.block.gather((prompts, sampling))
+        if all(each is None for _, each in everyone):
+            return None
+        self.rounds += 1
+        results: list[list[Sampled] | Exception] = [[] for _ in everyone]
+        settings: list[Sampling] = []
+        for asked, each in everyone:
+            if asked and each not in settings:
+                settings.append(each)
+        for setting in settings:
+            senders = [rank for rank, (asked, each) in enumerate(everyone) if asked and each == setting]
+            try:
+                sampled = self.engine.generate([p for rank in senders for p in everyone[rank][0]], setting)
+            except Exception as error:  # noqa: BLE001  (every rank ran the same request: each raises its own)
+                for rank in senders:
+                    results[rank] = error
+                continue
+            for rank in senders:
+                results[rank], sampled = sampled[:len(everyone[rank][0])], sampled[len(everyone[rank][0]):]
+        return results[self.block.rank]
+
+    @property
+    def shares_trainer_weights(self) -> bool:  # type: ignore[override]
+        return self.engine.shares_trainer_weights
+
+    def sync_weights(self, weights: Iterable[tuple[str, Any]], timeout: float) -> float:
+        return self.engine.sync_weights(weights, timeout)
+
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    def close(self) -> None:
+        self.engine.close()

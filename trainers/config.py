@@ -121,7 +121,9 @@ class RolloutConfig:
     weights: ``on``, ``off``, or ``auto`` (on for vLLM on a GPU with ``staleness`` 0; a batch generated during
     the update needs the engine awake)."""
     vllm: dict[str, Any] = field(default_factory=dict)
-    """``vllm.LLM`` options (``gpu_memory_utilization``, ``max_model_len``, ``enforce_eager``...)."""
+    """``vllm.LLM`` options (``gpu_memory_utilization``, ``max_model_len``, ``enforce_eager``...).
+    ``tensor_parallel_size: k`` shares each engine among k consecutive ranks of a node, one shard each (k must
+    divide ``--nproc``; not with ``staleness``)."""
     greedy_code: bool = False
     """Thyme's GRPO-ATS: choose the tokens inside the protocol's code blocks greedily (temperature 0) and sample the
     rest at ``temperature``. The recorded log-probs stay those of the tempered policy, which the update recomputes.

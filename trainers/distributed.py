@@ -83,6 +83,24 @@ class Ranks:
 
         return Ranks(self.rank, self.size, self.local_rank, "cpu", group=dist.new_group(backend="gloo"))
 
+    def blocks(self, size: int) -> Ranks:
+        """This rank's block of ``size`` consecutive ranks (ranks 0 to size - 1, then the next ``size``...), as
+        ranks of their own over a gloo group of their own: the ranks that share one tensor-parallel engine
+        (:class:`~trainers.backends.SharedEngine`). Every rank must call it at the same point.
+
+        >>> Ranks().blocks(1).size
+        1
+        """
+        if size < 1 or self.size % size:
+            raise ValueError(f"blocks of {size} ranks cannot split {self.size} ranks: the size must divide it")
+        if size == 1:
+            return Ranks(0, 1, self.local_rank, self.device)
+        import torch.distributed as dist
+
+        groups = [dist.new_group(list(range(first, first + size)), backend="gloo")
+                  for first in range(0, self.size, size)]  # every rank makes every group, in the same order
+        return Ranks(self.rank % size, size, self.local_rank, "cpu", group=groups[self.rank // size])
+
     @property
     def is_main(self) -> bool:
         """Rank 0: the one that logs, writes shared files and shows progress."""
@@ -105,7 +123,7 @@ class Ranks:
         import torch.distributed as dist
 
         box = [value]
-        self._collective(dist.broadcast_object_list, box, src=0, group=self.group)
+        self._collective(dist.broadcast_object_list, box, group=self.group, group_src=0)
         return box[0]
 
     def sum(self, values: Mapping[str, float]) -> dict[str, float]:

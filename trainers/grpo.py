@@ -36,6 +36,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import time
 import warnings
@@ -51,7 +52,7 @@ from agents.hf import Sampling
 from pyvision_env.pools import EnvPool, make_pool
 from pyvision_env.vector import PyVisionVectorEnv
 
-from .backends import GenerationBackend, HFBackend, PixelCache, VLLMBackend
+from .backends import GenerationBackend, HFBackend, PixelCache, SharedEngine, VLLMBackend
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import GRPOConfig, code_markers
 from .distributed import Ranks, load_from_main, model_class, shard_model, spread, state_bytes_per_parameter
@@ -202,6 +203,9 @@ class GRPOTrainer:
         if config.distributed.offload and self.ranks.size == 1:
             raise ValueError("distributed.offload keeps the shards of a sharded model in CPU memory: it needs "
                              "several processes (pyvision train --nproc N, or torchrun)")
+        self.engine_shards = engine_shards(config, self.ranks.size,
+                                           int(os.environ.get("LOCAL_WORLD_SIZE", self.ranks.size)))
+        """Ranks per generation engine (tensor parallel), checked before the model loads."""
         self.run_dir = start_run(config, self.ranks.rank)
         self.policy = load_policy(config.model, device=self.ranks.device, weights=self.ranks.size == 1)
         """Several ranks build the model on the meta device, shard it, and then get rank 0's weights."""
@@ -277,9 +281,12 @@ class GRPOTrainer:
             options = dict(rollout.vllm)
             if self.engine_sleeps and self.policy.device.startswith("cuda"):
                 options.setdefault("enable_sleep_mode", True)  # vLLM refuses it on CPU, where sleep frees nothing
-            if self.ranks.size > 1:  # one engine per rank, inside torchrun's processes
+            if self.ranks.size > 1:  # the engines run inside torchrun's processes
                 options.setdefault("distributed_executor_backend", "external_launcher")
-            return VLLMBackend(self.config.model.path, self.chat, seed=self.config.seed + self.ranks.rank, **options)
+            shards = self.engine_shards
+            engine = VLLMBackend(self.config.model.path, self.chat, seed=self.config.seed + self.ranks.rank // shards,
+                                 **options)  # the shards of one engine must draw the same samples
+            return SharedEngine(engine, self.ranks.blocks(shards)) if shards > 1 else engine
         raise ValueError(f"rollout.backend must be 'hf' or 'vllm', got {rollout.backend!r}")
 
     # --- the loop ---------------------------------------------------------------------------------
@@ -384,8 +391,6 @@ class GRPOTrainer:
         rounds = [0]
 
         def play(specs: list[EpisodeSpec]) -> list[Trajectory]:
-            if not specs:
-                return []
             trajectories = self.collector.collect(specs)
             stats = self.collector.stats
             clock["generation"] += stats.generate
@@ -613,7 +618,7 @@ class GRPOTrainer:
         sampling = Sampling(max_new_tokens=self.config.rollout.max_new_tokens,
                             temperature=self.config.eval.temperature)
         specs = [EpisodeSpec(i, i, i) for i in range(count) if i % self.ranks.size == self.ranks.rank]
-        self.last_eval = self.eval_collector.collect(specs, sampling) if specs else []
+        self.last_eval = self.eval_collector.collect(specs, sampling)
         records = [r for part in self.ranks.gather([episode_record(t) for t in self.last_eval]) for r in part]
         metrics = episode_summary(records)
         if self.ranks.is_main:
@@ -720,6 +725,38 @@ def engine_sleeps(config: GRPOConfig, device: str) -> bool:
     if rollout.engine_sleep == "auto":
         return rollout.backend == "vllm" and device.startswith("cuda") and not rollout.staleness
     return rollout.engine_sleep == "on"
+
+
+def engine_shards(config: GRPOConfig, world: int, local_world: int) -> int:
+    """How many ranks share one vLLM engine (``rollout.vllm.tensor_parallel_size``, 1 by default): consecutive
+    ranks of one node, each holding a shard (:class:`~trainers.backends.SharedEngine`).
+
+    >>> from trainers.config import load_config
+    >>> engine_shards(load_config(GRPOConfig, overrides=["rollout.backend=vllm",
+    ...                                                   "rollout.vllm={tensor_parallel_size: 2}"]), 8, 8)
+    2
+    >>> engine_shards(load_config(GRPOConfig), 1, 1)
+    1
+    """
+    rollout = config.rollout
+    size = rollout.vllm.get("tensor_parallel_size", 1) if rollout.backend == "vllm" else 1
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"rollout.vllm.tensor_parallel_size must be a positive integer, got {size!r}")
+    if size == 1:
+        return 1
+    launch = f"launch {size} ranks per engine: `pyvision train CONFIG --nproc N` with N a multiple of {size}"
+    if world == 1:
+        raise ValueError(f"rollout.vllm.tensor_parallel_size {size}: a tensor-parallel engine has one shard per "
+                         f"rank, and this is one process; {launch}")
+    if world % size or local_world % size:
+        raise ValueError(f"rollout.vllm.tensor_parallel_size {size} must divide the ranks per node ({local_world}) "
+                         f"and in all ({world}): the ranks sharing an engine are consecutive ranks of one node")
+    if rollout.staleness:
+        raise ValueError("rollout.staleness > 0 with a tensor-parallel engine is not supported: the ranks sharing "
+                         "an engine must generate in lockstep, and the producer thread's batches and the "
+                         "evaluations would meet in a different order on each rank; use tensor_parallel_size 1 "
+                         "or staleness 0")
+    return size
 
 
 def rollout_groups(trajectories: Sequence[Trajectory], normalize_std: bool,

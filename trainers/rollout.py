@@ -301,7 +301,8 @@ class RolloutCollector:
 
     def collect(self, specs: Sequence[EpisodeSpec], sampling: Sampling | None = None) -> list[Trajectory]:
         """Play one episode per spec (in that order in the result; a spec with forks gives its branches in
-        order); ``sampling`` overrides the default."""
+        order); ``sampling`` overrides the default. A rank with no specs still calls it when its backend is
+        shared with other ranks (:class:`~trainers.backends.SharedEngine`), which wait for it to finish."""
         return self.envs.engine.run_coroutine(self.acollect(specs, sampling))  # the envs' loop (engine or Ray pool)
 
     async def acollect(self, specs: Sequence[EpisodeSpec], sampling: Sampling | None = None) -> list[Trajectory]:
@@ -339,7 +340,10 @@ class RolloutCollector:
             batcher.stop()
             await asyncio.gather(server, return_exceptions=True)
             batcher.close()
-        self.stats = CollectStats(time.perf_counter() - started, batcher.generate_seconds, env_seconds[0],
+        finishing = time.perf_counter()  # an engine shared with other ranks serves them until they finish too
+        await asyncio.get_running_loop().run_in_executor(None, self.backend.finish_requests)
+        generate_seconds = batcher.generate_seconds + time.perf_counter() - finishing
+        self.stats = CollectStats(time.perf_counter() - started, generate_seconds, env_seconds[0],
                                   batcher.generated_tokens, batcher.batches)
         return [trajectory for branches in results for trajectory in branches]
 
