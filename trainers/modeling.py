@@ -44,7 +44,7 @@ class PolicyModel:
         """Run forward passes in :attr:`compute_dtype` (a no-op where it is the weights' dtype, or where the
         sharded model casts them). Autocast's cache of cast weights is off: it would keep a copy of every weight
         in the compute dtype until the context ends (2 bytes per parameter in bfloat16, 16.6 GB for the 7B, even
-        under gradient checkpointing), to save casting a weight again that a pass uses once."""
+        under gradient checkpointing), and it saves work only for a weight used twice in one pass."""
         import contextlib
 
         import torch
