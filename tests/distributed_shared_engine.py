@@ -2,8 +2,9 @@
 of a tensor-parallel vLLM engine do: the test of the lockstep protocol, started by ``torchrun --nproc-per-node 4``.
 
 The ranks make different numbers of requests with different sampling, one of them a request the engine refuses,
-then each plays a different number of real episodes through the trainer's collector. Every rank writes what it got
-and every call its engine made to ``RESULT_DIR/rank<N>.json``.
+then each plays a different number of real episodes through the trainer's collector; last, rank 0 waits alone in
+a block whose ranks have a 2-second timeout. Every rank writes what it got and every call its engine made to
+``RESULT_DIR/rank<N>.json``.
 
     torchrun --nproc-per-node 4 tests/distributed_shared_engine.py MODEL_DIR RESULT_DIR
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +28,7 @@ from tests.conftest import quiet_engine  # noqa: E402
 from tests.scripted_generation import ScriptedTallyGeneration  # noqa: E402
 from trainers.backends import HFBackend, SharedEngine  # noqa: E402
 from trainers.config import ModelConfig  # noqa: E402
-from trainers.distributed import Ranks  # noqa: E402
+from trainers.distributed import RankFailure, Ranks  # noqa: E402
 from trainers.modeling import load_policy  # noqa: E402
 from trainers.rollout import EpisodeSpec, RolloutCollector  # noqa: E402
 from trainers.tokens import Encoded  # noqa: E402
@@ -96,7 +98,17 @@ def main() -> None:
     played = {"episodes": [[t.end_reason, t.correct, t.tool_calls] for t in trajectories],
               "calls": tally.engine.calls, "rounds": tally.rounds}
     envs.close()
-    (out / f"rank{ranks.rank}.json").write_text(json.dumps({"direct": direct, "played": played}))
+
+    waited = None  # a block's group keeps its ranks' timeout (2 s here, the default group's is 120 s)
+    quick = Ranks(ranks.rank, ranks.size, ranks.local_rank, "cpu", timeout_s=2).blocks(2)
+    if ranks.rank == 0:  # its partner never joins
+        started = time.monotonic()
+        try:
+            quick.gather("alone")
+        except RankFailure:
+            waited = time.monotonic() - started
+    ranks.barrier()
+    (out / f"rank{ranks.rank}.json").write_text(json.dumps({"direct": direct, "played": played, "waited": waited}))
     ranks.close()
 
 

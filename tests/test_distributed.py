@@ -201,7 +201,7 @@ def test_ranks_sharing_an_engine_generate_in_lockstep(tmp_path, model_dir):
     """Four ranks, two blocks of two sharing an engine each (``tests/distributed_shared_engine.py``): every rank
     gets the results of its own prompts, the two ranks of a block make the same engine calls (prompts of the same
     sampling together, in rank order), a refused request fails only its sender, and ranks that play different
-    numbers of episodes (one none) all finish."""
+    numbers of episodes (one none) all finish; a block's group keeps its ranks' timeout."""
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4",
                           str(ROOT / "tests" / "distributed_shared_engine.py"), str(model_dir), str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -227,3 +227,4 @@ def test_ranks_sharing_an_engine_generate_in_lockstep(tmp_path, model_dir):
     assert sum(tool_calls > 0 for _, _, tool_calls in episodes) >= 2
     assert played[0]["calls"] == played[1]["calls"] and played[2]["calls"] == played[3]["calls"]
     assert played[0]["rounds"] == played[1]["rounds"] > 0 and played[2]["rounds"] == played[3]["rounds"] > 0
+    assert 1 < found[0]["waited"] < 30  # the block's own timeout, not the default group's 120 s

@@ -49,10 +49,13 @@ class Ranks:
     """
 
     def __init__(self, rank: int = 0, size: int = 1, local_rank: int = 0, device: str = "cpu",
-                 group: Any = None) -> None:
+                 group: Any = None, timeout_s: float | None = None) -> None:
         self.rank, self.size, self.local_rank, self.device = rank, size, local_rank, device
         self.group = group
         """The process group of the collectives (None: the default one)."""
+        self.timeout_s = timeout_s
+        """How long a collective waits for the other ranks (None: torch's default), here and in the groups made
+        from these ranks."""
 
     @classmethod
     def from_environment(cls, timeout_s: float, device: str = "auto") -> Ranks:
@@ -71,7 +74,8 @@ class Ranks:
             torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
-        return cls(dist.get_rank(), dist.get_world_size(), local_rank, f"cuda:{local_rank}" if cuda else "cpu")
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank, f"cuda:{local_rank}" if cuda else "cpu",
+                   timeout_s=timeout_s)
 
     def subgroup(self) -> Ranks:
         """The same ranks over a process group of their own (gloo: the exchanges are of Python objects), for
@@ -79,9 +83,7 @@ class Ranks:
         interleave. Every rank must call it at the same point."""
         if self.size == 1:
             return Ranks(self.rank, 1, self.local_rank, self.device)
-        import torch.distributed as dist
-
-        return Ranks(self.rank, self.size, self.local_rank, "cpu", group=dist.new_group(backend="gloo"))
+        return Ranks(self.rank, self.size, self.local_rank, "cpu", self._gloo_group(range(self.size)), self.timeout_s)
 
     def blocks(self, size: int) -> Ranks:
         """This rank's block of ``size`` consecutive ranks (ranks 0 to size - 1, then the next ``size``...), as
@@ -95,11 +97,16 @@ class Ranks:
             raise ValueError(f"blocks of {size} ranks cannot split {self.size} ranks: the size must divide it")
         if size == 1:
             return Ranks(0, 1, self.local_rank, self.device)
+        groups = [self._gloo_group(range(first, first + size))
+                  for first in range(0, self.size, size)]  # every rank makes every group, in the same order
+        return Ranks(self.rank % size, size, self.local_rank, "cpu", groups[self.rank // size], self.timeout_s)
+
+    def _gloo_group(self, ranks: range) -> Any:
+        """A new gloo process group of ``ranks`` (global ranks), with these ranks' timeout."""
         import torch.distributed as dist
 
-        groups = [dist.new_group(list(range(first, first + size)), backend="gloo")
-                  for first in range(0, self.size, size)]  # every rank makes every group, in the same order
-        return Ranks(self.rank % size, size, self.local_rank, "cpu", group=groups[self.rank // size])
+        timeout = datetime.timedelta(seconds=self.timeout_s) if self.timeout_s is not None else None
+        return dist.new_group(list(ranks), timeout=timeout, backend="gloo")
 
     @property
     def is_main(self) -> bool:
