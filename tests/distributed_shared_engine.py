@@ -88,7 +88,6 @@ def main() -> None:
     shared.finish_requests()
     direct = {"got": got, "calls": engine.calls, "rounds": shared.rounds}
 
-    engine.calls = []
     tally = SharedEngine(Logged(ScriptedTallyGeneration(chat)), block)
     envs = PyVisionVectorEnv(2, "tally", split="train", max_turns=3,
                              engine=quiet_engine(spare_kernels=0, max_kernels=4))
