@@ -237,7 +237,7 @@ def load_from_main(model: Any, source: Any | None, ranks: Ranks) -> None:
     for name, buffer in model.named_buffers():
         if ranks.is_main:
             buffer.copy_(buffers[name])
-        ranks._collective(dist.broadcast, buffer, src=0, group=ranks.group)
+        ranks._collective(dist.broadcast, buffer, group=ranks.group, group_src=0)
 
 
 def _run_vision_tower_in_every_forward(model: Any, blank_image: Mapping[str, Any]) -> None:
